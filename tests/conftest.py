@@ -1,0 +1,294 @@
+"""Shared fixtures: real databases (SQLite file and PostgreSQL), built by migrating.
+
+PostgreSQL comes from TEST_DATABASE_URL, else from a throwaway cluster started with the local
+`pg_ctl` (pytest-postgresql). With neither, PostgreSQL tests are skipped loudly, and under CI
+(`CI` set) the run fails instead: a green CI must have exercised PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import responses
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, delete, text
+from sqlalchemy.engine import make_url
+
+from webhook_service import create_app
+from webhook_service.cobalt import CobaltClient
+from webhook_service.db import SessionFactory, make_engine, make_session_factory
+from webhook_service.migrations import upgrade
+from webhook_service.models import Base
+from webhook_service.settings import Settings
+from webhook_service.signatures import compact_json, compute_signature
+from webhook_service.worker import Worker
+
+WEBHOOK_SECRET = "whsec_test_current"
+OLD_WEBHOOK_SECRET = "whsec_test_previous"
+COBALT = "https://cobalt.test/v1"
+ACCESS_TOKEN = "at_test_clinic"
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+# --- PostgreSQL server -----------------------------------------------------------------------
+
+
+def _pg_ctl() -> str | None:
+    found = shutil.which("pg_ctl") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)), None
+    )
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL to a PostgreSQL server's maintenance database."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg_ctl = _pg_ctl()
+    if pg_ctl and os.geteuid() != 0:
+        from pytest_postgresql.executors import PostgreSQLExecutor
+
+        tmp = request.getfixturevalue("tmp_path_factory").mktemp("pg")
+        executor = PostgreSQLExecutor(
+            executable=pg_ctl,
+            host="127.0.0.1",
+            port=_free_port(),
+            user="postgres",
+            options="",
+            datadir=str(tmp / "data"),
+            unixsocketdir=str(tmp),
+            logfile=str(tmp / "postgresql.log"),
+            startparams="-w",
+            dbname="postgres",
+        )
+        with executor:
+            executor.wait_for_postgres()
+            yield f"postgresql://postgres@127.0.0.1:{executor.port}/postgres"
+        return
+    message = (
+        "PostgreSQL tests cannot run: set TEST_DATABASE_URL or install PostgreSQL "
+        "(pg_ctl) and run as a non-root user"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh database on the server, migrated to head, dropped at the end."""
+    name = f"webhook_service_test_{uuid.uuid4().hex[:10]}"
+    server = make_url(postgres_server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False
+    )
+    upgrade(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+# --- The database under test: every data-layer test runs on both -------------------------
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> Iterator[SessionFactory]:
+    """A session factory on the migrated database; every row is deleted after the test."""
+    yield make_session_factory(engine)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+
+
+@pytest.fixture
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
+
+
+# --- Clock ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    """The only clock tests use: time moves when the test says so."""
+
+    now: datetime = START
+    calls: list[datetime] = field(default_factory=list)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# --- App, client, worker ----------------------------------------------------------------------
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "WEBHOOK_SERVICE_ENV": "test",
+        "DATABASE_URL": database_url,
+        "COBALT_API_URL": COBALT,
+        "COBALT_CLIENT_ID": "ci_test",
+        "COBALT_CLIENT_SECRET": "cs_test",
+        "COBALT_ACCESS_TOKEN": ACCESS_TOKEN,
+        "COBALT_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
+        "LOG_LEVEL": "DEBUG",
+        "SUBMIT_MAX_ATTEMPTS": 4,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def app(settings: Settings, sessions: SessionFactory, clock: FakeClock) -> Iterator[Flask]:
+    app = create_app(settings)
+    app.extensions["webhook_service"]["clock"] = clock
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["webhook_service"]["engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def cobalt() -> Iterator[responses.RequestsMock]:
+    """Stubbed Cobalt for unit tests: every call must be registered by the test."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(
+            responses.GET,
+            f"{COBALT}/settings",
+            json={"success": True, "access_token_reference_id": "atr_clinic_1"},
+        )
+        yield mock
+
+
+@pytest.fixture
+def worker(settings: Settings, sessions: SessionFactory, clock: FakeClock) -> Worker:
+    client = CobaltClient(COBALT, "ci_test", "cs_test", connect_timeout=1, read_timeout=1)
+    return Worker(settings, sessions, client, clock=clock, jitter=lambda: 0.0)
+
+
+# --- Webhooks ---------------------------------------------------------------------------------
+
+
+def sign(payload: Any, secret: str = WEBHOOK_SECRET) -> tuple[bytes, str]:
+    body = compact_json(payload)
+    return body, compute_signature(secret, body)
+
+
+@pytest.fixture
+def post_webhook(client: FlaskClient) -> Callable[..., Any]:
+    """POST a Cobalt-signed delivery the way Cobalt does."""
+    counter = iter(range(1, 1_000_000))
+
+    def post(
+        payload: Any,
+        *,
+        secret: str = WEBHOOK_SECRET,
+        webhook_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        body, signature = sign(payload, secret)
+        sent = {
+            "content-type": "application/json",
+            "cobalt-verification": signature,
+            "webhook-id": webhook_id or f"msg_{next(counter)}_{uuid.uuid4().hex[:6]}",
+            "webhook-timestamp": "2026-11-23T12:00:05Z",
+            "webhook-attempt": "1",
+        }
+        sent.update(headers or {})
+        return client.post("/webhooks/cobalt", data=body, headers=sent)
+
+    return post
+
+
+def event(
+    type_: str,
+    *,
+    job_id: str | None = None,
+    reference: str | None = "atr_clinic_1",
+    **data: Any,
+) -> dict[str, Any]:
+    """A Cobalt operation event envelope."""
+    payload: dict[str, Any] = {
+        "id": f"evt_{uuid.uuid4().hex[:12]}",
+        "object": "event",
+        "created": "2026-11-23T12:00:04Z",
+        "type": type_,
+        "data": data,
+    }
+    if job_id is not None:
+        payload["job_id"] = job_id
+    if reference is not None:
+        payload["access_token_reference_id"] = reference
+    return payload
+
+
+@pytest.fixture
+def count_rows(engine: Engine) -> Callable[[str], int]:
+    def count(table: str) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+
+    return count

@@ -1,0 +1,114 @@
+"""webhook_service: the one place where the web app is wired together."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from webhook_service.db import make_engine, make_session_factory
+from webhook_service.errors import PROBLEM_BASE, ServiceError, Unavailable
+from webhook_service.logs import configure_logging
+from webhook_service.settings import Settings
+
+log = logging.getLogger("webhook_service.http")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create the web app: API, webhook receiver, health checks."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or "development-only",
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    engine = make_engine(settings.effective_database_url)
+    app.extensions["webhook_service"] = {
+        "settings": settings,
+        "engine": engine,
+        "sessions": make_session_factory(engine),
+    }
+
+    from webhook_service import api, health, webhooks
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+    _register_error_handlers(app)
+    _register_request_logging(app)
+    return app
+
+
+def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    from flask import json
+
+    response = Response(
+        json.dumps(problem), status=problem["status"], mimetype="application/problem+json"
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> Response:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return problem_response(exc.problem(), headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        problem = {
+            "type": PROBLEM_BASE + (exc.name or "error").lower().replace(" ", "-"),
+            "title": exc.name,
+            "status": status,
+            "detail": exc.description or exc.name,
+        }
+        response = problem_response(problem)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
+    def database_unavailable(exc: DBAPIError) -> Response:
+        # Connection-level trouble: say 503 so clients (and Cobalt) retry. Never log the
+        # message, which can quote PHI in bound parameters.
+        log.error("database error", extra={"error_type": type(exc.orig).__name__})
+        return problem_response(
+            Unavailable("The database is unavailable; try again shortly.").problem(),
+            {"Retry-After": "1"},
+        )
+
+
+def _register_request_logging(app: Flask) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 100 else uuid.uuid4().hex
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        # The path only: query strings may carry search terms that are PHI.
+        log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed, 2),
+            },
+        )
+        return response

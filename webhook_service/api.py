@@ -1,0 +1,125 @@
+"""The front ends' API: submit notes and telephone encounters, poll jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from webhook_service import services
+from webhook_service.errors import (
+    FieldError,
+    MalformedJSON,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from webhook_service.lifecycle import JobStatus
+from webhook_service.models import Job
+from webhook_service.openapi import build_spec
+from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
+from webhook_service.web import request_transaction, settings, utcnow
+
+bp = Blueprint("api", __name__)
+
+MAX_IDEMPOTENCY_KEY = 255
+_spec: dict[str, Any] | None = None
+
+
+@bp.post("/v1/notes")
+def submit_note() -> Response:
+    """Accept a note for the EMR and answer with its job."""
+    return _submit(NoteRequest)
+
+
+@bp.post("/v1/telephone-encounters")
+def submit_telephone_encounter() -> Response:
+    """Accept a telephone encounter for the EMR and answer with its job."""
+    return _submit(TelephoneEncounterRequest)
+
+
+def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Response:
+    body = _json_body()
+    key = _idempotency_key()
+    try:
+        validated: BaseModel = model.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "The request has invalid fields; see `errors`.", field_errors(exc)
+        ) from None
+    assert isinstance(validated, NoteRequest | TelephoneEncounterRequest)
+    now = utcnow()
+    with request_transaction() as session:
+        clinic = services.default_clinic(session, settings(), now)
+        job, created = services.submit_job(
+            session, request=validated, clinic=clinic, idempotency_key=key, now=now
+        )
+        response = _job_response(job, status=202)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """Return a job; 304 when the caller's ETag is still current."""
+    with request_transaction() as session:
+        job = services.get_job(session, job_id)
+        response = _job_response(job, status=200)
+    response.make_conditional(request)
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """Serve the OpenAPI description of this API."""
+    global _spec
+    if _spec is None:
+        _spec = build_spec()
+    return jsonify(_spec)
+
+
+def _job_response(job: Job, *, status: int) -> Response:
+    payload = services.job_view(job).model_dump_json().encode("utf-8")
+    response = Response(payload, status=status, mimetype="application/json")
+    response.set_etag(hashlib.sha256(payload).hexdigest()[:32])
+    response.headers["Cache-Control"] = "private, no-cache"
+    if job.status == JobStatus.PROCESSING:
+        response.headers["Retry-After"] = str(settings().poll_retry_after_seconds)
+    return response
+
+
+def _json_body() -> Any:
+    if request.mimetype and not (
+        request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaType(f"Send the body as application/json (got {request.mimetype}).")
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MalformedJSON("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "The body must be a JSON object.", [FieldError("(body)", "must be a JSON object")]
+        )
+    return body
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationFailed(
+            "The Idempotency-Key header is invalid.",
+            [
+                FieldError(
+                    "Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+                )
+            ],
+        )
+    return key

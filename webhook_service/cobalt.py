@@ -1,0 +1,200 @@
+"""The Cobalt HTTP client: every call to Cobalt goes through here.
+
+Cobalt has no idempotency key, so the one question that matters after a failed call is
+"could Cobalt have accepted it?". The error classes answer it: `CobaltTransient` means
+certainly not (safe to resend), `CobaltAmbiguous` means maybe (reconcile first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+
+class CobaltError(Exception):
+    """A call to Cobalt did not succeed."""
+
+    status_code: int | None = None
+
+
+class CobaltRejected(CobaltError):
+    """Cobalt answered 4xx (not 429): the request is wrong and resending will not help."""
+
+    def __init__(self, status_code: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+
+    @property
+    def login_required(self) -> bool:
+        return self.code == "login_required"
+
+
+class CobaltTransient(CobaltError):
+    """Cobalt certainly did not take the request (no connection, 5xx, 429): resend later."""
+
+    def __init__(self, reason: str, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class CobaltAmbiguous(CobaltError):
+    """The request may have reached Cobalt (timed out or cut off after sending)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Cobalt's 2xx reply to a write: its ids, when it gave any."""
+
+    status_code: int
+    job_id: str | None
+    telephone_encounter_id: str | None
+    message: str | None
+
+
+class CobaltClient:
+    """Calls Cobalt with the company's credentials and one clinic's access token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._timeout = (connect_timeout, read_timeout)
+        self._http = session or requests.Session()
+
+    def create_note(self, access_token: str, body: dict[str, Any]) -> Accepted:
+        return self._write("/notes", access_token, body)
+
+    def create_telephone_encounter(self, access_token: str, body: dict[str, Any]) -> Accepted:
+        return self._write("/telephone-encounters", access_token, body)
+
+    def get_access_token_reference_id(self, access_token: str) -> str | None:
+        """Ask `GET /v1/settings` which clinic reference id webhooks will carry."""
+        payload = self._get("/settings", access_token, {})
+        return _find_key(payload, "access_token_reference_id")
+
+    def list_webhook_events(self, access_token: str, **params: str | int) -> dict[str, Any]:
+        return self._get("/webhook-events", access_token, params)
+
+    def _headers(self, access_token: str) -> dict[str, str]:
+        return {
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+            "access_token": access_token,
+            "accept": "application/json",
+        }
+
+    def _write(self, path: str, access_token: str, body: dict[str, Any]) -> Accepted:
+        try:
+            response = self._http.post(
+                self.base_url + path,
+                json=body,
+                headers=self._headers(access_token),
+                timeout=self._timeout,
+            )
+        except requests.ConnectTimeout as exc:
+            raise CobaltTransient("connect timeout") from exc
+        except requests.ReadTimeout as exc:
+            raise CobaltAmbiguous("read timeout: Cobalt may have accepted the request") from exc
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                raise CobaltTransient("connection refused or unreachable") from exc
+            # The connection broke after the request went out: Cobalt may have it.
+            raise CobaltAmbiguous("connection lost after sending") from exc
+        payload = _json_or_empty(response)
+        _raise_for_status(response.status_code, payload)
+        return Accepted(
+            status_code=response.status_code,
+            job_id=_as_id(payload.get("job_id")),
+            telephone_encounter_id=_as_id(payload.get("telephone_encounter_id")),
+            message=payload.get("message") if isinstance(payload.get("message"), str) else None,
+        )
+
+    def _get(self, path: str, access_token: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.get(
+                self.base_url + path,
+                params=params,
+                headers=self._headers(access_token),
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            # Reads change nothing at Cobalt, so any failure is safe to try again.
+            raise CobaltTransient(type(exc).__name__) from exc
+        payload = _json_or_empty(response)
+        _raise_for_status(response.status_code, payload)
+        return payload
+
+
+def _raise_for_status(status_code: int, payload: dict[str, Any]) -> None:
+    if status_code < 300:
+        return
+    if status_code == 429 or status_code >= 500:
+        raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
+    message = payload.get("message") or payload.get("error") or f"Cobalt answered {status_code}"
+    code = payload.get("error") if isinstance(payload.get("error"), str) else None
+    raise CobaltRejected(status_code, str(message), code)
+
+
+def _json_or_empty(response: requests.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _as_id(value: object) -> str | None:
+    """Cobalt's ids are strings in one doc and integers in another: store strings."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the failure happened before any byte of the request could be sent."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        reason = pending.pop()
+        if not isinstance(reason, BaseException) or id(reason) in seen:
+            continue
+        seen.add(id(reason))
+        if isinstance(reason, NewConnectionError | ConnectionRefusedError):
+            return True
+        pending.extend([getattr(reason, "reason", None), reason.__cause__, reason.__context__])
+        pending.extend(reason.args)
+    return False
+
+
+def _find_key(payload: object, key: str) -> str | None:
+    """Find `key` at the top level or one level down (Cobalt's reply shapes vary)."""
+    if not isinstance(payload, dict):
+        return None
+    if key in payload:
+        return _as_id(payload[key])
+    for value in payload.values():
+        if isinstance(value, dict) and key in value:
+            return _as_id(value[key])
+    return None

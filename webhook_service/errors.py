@@ -1,0 +1,75 @@
+"""Service errors: raised below HTTP, each knowing its status and problem type.
+
+One handler in `api.py` turns them into `application/problem+json`; nothing else catches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROBLEM_BASE = "https://webhook-service.dev/problems/"
+
+
+@dataclass
+class FieldError:
+    field: str
+    message: str
+
+
+class ServiceError(Exception):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        return body
+
+
+class MalformedJSON(ServiceError):
+    status, slug, title = 400, "malformed-json", "Malformed JSON"
+
+
+class ValidationFailed(ServiceError):
+    status, slug, title = 422, "validation-failed", "Validation failed"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
+
+
+class NotFound(ServiceError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class SignatureInvalid(ServiceError):
+    status, slug, title = 401, "signature-invalid", "Webhook signature invalid"
+
+
+class NotConfigured(ServiceError):
+    status, slug, title = 503, "not-configured", "Not configured"
+
+
+class Unavailable(ServiceError):
+    status, slug, title = 503, "unavailable", "Service unavailable"

@@ -1,0 +1,164 @@
+"""Tables: clinics, jobs, the job timeline, and every webhook delivery received.
+
+Tables only: behaviour lives in `lifecycle.py` (pure) and `services.py` (use cases).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints keep Alembic migrations deterministic across PostgreSQL and SQLite.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JsonType}
+
+
+class Clinic(Base):
+    """A linked EMR login: one Cobalt access token, and the reference id webhooks carry."""
+
+    __tablename__ = "clinics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    access_token: Mapped[str] = mapped_column(String(500))
+    access_token_reference_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    needs_relink: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Job(Base):
+    """One note or telephone encounter on its way into the EMR."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("clinic_id", "idempotency_key", name="uq_jobs_clinic_idempotency_key"),
+        # The worker's claim query: due submissions of open jobs.
+        Index("ix_jobs_due", "submission_state", "next_attempt_at"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_note_appointment", "clinic_id", "appointment_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    request_body: Mapped[dict[str, Any] | None]
+    request_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    appointment_id: Mapped[str | None] = mapped_column(String(200))
+
+    submission_state: Mapped[str] = mapped_column(String(16))
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    # Set while a note is at Cobalt: the unique index is what keeps two notes for one
+    # appointment from being in flight at once, even with many workers.
+    inflight_key: Mapped[str | None] = mapped_column(String(250), unique=True)
+
+    cobalt_job_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    cobalt_telephone_encounter_id: Mapped[str | None] = mapped_column(String(200), index=True)
+
+    outcome: Mapped[dict[str, Any] | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    clinic: Mapped[Clinic] = relationship(lazy="raise")
+
+
+class JobEvent(Base):
+    """One line of a job's timeline: what happened, when, with ids and statuses."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class WebhookDelivery(Base):
+    """A signed delivery from Cobalt, kept whatever happened when it was applied."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_state", "state", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # `webhook-id`, or the payload's `id` when the header is missing or odd.
+    dedup_key: Mapped[str] = mapped_column(String(300), unique=True)
+    webhook_id: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    event_timestamp: Mapped[datetime | None]
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    event_type: Mapped[str | None] = mapped_column(String(200))
+    cobalt_job_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    telephone_encounter_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    appointment_id: Mapped[str | None] = mapped_column(String(200))
+    access_token_reference_id: Mapped[str | None] = mapped_column(String(200))
+    headers: Mapped[dict[str, Any]]
+    raw_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    signature_match: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20))
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"), index=True)

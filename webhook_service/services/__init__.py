@@ -1,0 +1,40 @@
+"""Use cases, named by verbs, that every entrypoint (HTTP, worker, CLI) calls.
+
+Service functions take a session and never commit: the entrypoint owns the transaction.
+"""
+
+from webhook_service.services.jobs import (
+    default_clinic,
+    get_job,
+    job_view,
+    submit_job,
+)
+from webhook_service.services.submissions import (
+    Claim,
+    claim_due_job,
+    expire_claims,
+    learn_reference_id,
+    record_accepted,
+    record_ambiguous,
+    record_rejected,
+    record_transient,
+)
+from webhook_service.services.webhooks import Recorded, match_parked, record_webhook
+
+__all__ = [
+    "Claim",
+    "Recorded",
+    "claim_due_job",
+    "default_clinic",
+    "expire_claims",
+    "get_job",
+    "job_view",
+    "learn_reference_id",
+    "match_parked",
+    "record_accepted",
+    "record_ambiguous",
+    "record_rejected",
+    "record_transient",
+    "record_webhook",
+    "submit_job",
+]

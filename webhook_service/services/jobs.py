@@ -1,0 +1,207 @@
+"""Jobs: create one from a front end's request, read it back, settle it, write its timeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webhook_service.errors import IdempotencyKeyReused, NotFound
+from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
+from webhook_service.models import Clinic, Job, JobEvent
+from webhook_service.schemas import (
+    CobaltIds,
+    JobError,
+    JobOut,
+    NoteRequest,
+    SubmissionOut,
+    TelephoneEncounterRequest,
+)
+from webhook_service.settings import Settings
+
+DEFAULT_CLINIC = "default"
+
+
+def default_clinic(session: Session, settings: Settings, now: datetime) -> Clinic:
+    """Return the clinic behind `COBALT_ACCESS_TOKEN`, creating it on first use."""
+    clinic = session.scalar(select(Clinic).where(Clinic.name == DEFAULT_CLINIC))
+    if clinic is not None:
+        if settings.cobalt_access_token and clinic.access_token != settings.cobalt_access_token:
+            # A new token may be a different EMR login: learn its reference id again.
+            clinic.access_token = settings.cobalt_access_token
+            clinic.access_token_reference_id = None
+            clinic.needs_relink = False
+            clinic.updated_at = now
+        return clinic
+    clinic = Clinic(
+        name=DEFAULT_CLINIC,
+        access_token=settings.cobalt_access_token,
+        needs_relink=False,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(clinic)
+    except IntegrityError:  # another process created it first
+        return session.scalars(select(Clinic).where(Clinic.name == DEFAULT_CLINIC)).one()
+    return clinic
+
+
+def submit_job(
+    session: Session,
+    *,
+    request: NoteRequest | TelephoneEncounterRequest,
+    clinic: Clinic,
+    idempotency_key: str | None,
+    now: datetime,
+) -> tuple[Job, bool]:
+    """Store a validated request as a job waiting to be sent; return it and whether it is new.
+
+    With an idempotency key, the same key and body return the first job; the same key with a
+    different body is refused. The unique constraint, not the lookup, is the guard.
+    """
+    body = request.model_dump(mode="json", exclude_none=True)
+    body_hash = _hash_body(body)
+    if idempotency_key is not None:
+        existing = _job_for_key(session, clinic.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, body_hash), False
+    kind = JobKind.NOTE if isinstance(request, NoteRequest) else JobKind.TELEPHONE_ENCOUNTER
+    job = Job(
+        id=uuid.uuid4(),
+        kind=kind,
+        status=JobStatus.PROCESSING,
+        clinic_id=clinic.id,
+        request_body=body,
+        request_hash=body_hash,
+        idempotency_key=idempotency_key,
+        appointment_id=request.appointment_id if isinstance(request, NoteRequest) else None,
+        submission_state=Submission.PENDING,
+        submit_attempts=0,
+        next_attempt_at=now,
+        flagged=False,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            add_event(session, job, "created", now, kind=kind)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = _job_for_key(session, clinic.id, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, body_hash), False
+    return job, True
+
+
+def _job_for_key(session: Session, clinic_id: int, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.clinic_id == clinic_id, Job.idempotency_key == key))
+
+
+def _replay(job: Job, body_hash: str) -> Job:
+    if job.request_hash != body_hash:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different request body. "
+            "Use a new key for a new request."
+        )
+    return job
+
+
+def _hash_body(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """Return the job with this id, or raise NotFound (also for ids that are not UUIDs)."""
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"No job with id {job_id!r}.") from None
+    job = session.get(Job, key)
+    if job is None:
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+def job_view(job: Job) -> JobOut:
+    """The job resource front ends poll."""
+    error = None
+    if job.error_code is not None:
+        error = JobError(code=job.error_code, message=job.error_message or "")
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        cobalt=CobaltIds(
+            job_id=job.cobalt_job_id, telephone_encounter_id=job.cobalt_telephone_encounter_id
+        ),
+        outcome=job.outcome,
+        error=error,
+        submission=SubmissionOut(
+            state=job.submission_state,
+            attempts=job.submit_attempts,
+            next_attempt_at=job.next_attempt_at if job.submission_state in _DUE_STATES else None,
+        ),
+    )
+
+
+_DUE_STATES = {Submission.PENDING, Submission.WAITING, Submission.RETRYING}
+
+
+def add_event(session: Session, job: Job, type_: str, now: datetime, **detail: Any) -> None:
+    """Append one line to the job's timeline (ids and statuses only, never PHI)."""
+    session.add(JobEvent(job_id=job.id, at=now, type=type_, detail=detail))
+
+
+def settle(session: Session, job: Job, outcome: Outcome, now: datetime) -> None:
+    """Move a job to its terminal status and let a waiting note for its appointment go."""
+    job.status = outcome.status
+    job.outcome = outcome.detail
+    job.error_code = outcome.error["code"] if outcome.error else None
+    job.error_message = outcome.error["message"] if outcome.error else None
+    job.finished_at = now
+    job.updated_at = now
+    job.next_attempt_at = None
+    job.claimed_until = None
+    if job.submission_state in _DUE_STATES:
+        # Settled before it was ever sent (e.g. by staff): nothing will be sent now.
+        job.submission_state = Submission.REJECTED
+    release_appointment(session, job, now)
+
+
+def release_appointment(session: Session, job: Job, now: datetime) -> None:
+    """Free the (clinic, appointment) slot this note held, and wake the next note waiting."""
+    if job.inflight_key is None:
+        return
+    job.inflight_key = None
+    session.flush()
+    session.execute(
+        update(Job)
+        .where(
+            Job.submission_state == Submission.WAITING,
+            Job.clinic_id == job.clinic_id,
+            Job.appointment_id == job.appointment_id,
+        )
+        .values(next_attempt_at=now)
+    )
+
+
+def note_slot(job: Job) -> str | None:
+    """The key that allows one note per (clinic, appointment) at Cobalt at a time."""
+    if job.kind != JobKind.NOTE or job.appointment_id is None:
+        return None
+    return f"{job.clinic_id}:{job.appointment_id}"

@@ -1,0 +1,345 @@
+"""Webhook deliveries: store every signed one, then match it to a job and apply it.
+
+Storing and applying are separate steps inside one transaction: applying runs in a
+savepoint, so a bug in applying rolls back only the apply, and the delivery is still kept,
+marked `failed` for support to see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webhook_service.lifecycle import (
+    LOGIN_REQUIRED,
+    NO_OUTCOME,
+    JobKind,
+    JobStatus,
+    Verdict,
+    judge_outcome,
+    kind_for_event,
+    outcome_from_event,
+)
+from webhook_service.models import Clinic, Job, WebhookDelivery
+from webhook_service.services.jobs import add_event, settle
+from webhook_service.signatures import SignatureMatch
+
+log = logging.getLogger(__name__)
+
+# Headers kept with a delivery: Cobalt's own, and what helps support trace a request.
+KEPT_HEADERS = (
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-attempt",
+    "content-type",
+    "user-agent",
+    "x-request-id",
+)
+MAX_ID_LENGTH = 200
+
+
+class DeliveryState:
+    RECEIVED = "received"
+    APPLIED = "applied"
+    PARKED = "parked"  # no job matches yet: applied when a job learns its Cobalt ids
+    REPEAT = "repeat"  # the job already had this outcome
+    CONFLICT = "conflict"  # a different outcome than the job's: recorded, flagged, not applied
+    UNKNOWN_TYPE = "unknown_type"  # not an event this service acts on: stored and acknowledged
+    FAILED = "failed"  # applying raised: kept for support, nothing half-applied
+
+
+@dataclass(frozen=True)
+class Recorded:
+    delivery_id: int
+    duplicate: bool
+    state: str
+
+
+def record_webhook(
+    session: Session,
+    *,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    match: SignatureMatch,
+    now: datetime,
+) -> Recorded:
+    """Store a signed delivery once (deduplicated), then apply it. Never raises for bad input."""
+    payload = _parse(raw_body)
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    webhook_id = _clean_id(headers.get("webhook-id"))
+    delivery = WebhookDelivery(
+        dedup_key=_dedup_key(webhook_id, payload, raw_body),
+        webhook_id=webhook_id,
+        attempt=_parse_int(headers.get("webhook-attempt")),
+        event_timestamp=_parse_time(headers.get("webhook-timestamp")),
+        event_id=_clean_id(payload.get("id")),
+        event_type=_clean_id(payload.get("type")),
+        cobalt_job_id=_clean_id(payload.get("job_id")) or _clean_id(data.get("job_id")),
+        telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
+        appointment_id=_clean_id(data.get("appointment_id")),
+        access_token_reference_id=_clean_id(payload.get("access_token_reference_id")),
+        headers={k: headers[k][:500] for k in KEPT_HEADERS if k in headers},
+        raw_body=raw_body,
+        signature_match=match.describe(),
+        received_at=now,
+        state=DeliveryState.RECEIVED,
+    )
+    try:
+        with session.begin_nested():
+            session.add(delivery)
+    except IntegrityError:
+        existing = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.dedup_key == delivery.dedup_key)
+        ).one()
+        return Recorded(existing.id, duplicate=True, state=existing.state)
+    _apply_safely(session, delivery, payload, now)
+    return Recorded(delivery.id, duplicate=False, state=delivery.state)
+
+
+def _apply_safely(
+    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+) -> None:
+    try:
+        with session.begin_nested():
+            apply_delivery(session, delivery, payload, now)
+    except Exception as exc:
+        # Log where it failed, not the message: driver errors can quote stored PHI.
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "webhook apply failed",
+            extra={"delivery_id": delivery.id, "error_type": type(exc).__name__, "at": frames},
+        )
+        delivery.state = DeliveryState.FAILED
+        delivery.state_detail = f"applying raised {type(exc).__name__}"
+        delivery.job_id = None
+
+
+def apply_delivery(
+    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+) -> None:
+    """Match a stored delivery to its job and apply the event (or park it)."""
+    event_type = delivery.event_type
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    outcome = outcome_from_event(event_type, data) if event_type else None
+    if event_type == LOGIN_REQUIRED:
+        _flag_clinic_of(session, delivery, now)
+    if outcome is None:
+        delivery.state = DeliveryState.UNKNOWN_TYPE
+        delivery.state_detail = "not an outcome event this service acts on"
+        return
+    job = match_job(session, delivery)
+    if job is None:
+        delivery.state = DeliveryState.PARKED
+        delivery.state_detail = "no job matches yet"
+        return
+    delivery.job_id = job.id
+    if delivery.cobalt_job_id and job.cobalt_job_id is None:
+        job.cobalt_job_id = delivery.cobalt_job_id
+    if delivery.telephone_encounter_id and job.cobalt_telephone_encounter_id is None:
+        job.cobalt_telephone_encounter_id = delivery.telephone_encounter_id
+    verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
+    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
+    if verdict == Verdict.APPLY:
+        late = job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
+        settle(session, job, outcome, now)
+        add_event(session, job, "webhook_applied", now, settled_late=late, **facts)
+        delivery.state = DeliveryState.APPLIED
+        delivery.state_detail = None
+    elif verdict == Verdict.REPEAT:
+        job.updated_at = now
+        add_event(session, job, "webhook_repeat", now, **facts)
+        delivery.state = DeliveryState.REPEAT
+        delivery.state_detail = f"job already {job.status}"
+    else:
+        job.flagged = True
+        job.updated_at = now
+        add_event(session, job, "outcome_conflict", now, kept=job.status, **facts)
+        delivery.state = DeliveryState.CONFLICT
+        delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
+
+
+def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
+    """Find the delivery's job: by Cobalt job id, then encounter id, then note appointment."""
+    if delivery.cobalt_job_id:
+        job = session.scalar(
+            select(Job).where(Job.cobalt_job_id == delivery.cobalt_job_id).with_for_update()
+        )
+        if job is not None:
+            return job
+    if delivery.telephone_encounter_id:
+        job = session.scalar(
+            select(Job)
+            .where(Job.cobalt_telephone_encounter_id == delivery.telephone_encounter_id)
+            .with_for_update()
+        )
+        if job is not None:
+            return job
+    kind = kind_for_event(delivery.event_type or "")
+    if delivery.appointment_id and kind in (JobKind.NOTE, None):
+        return _note_for_appointment(session, delivery)
+    return None
+
+
+def _note_for_appointment(session: Session, delivery: WebhookDelivery) -> Job | None:
+    """The note in flight for this appointment in the delivery's clinic.
+
+    Only one note per (clinic, appointment) is ever at Cobalt at once, so this is not a
+    guess. A note the service failed for lack of news still matches a late real outcome.
+    """
+    query = (
+        select(Job)
+        .where(
+            Job.kind == JobKind.NOTE,
+            Job.appointment_id == delivery.appointment_id,
+            Job.cobalt_job_id.is_(None),
+            or_(
+                Job.inflight_key.is_not(None),
+                and_(Job.status == JobStatus.FAILED, Job.error_code == NO_OUTCOME),
+            ),
+        )
+        .order_by(Job.inflight_key.is_(None), Job.created_at.desc())
+        .limit(1)
+        .with_for_update()
+    )
+    clinic_ids = _clinics_for(session, delivery.access_token_reference_id)
+    if clinic_ids is not None:
+        query = query.where(Job.clinic_id.in_(clinic_ids))
+    return session.scalar(query)
+
+
+def _clinics_for(session: Session, reference_id: str | None) -> list[int] | None:
+    """Clinics a delivery may belong to; None when it does not say (older payloads)."""
+    if reference_id is None:
+        return None
+    known = session.scalar(
+        select(Clinic.id).where(Clinic.access_token_reference_id == reference_id)
+    )
+    if known is not None:
+        return [known]
+    # Clinics whose reference id we have not learned yet might be this one.
+    return list(
+        session.scalars(select(Clinic.id).where(Clinic.access_token_reference_id.is_(None)))
+    )
+
+
+def _flag_clinic_of(session: Session, delivery: WebhookDelivery, now: datetime) -> None:
+    if delivery.access_token_reference_id is None:
+        return
+    clinic = session.scalar(
+        select(Clinic).where(Clinic.access_token_reference_id == delivery.access_token_reference_id)
+    )
+    if clinic is not None and not clinic.needs_relink:
+        clinic.needs_relink = True
+        clinic.updated_at = now
+
+
+def apply_parked_for(session: Session, job: Job, now: datetime) -> int:
+    """Apply, in arrival order, the parked deliveries that match a job's new Cobalt ids."""
+    conditions = []
+    if job.cobalt_job_id:
+        conditions.append(WebhookDelivery.cobalt_job_id == job.cobalt_job_id)
+    if job.cobalt_telephone_encounter_id:
+        conditions.append(
+            WebhookDelivery.telephone_encounter_id == job.cobalt_telephone_encounter_id
+        )
+    if not conditions:
+        return 0
+    parked = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.state == DeliveryState.PARKED, or_(*conditions))
+        .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for delivery in parked:
+        _apply_safely(session, delivery, _parse(delivery.raw_body or b""), now)
+    return len(parked)
+
+
+def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
+    """Sweep: apply parked deliveries whose job has since learned its ids.
+
+    Closes the race where a webhook is parked in the instant a worker records the ids.
+    """
+    parked = session.scalars(
+        select(WebhookDelivery)
+        .where(
+            WebhookDelivery.state == DeliveryState.PARKED,
+            or_(
+                WebhookDelivery.cobalt_job_id.in_(
+                    select(Job.cobalt_job_id).where(Job.cobalt_job_id.is_not(None))
+                ),
+                WebhookDelivery.telephone_encounter_id.in_(
+                    select(Job.cobalt_telephone_encounter_id).where(
+                        Job.cobalt_telephone_encounter_id.is_not(None)
+                    )
+                ),
+            ),
+        )
+        .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for delivery in parked:
+        _apply_safely(session, delivery, _parse(delivery.raw_body or b""), now)
+    return len(parked)
+
+
+def _parse(raw_body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(raw_body)
+    except (ValueError, RecursionError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _clean_id(value: object) -> str | None:
+    """An id from outside: kept only if it is a short string or integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
+        return None
+    return text
+
+
+def _dedup_key(webhook_id: str | None, payload: dict[str, Any], raw_body: bytes) -> str:
+    if webhook_id is not None:
+        return "webhook-id:" + webhook_id
+    event_id = _clean_id(payload.get("id"))
+    if event_id is not None:
+        return "event-id:" + event_id
+    return "sha256:" + hashlib.sha256(raw_body).hexdigest()
+
+
+def _parse_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if 0 <= number < 1_000_000 else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed

@@ -1,0 +1,118 @@
+"""Typed settings, read from the environment once when the app or worker starts.
+
+Every variable is listed with a comment in `config/example.env`. Tests build `Settings(...)`
+directly instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_PATH = Path("instance") / "webhook_service.sqlite3"
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept Heroku's `postgres://` and plain `postgresql://`; always use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    environment: Literal["development", "production", "test"] = Field(
+        default="production", validation_alias="WEBHOOK_SERVICE_ENV"
+    )
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+
+    cobalt_api_url: str = Field(
+        default="https://api.usecobalt.com/v1", validation_alias="COBALT_API_URL"
+    )
+    cobalt_client_id: str = Field(default="", validation_alias="COBALT_CLIENT_ID")
+    cobalt_client_secret: str = Field(default="", validation_alias="COBALT_CLIENT_SECRET")
+    cobalt_access_token: str = Field(default="", validation_alias="COBALT_ACCESS_TOKEN")
+    cobalt_webhook_secrets: CommaList = Field(default=(), validation_alias="COBALT_WEBHOOK_SECRETS")
+    # Cobalt answers POSTs at once; a reply slower than this is treated as "may have been
+    # accepted" (submission unknown), never as a failure to be retried blindly.
+    cobalt_connect_timeout_seconds: float = Field(
+        default=5.0, validation_alias="COBALT_CONNECT_TIMEOUT_SECONDS"
+    )
+    cobalt_read_timeout_seconds: float = Field(
+        default=20.0, validation_alias="COBALT_READ_TIMEOUT_SECONDS"
+    )
+
+    secret_key: str = Field(default="", validation_alias="SECRET_KEY")
+    phi_encryption_keys: CommaList = Field(default=(), validation_alias="PHI_ENCRYPTION_KEYS")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+
+    max_body_bytes: int = Field(default=256 * 1024, validation_alias="MAX_BODY_BYTES")
+    note_expected_seconds: int = Field(default=180, validation_alias="NOTE_EXPECTED_SECONDS")
+    encounter_expected_seconds: int = Field(
+        default=120, validation_alias="ENCOUNTER_EXPECTED_SECONDS"
+    )
+    job_deadline_seconds: int = Field(default=1800, validation_alias="JOB_DEADLINE_SECONDS")
+    submit_max_attempts: int = Field(default=8, validation_alias="SUBMIT_MAX_ATTEMPTS")
+    retry_base_seconds: float = Field(default=2.0, validation_alias="RETRY_BASE_SECONDS")
+    retry_cap_seconds: float = Field(default=300.0, validation_alias="RETRY_CAP_SECONDS")
+    claim_ttl_seconds: int = Field(default=60, validation_alias="CLAIM_TTL_SECONDS")
+    worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
+    poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
+
+    @field_validator("cobalt_webhook_secrets", "phi_encryption_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        return normalise_database_url(value.strip())
+
+    @field_validator("cobalt_api_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.environment == "production" and not self.secret_key:
+            raise ValueError(
+                "SECRET_KEY must be set in production (set WEBHOOK_SERVICE_ENV=development "
+                "for local runs)"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file when none is set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{DEFAULT_SQLITE_PATH.resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def job_deadline(self) -> timedelta:
+        return timedelta(seconds=self.job_deadline_seconds)
+
+    def expected_duration(self, kind: str) -> timedelta:
+        seconds = self.note_expected_seconds if kind == "note" else self.encounter_expected_seconds
+        return timedelta(seconds=seconds)

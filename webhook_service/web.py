@@ -1,0 +1,35 @@
+"""Small helpers every blueprint shares: the app's settings, sessions, and the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from webhook_service.db import SessionFactory, transaction
+from webhook_service.settings import Settings
+
+
+def settings() -> Settings:
+    value: Settings = current_app.extensions["webhook_service"]["settings"]
+    return value
+
+
+def sessions() -> SessionFactory:
+    value: SessionFactory = current_app.extensions["webhook_service"]["sessions"]
+    return value
+
+
+@contextmanager
+def request_transaction() -> Iterator[Session]:
+    """The request's one transaction: committed when the view's block ends."""
+    with transaction(sessions()) as session:
+        yield session
+
+
+def utcnow() -> datetime:
+    clock = current_app.extensions["webhook_service"].get("clock")
+    return clock() if clock is not None else datetime.now(UTC)

@@ -1,0 +1,193 @@
+"""The worker: claim a due job → call Cobalt → record the answer, in a loop.
+
+Each step is its own short transaction; no transaction is held open across a call to
+Cobalt, so a slow Cobalt never holds row locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+from webhook_service import services
+from webhook_service.cobalt import (
+    CobaltAmbiguous,
+    CobaltClient,
+    CobaltError,
+    CobaltRejected,
+    CobaltTransient,
+)
+from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
+from webhook_service.lifecycle import JobKind, retry_delay
+from webhook_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+HOUSEKEEPING_EVERY = timedelta(seconds=5)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def cobalt_client(settings: Settings) -> CobaltClient:
+    return CobaltClient(
+        settings.cobalt_api_url,
+        settings.cobalt_client_id,
+        settings.cobalt_client_secret,
+        connect_timeout=settings.cobalt_connect_timeout_seconds,
+        read_timeout=settings.cobalt_read_timeout_seconds,
+    )
+
+
+class Worker:
+    """Submits due jobs to Cobalt and keeps claims and parked webhooks moving."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        cobalt: CobaltClient,
+        *,
+        clock: Clock = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.cobalt = cobalt
+        self.clock = clock
+        self.jitter = jitter
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._last_housekeeping: datetime | None = None
+
+    def run_once(self) -> bool:
+        """Do one unit of work; return False when there was nothing to do."""
+        self.housekeeping()
+        now = self.clock()
+        with transaction(self.sessions) as session:
+            claim = services.claim_due_job(
+                session, now=now, lease=timedelta(seconds=self.settings.claim_ttl_seconds)
+            )
+        if claim is None:
+            return False
+        if not claim.knows_reference_id:
+            self._learn_reference_id(claim)
+        self.submit(claim)
+        return True
+
+    def submit(self, claim: services.Claim) -> None:
+        """Send one claimed job to Cobalt and record the answer."""
+        log.info("submitting", extra={"job_id": str(claim.job_id), "attempt": claim.attempt})
+        try:
+            if claim.kind == JobKind.NOTE:
+                reply = self.cobalt.create_note(claim.access_token, claim.body)
+            else:
+                reply = self.cobalt.create_telephone_encounter(claim.access_token, claim.body)
+        except CobaltRejected as exc:
+            self._record(claim, "rejected", exc.status_code, services.record_rejected, exc)
+        except CobaltTransient as exc:
+            delay = retry_delay(
+                claim.attempt,
+                base=self.settings.retry_base_seconds,
+                cap=self.settings.retry_cap_seconds,
+                jitter=self.jitter(),
+            )
+            with transaction(self.sessions) as session:
+                services.record_transient(
+                    session,
+                    claim,
+                    exc,
+                    self.clock(),
+                    retry_in=delay,
+                    max_attempts=self.settings.submit_max_attempts,
+                )
+            log.warning(
+                "submission failed, will retry",
+                extra={"job_id": str(claim.job_id), "status": exc.status_code},
+            )
+        except CobaltAmbiguous as exc:
+            self._record(claim, "unknown", None, services.record_ambiguous, exc)
+        else:
+            with transaction(self.sessions) as session:
+                services.record_accepted(session, claim, reply, self.clock())
+            log.info(
+                "submission accepted",
+                extra={"job_id": str(claim.job_id), "cobalt_job_id": reply.job_id},
+            )
+
+    def _record(
+        self,
+        claim: services.Claim,
+        what: str,
+        status: int | None,
+        record: Callable[..., None],
+        exc: CobaltError,
+    ) -> None:
+        with transaction(self.sessions) as session:
+            record(session, claim, exc, self.clock())
+        log.warning("submission %s", what, extra={"job_id": str(claim.job_id), "status": status})
+
+    def _learn_reference_id(self, claim: services.Claim) -> None:
+        try:
+            reference_id = self.cobalt.get_access_token_reference_id(claim.access_token)
+        except CobaltError as exc:
+            # Not fatal: webhooks still match by job id; we ask again with the next job.
+            log.warning("could not read clinic settings", extra={"error": type(exc).__name__})
+            return
+        if reference_id:
+            with transaction(self.sessions) as session:
+                services.learn_reference_id(session, claim.clinic_id, reference_id, self.clock())
+
+    def housekeeping(self) -> None:
+        """Expire abandoned claims and apply parked webhooks, every few seconds."""
+        now = self.clock()
+        if self._last_housekeeping and now - self._last_housekeeping < HOUSEKEEPING_EVERY:
+            return
+        self._last_housekeeping = now
+        with transaction(self.sessions) as session:
+            expired = services.expire_claims(session, now)
+            matched = services.match_parked(session, now)
+        if expired or matched:
+            log.info("housekeeping", extra={"claims_expired": expired, "parked_applied": matched})
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set; an in-flight job is always finished and recorded."""
+        log.info("worker started", extra={"worker": self.name})
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("worker step failed")
+                busy = False
+            if not busy:
+                stop.wait(self.settings.worker_poll_seconds)
+        log.info("worker stopped", extra={"worker": self.name})
+
+
+def run_worker(settings: Settings) -> None:
+    """Entry point of the `worker` process: runs until SIGTERM or SIGINT."""
+    from webhook_service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    engine = make_engine(settings.effective_database_url)
+    worker = Worker(settings, make_session_factory(engine), cobalt_client(settings))
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        worker.run_forever(stop)
+    finally:
+        engine.dispose()
