@@ -1,0 +1,24 @@
+"""gunicorn settings for the `web` process (Procfile), read by `gunicorn --config`.
+
+Threads, not more processes, absorb the slow clients and webhook bursts: each request is
+short and mostly waits on the database. Timeouts sit inside Heroku's 30 s router limit.
+"""
+
+import multiprocessing
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = 25  # a worker stuck this long is restarted, before the router's 30 s cut-off
+graceful_timeout = 25  # SIGTERM: finish in-flight requests within Heroku's 30 s
+keepalive = 5
+max_requests = 10_000  # recycle processes now and then; jitter so they don't all go at once
+max_requests_jitter = 1_000
+accesslog = None  # the app logs each request as a JSON line, without query strings (PHI)
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# No preload: each process opens its own database pool after the fork.
+preload_app = False
