@@ -1,0 +1,140 @@
+"""The worker: claims, leases, one note per appointment, and many workers at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+
+import responses
+from sqlalchemy import select
+
+from tests.conftest import COBALT, FakeClock, event
+from tests.test_lifecycle_http import NOTE, accept_note, poll, submit
+from webhook_service.cobalt import CobaltClient
+from webhook_service.models import Clinic, Job, JobEvent
+from webhook_service.worker import Worker
+
+
+def timeline(sessions, job_id: str) -> list[str]:
+    with sessions() as session:
+        rows = session.scalars(
+            select(JobEvent.type).where(JobEvent.job_id == uuid.UUID(job_id)).order_by(JobEvent.id)
+        )
+        return list(rows)
+
+
+def test_second_note_for_same_appointment_waits_for_the_first(
+    client, worker: Worker, cobalt, clock: FakeClock, post_webhook, sessions
+):
+    accept_note(cobalt)
+    first = submit(client, "/v1/notes", NOTE)
+    second = submit(client, "/v1/notes", {**NOTE, "note": "Addendum"})
+    assert worker.run_once()
+    assert not worker.run_once(), "the second note must not go while the first is in flight"
+    assert poll(client, second["id"])["submission"]["state"] == "waiting"
+    assert len([c for c in cobalt.calls if c.request.url.endswith("/notes")]) == 1
+
+    post_webhook(event("note.created", appointment_id="728948"))
+    assert poll(client, first["id"])["status"] == "completed"
+    assert poll(client, second["id"])["status"] == "processing"
+    assert worker.run_once(), "the first note settled, so the second goes now"
+    post_webhook(event("note.created", appointment_id="728948"))
+    assert poll(client, second["id"])["status"] == "completed"
+    assert "submission_waiting" in timeline(sessions, second["id"])
+
+
+def test_notes_for_different_appointments_go_together(client, worker, cobalt):
+    accept_note(cobalt)
+    submit(client, "/v1/notes", NOTE)
+    submit(client, "/v1/notes", {**NOTE, "appointment_id": "999"})
+    assert worker.run_once()
+    assert worker.run_once()
+    assert len([c for c in cobalt.calls if c.request.url.endswith("/notes")]) == 2
+
+
+def test_worker_killed_mid_call_leaves_job_unknown_not_resent(
+    client, worker: Worker, cobalt, clock: FakeClock, sessions, settings
+):
+    accept_note(cobalt)
+    job = submit(client, "/v1/notes", NOTE)
+    # A worker claims the job and dies before recording Cobalt's answer.
+    from webhook_service.db import transaction
+    from webhook_service.services import claim_due_job
+
+    with transaction(sessions) as session:
+        from datetime import timedelta
+
+        assert claim_due_job(session, now=clock(), lease=timedelta(seconds=60)) is not None
+    assert poll(client, job["id"])["submission"]["state"] == "sending"
+    clock.advance(seconds=61)
+    assert not worker.run_once()
+    assert poll(client, job["id"])["submission"]["state"] == "unknown"
+    assert "claim_expired" in timeline(sessions, job["id"])
+    clock.advance(minutes=30)
+    assert not worker.run_once()
+    assert not [c for c in cobalt.calls if c.request.url.endswith("/notes")]
+
+
+def test_worker_learns_the_clinic_reference_id(client, worker, cobalt, sessions):
+    accept_note(cobalt)
+    submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    with sessions() as session:
+        assert session.scalars(select(Clinic)).one().access_token_reference_id == "atr_clinic_1"
+
+
+def test_request_body_sent_is_exactly_what_the_front_end_posted(client, worker, cobalt):
+    accept_note(cobalt)
+    body = {**NOTE, "icd_10_codes": ["E11.9"], "cpt_codes": ["99213"]}
+    submit(client, "/v1/notes", body)
+    worker.run_once()
+    sent = next(c for c in cobalt.calls if c.request.url.endswith("/notes"))
+    assert json.loads(sent.request.body) == body
+
+
+def test_many_workers_submit_each_job_exactly_once(
+    client, settings, sessions, clock: FakeClock, is_postgres
+):
+    """Four workers race over 40 jobs; Cobalt sees each job once, and every job is sent."""
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def cobalt_accepts(request):
+        body = json.loads(request.body)
+        with lock:
+            seen[body["patient_mrn"]] += 1
+        return (200, {}, json.dumps({"success": True, "job_id": body["patient_mrn"]}))
+
+    for n in range(40):
+        client.post(
+            "/v1/telephone-encounters",
+            json={
+                "patient_mrn": f"MRN-{n}",
+                "provider_id": "p",
+                "location_id": "l",
+                "assigned_to_id": "s",
+            },
+        )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as cobalt:
+        cobalt.add_callback(
+            responses.POST, f"{COBALT}/telephone-encounters", callback=cobalt_accepts
+        )
+        cobalt.add(responses.GET, f"{COBALT}/settings", json={"access_token_reference_id": "a"})
+
+        def work() -> None:
+            worker = Worker(settings, sessions, CobaltClient(COBALT, "c", "s"), clock=clock)
+            while worker.run_once():
+                pass
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(seen) == 40
+    assert set(seen.values()) == {1}
+    with sessions() as session:
+        states = Counter(session.scalars(select(Job.submission_state)))
+    assert states == {"accepted": 40}
