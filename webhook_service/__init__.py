@@ -22,6 +22,7 @@ log = logging.getLogger("webhook_service.http")
 def create_app(settings: Settings | None = None) -> Flask:
     """Create the web app: API, webhook receiver, health checks."""
     settings = settings or Settings()
+    settings.require_web_secrets()
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config.update(
@@ -41,6 +42,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    if settings.environment == "development":
+        # The try-it page: a front end in miniature, for local runs only.
+        from webhook_service import demo
+
+        app.register_blueprint(demo.bp)
     _register_error_handlers(app)
     _register_request_logging(app)
     return app

@@ -31,9 +31,10 @@ def worker() -> None:
     run_worker(Settings())
 
 
-try:
-    from webhook_service.sandbox.cli import sandbox
+def _add_sandbox() -> None:
+    from webhook_service.sandbox.cli import sandbox_command
 
-    main.add_command(sandbox)
-except ImportError:  # pragma: no cover - the sandbox ships with the package
-    pass
+    main.add_command(sandbox_command)
+
+
+_add_sandbox()

@@ -106,6 +106,8 @@ class Job(Base):
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
+    # When Cobalt's webhook-events log was last searched for this job's outcome.
+    reconciled_at: Mapped[datetime | None]
     # Set while a note is at Cobalt: the unique index is what keeps two notes for one
     # appointment from being in flight at once, even with many workers.
     inflight_key: Mapped[str | None] = mapped_column(String(250), unique=True)

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("instance") / "webhook_service.sqlite3"
@@ -89,14 +89,13 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: str) -> str:
         return value.upper()
 
-    @model_validator(mode="after")
-    def _production_needs_secrets(self) -> Settings:
+    def require_web_secrets(self) -> None:
+        """Fail fast when the web process would run in production without its secrets."""
         if self.environment == "production" and not self.secret_key:
-            raise ValueError(
+            raise RuntimeError(
                 "SECRET_KEY must be set in production (set WEBHOOK_SERVICE_ENV=development "
                 "for local runs)"
             )
-        return self
 
     @property
     def effective_database_url(self) -> str:

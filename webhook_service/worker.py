@@ -147,7 +147,8 @@ class Worker:
                 services.learn_reference_id(session, claim.clinic_id, reference_id, self.clock())
 
     def housekeeping(self) -> None:
-        """Expire abandoned claims and apply parked webhooks, every few seconds."""
+        """Every few seconds: expire abandoned claims, apply parked webhooks, reconcile
+        overdue jobs against Cobalt's log, and fail jobs past the deadline."""
         now = self.clock()
         if self._last_housekeeping and now - self._last_housekeeping < HOUSEKEEPING_EVERY:
             return
@@ -155,8 +156,44 @@ class Worker:
         with transaction(self.sessions) as session:
             expired = services.expire_claims(session, now)
             matched = services.match_parked(session, now)
-        if expired or matched:
-            log.info("housekeeping", extra={"claims_expired": expired, "parked_applied": matched})
+        reconciled = self.reconcile()
+        with transaction(self.sessions) as session:
+            failed = services.fail_past_deadline(
+                session, now=self.clock(), deadline=self.settings.job_deadline
+            )
+        if expired or matched or reconciled or failed:
+            log.info(
+                "housekeeping",
+                extra={
+                    "claims_expired": expired,
+                    "parked_applied": matched,
+                    "reconciled": reconciled,
+                    "deadline_failed": failed,
+                },
+            )
+
+    def reconcile(self) -> int:
+        """Look overdue jobs up in Cobalt's webhook-events log; apply what is found."""
+        expected = {str(kind): self.settings.expected_duration(kind) for kind in JobKind}
+        with transaction(self.sessions) as session:
+            lookups = services.due_lookups(session, now=self.clock(), expected=expected)
+        settled = 0
+        for lookup in lookups:
+            try:
+                page = self.cobalt.list_webhook_events(
+                    lookup.access_token, **services.lookup_params(lookup)
+                )
+            except CobaltError as exc:
+                log.warning(
+                    "reconcile lookup failed",
+                    extra={"job_id": str(lookup.job_id), "error": type(exc).__name__},
+                )
+                continue
+            events = page.get("webhook_events")
+            found = services.pick_outcome(lookup, events if isinstance(events, list) else [])
+            with transaction(self.sessions) as session:
+                settled += services.record_lookup(session, lookup, found, self.clock())
+        return settled
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; an in-flight job is always finished and recorded."""

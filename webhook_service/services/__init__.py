@@ -9,6 +9,14 @@ from webhook_service.services.jobs import (
     job_view,
     submit_job,
 )
+from webhook_service.services.reconcile import (
+    Lookup,
+    due_lookups,
+    fail_past_deadline,
+    lookup_params,
+    pick_outcome,
+    record_lookup,
+)
 from webhook_service.services.submissions import (
     Claim,
     claim_due_job,
@@ -23,16 +31,22 @@ from webhook_service.services.webhooks import Recorded, match_parked, record_web
 
 __all__ = [
     "Claim",
+    "Lookup",
     "Recorded",
     "claim_due_job",
     "default_clinic",
+    "due_lookups",
     "expire_claims",
+    "fail_past_deadline",
     "get_job",
     "job_view",
     "learn_reference_id",
+    "lookup_params",
     "match_parked",
+    "pick_outcome",
     "record_accepted",
     "record_ambiguous",
+    "record_lookup",
     "record_rejected",
     "record_transient",
     "record_webhook",

@@ -1,0 +1,157 @@
+"""Reconciliation and the deadline: outcomes Cobalt produced but never delivered."""
+
+from __future__ import annotations
+
+import uuid
+
+import requests
+import responses
+from sqlalchemy import select
+
+from tests.conftest import COBALT, FakeClock, event
+from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_encounter, accept_note, poll, submit
+from webhook_service.models import JobEvent, WebhookDelivery
+
+
+def events_log(cobalt, *items):
+    cobalt.add(
+        responses.GET,
+        f"{COBALT}/webhook-events",
+        json={
+            "success": True,
+            "webhook_events": list(items),
+            "pagination": {"current_page": 1, "total_pages": 1, "total_count": len(items)},
+        },
+    )
+
+
+def logged(event_type, job_id=None, **data):
+    return {
+        "event_id": f"evt_{uuid.uuid4().hex[:8]}",
+        "event_type": event_type,
+        "job_id": job_id,
+        "data": data,
+        "created_at": "2026-11-23T12:00:30Z",
+        "delivery_status": "failed",
+    }
+
+
+def timeline(sessions, job_id):
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(JobEvent.type)
+                .where(JobEvent.job_id == uuid.UUID(job_id))
+                .order_by(JobEvent.id)
+            )
+        )
+
+
+def test_dropped_encounter_webhook_is_found_by_job_id(
+    client, worker, cobalt, clock: FakeClock, sessions
+):
+    accept_encounter(cobalt)
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    events_log(
+        cobalt,
+        logged("telephone_encounter.created", "4242", telephone_encounter_id="te_77"),
+    )
+    clock.advance(minutes=1)
+    worker.run_once()
+    assert poll(client, job["id"])["status"] == "processing", "not overdue yet"
+    assert not [c for c in cobalt.calls if "/webhook-events" in c.request.url]
+
+    clock.advance(minutes=2)
+    worker.run_once()
+    settled = poll(client, job["id"])
+    assert settled["status"] == "completed"
+    lookup = next(c for c in cobalt.calls if "/webhook-events" in c.request.url)
+    assert "job_id=4242" in lookup.request.url
+    assert timeline(sessions, job["id"])[-2:] == ["webhook_applied", "reconciled"]
+
+
+def test_note_without_job_id_is_found_by_appointment(client, worker, cobalt, clock: FakeClock):
+    accept_note(cobalt)
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    events_log(
+        cobalt,
+        logged("note.created", "cj_other", appointment_id="111111"),
+        logged("note.failed", "cj_9", appointment_id="728948", failure_reason="Chart locked"),
+    )
+    clock.advance(minutes=4)
+    worker.run_once()
+    failed = poll(client, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["message"] == "Chart locked"
+    assert failed["cobalt"]["job_id"] == "cj_9"
+
+
+def test_unknown_submission_is_settled_by_what_cobalt_logged(
+    client, worker, cobalt, clock: FakeClock
+):
+    cobalt.add(responses.POST, f"{COBALT}/notes", body=requests.ReadTimeout("slow"))
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    assert poll(client, job["id"])["submission"]["state"] == "unknown"
+    events_log(cobalt, logged("note.created", "cj_5", appointment_id="728948"))
+    clock.advance(minutes=4)
+    worker.run_once()
+    assert poll(client, job["id"])["status"] == "completed"
+    assert len([c for c in cobalt.calls if c.request.url.endswith("/notes")]) == 1
+
+
+def test_nothing_found_is_recorded_and_looked_up_again_later(
+    client, worker, cobalt, clock: FakeClock, sessions
+):
+    accept_note(cobalt)
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    events_log(cobalt)
+    clock.advance(minutes=4)
+    worker.run_once()
+    clock.advance(seconds=10)
+    worker.run_once()
+    assert timeline(sessions, job["id"]).count("reconcile_lookup") == 1, "at most once a minute"
+    clock.advance(minutes=2)
+    worker.run_once()
+    assert timeline(sessions, job["id"]).count("reconcile_lookup") == 2
+    assert poll(client, job["id"])["status"] == "processing"
+
+
+def test_deadline_fails_job_with_no_outcome_and_late_webhook_settles_it(
+    client, worker, cobalt, clock: FakeClock, post_webhook
+):
+    accept_note(cobalt)
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    events_log(cobalt)
+    clock.advance(minutes=31)
+    worker.run_once()
+    failed = poll(client, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "no_outcome"
+    assert "check the chart before resubmitting" in failed["error"]["message"]
+
+    post_webhook(event("note.created", appointment_id="728948"))
+    late = poll(client, job["id"])
+    assert late["status"] == "completed"
+    assert late["error"] is None
+
+
+def test_reconciled_outcome_then_real_webhook_changes_nothing(
+    client, worker, cobalt, clock: FakeClock, post_webhook, sessions
+):
+    accept_encounter(cobalt)
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    events_log(cobalt, logged("telephone_encounter.created_partial", "4242"))
+    clock.advance(minutes=3)
+    worker.run_once()
+    assert poll(client, job["id"])["status"] == "partial"
+    post_webhook(event("telephone_encounter.created_partial", job_id="4242"))
+    assert poll(client, job["id"])["status"] == "partial"
+    with sessions() as session:
+        states = sorted(session.scalars(select(WebhookDelivery.state)))
+    assert states == ["applied", "repeat"]

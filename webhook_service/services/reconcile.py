@@ -1,0 +1,216 @@
+"""Reconciliation: find an overdue job's outcome in Cobalt's webhook-events log.
+
+Cobalt delivers each webhook at most twice and never after a timeout, so a job can be left
+`processing` with its outcome sitting in Cobalt's log. A found outcome is stored and applied
+exactly as a webhook would be; past the deadline, a job with no news fails as `no_outcome`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webhook_service.lifecycle import (
+    NO_OUTCOME,
+    JobKind,
+    JobStatus,
+    Outcome,
+    Submission,
+    kind_for_event,
+    status_for_event,
+)
+from webhook_service.models import Clinic, Job, WebhookDelivery
+from webhook_service.services.jobs import add_event, settle
+from webhook_service.services.webhooks import DeliveryState, _apply_safely, _clean_id
+from webhook_service.signatures import compact_json
+
+# Submissions whose outcome may be waiting in Cobalt's log.
+LOOKUP_STATES = (Submission.ACCEPTED, Submission.UNKNOWN, Submission.SENDING)
+LOOKUP_EVERY = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a worker needs to search Cobalt's log for one job."""
+
+    job_id: uuid.UUID
+    kind: str
+    access_token: str
+    cobalt_job_id: str | None
+    appointment_id: str | None
+    since: datetime
+
+
+def due_lookups(
+    session: Session, *, now: datetime, expected: dict[str, timedelta], limit: int = 20
+) -> list[Lookup]:
+    """Claim overdue processing jobs for a lookup (each at most once a minute)."""
+    oldest_expected = min(expected.values())
+    jobs = session.scalars(
+        select(Job)
+        .where(
+            Job.status == JobStatus.PROCESSING,
+            Job.submission_state.in_(LOOKUP_STATES),
+            Job.created_at < now - oldest_expected,
+            (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LOOKUP_EVERY),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    lookups = []
+    for job in jobs:
+        if job.created_at >= now - expected[job.kind]:
+            continue
+        if job.submission_state == Submission.SENDING and (
+            job.claimed_until is not None and job.claimed_until > now
+        ):
+            continue  # a live worker is still waiting for Cobalt's reply
+        clinic = session.get(Clinic, job.clinic_id)
+        assert clinic is not None
+        job.reconciled_at = now
+        lookups.append(
+            Lookup(
+                job_id=job.id,
+                kind=job.kind,
+                access_token=clinic.access_token,
+                cobalt_job_id=job.cobalt_job_id,
+                appointment_id=job.appointment_id,
+                since=job.created_at,
+            )
+        )
+    return lookups
+
+
+def lookup_params(lookup: Lookup) -> dict[str, str | int]:
+    """Query parameters for `GET /v1/webhook-events` that can find this job's events."""
+    params: dict[str, str | int] = {"page_size": 100, "sort": "-created_at"}
+    if lookup.cobalt_job_id:
+        params["job_id"] = lookup.cobalt_job_id
+    else:
+        # Notes may have no job id: search the days since submission, match the appointment.
+        params["start_date"] = lookup.since.date().isoformat()
+    return params
+
+
+def pick_outcome(lookup: Lookup, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The earliest outcome event in Cobalt's log that belongs to this job."""
+    mine = []
+    for item in events:
+        if not isinstance(item, dict):
+            continue
+        event_type = item.get("event_type")
+        if not isinstance(event_type, str) or status_for_event(event_type) is None:
+            continue
+        data = item.get("data") if isinstance(item.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        if lookup.cobalt_job_id:
+            if _clean_id(item.get("job_id")) != lookup.cobalt_job_id:
+                continue
+        elif lookup.kind == JobKind.NOTE:
+            if kind_for_event(event_type) != JobKind.NOTE:
+                continue
+            if _clean_id(data.get("appointment_id")) != lookup.appointment_id:
+                continue
+        else:
+            continue
+        mine.append(item)
+    mine.sort(key=lambda item: str(item.get("created_at", "")))
+    return mine[0] if mine else None
+
+
+def record_lookup(
+    session: Session, lookup: Lookup, found: dict[str, Any] | None, now: datetime
+) -> bool:
+    """Write the lookup on the timeline and apply a found outcome like a webhook."""
+    job = session.get(Job, lookup.job_id)
+    if job is None:
+        return False
+    add_event(
+        session,
+        job,
+        "reconcile_lookup",
+        now,
+        found=found is not None,
+        event_type=found.get("event_type") if found else None,
+    )
+    if found is None or job.status != JobStatus.PROCESSING:
+        return False
+    event_id = _clean_id(found.get("event_id")) or uuid.uuid4().hex
+    raw_data = found.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    payload: dict[str, Any] = {
+        "id": event_id,
+        "object": "event",
+        "created": found.get("created_at"),
+        "type": found.get("event_type"),
+        "job_id": _clean_id(found.get("job_id")),
+        "data": data,
+    }
+    delivery = WebhookDelivery(
+        dedup_key=f"reconcile:{event_id}",
+        webhook_id=None,
+        attempt=None,
+        event_timestamp=None,
+        event_id=event_id,
+        event_type=_clean_id(found.get("event_type")),
+        cobalt_job_id=payload["job_id"],
+        telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
+        appointment_id=_clean_id(data.get("appointment_id")),
+        access_token_reference_id=None,
+        headers={},
+        raw_body=compact_json(payload),
+        signature_match="reconcile",
+        received_at=now,
+        state=DeliveryState.RECEIVED,
+    )
+    try:
+        with session.begin_nested():
+            session.add(delivery)
+    except IntegrityError:
+        return False  # already found by an earlier lookup
+    if job.cobalt_job_id is None and delivery.cobalt_job_id:
+        # Bind the job to the event found for it, so matching cannot pick another job.
+        job.cobalt_job_id = delivery.cobalt_job_id
+    _apply_safely(session, delivery, payload, now)
+    if delivery.state == DeliveryState.APPLIED:
+        add_event(session, job, "reconciled", now, delivery_id=delivery.id)
+        return True
+    return False
+
+
+def fail_past_deadline(session: Session, *, now: datetime, deadline: timedelta) -> int:
+    """Fail processing jobs with no outcome past the deadline; a late outcome still settles."""
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.PROCESSING, Job.created_at < now - deadline)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    ).all()
+    minutes = int(deadline.total_seconds() // 60)
+    message = (
+        f"No outcome from Cobalt within {minutes} minutes. The note or encounter may or may "
+        "not be in the EMR: check the chart before resubmitting."
+    )
+    for job in jobs:
+        if job.submission_state == Submission.SENDING:
+            job.submission_state = Submission.UNKNOWN
+        settle(
+            session,
+            job,
+            Outcome(
+                status=JobStatus.FAILED,
+                event="deadline_passed",
+                detail={"event": "deadline_passed", "message": message},
+                error={"code": NO_OUTCOME, "message": message},
+            ),
+            now,
+        )
+        add_event(session, job, "deadline_passed", now, submission=job.submission_state)
+    return len(jobs)
