@@ -248,7 +248,7 @@ def test_transient_failures_give_up_after_the_limit(client, worker, cobalt, cloc
     cobalt.add(responses.POST, f"{COBALT}/notes", status=500)
     job = submit(client, "/v1/notes", NOTE)
     for _ in range(4):
-        clock.advance(seconds=600)
+        clock.advance(seconds=60)
         worker.run_once()
     failed = poll(client, job["id"])
     assert failed["status"] == "failed"
