@@ -1,0 +1,228 @@
+"""`webhook-service sandbox`: run the Cobalt simulator on a local port.
+
+Logs are JSON lines on stdout carrying ids, types and statuses only: never note text, MRNs,
+names or medications.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import traceback
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import click
+
+from webhook_service.sandbox.app import create_sandbox_app, get_sandbox
+from webhook_service.sandbox.config import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_ACCESS_TOKEN_REFERENCE_ID,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    AccessTokenConfig,
+    FaultSettings,
+    SandboxConfig,
+)
+from webhook_service.sandbox.server import make_sandbox_server
+
+logger = logging.getLogger("webhook_service.sandbox")
+
+_RATE = click.FloatRange(0.0, 1.0)
+_SECONDS = click.FloatRange(min=0.0)
+_FAULT_FIELDS = tuple(FaultSettings.model_fields)
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event name and the `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
+        if record.exc_info and record.exc_info[1] is not None:
+            # Type and innermost frame only: an exception's message may quote request data.
+            exc = record.exc_info[1]
+            frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            line["exc_type"] = type(exc).__name__
+            line["exc_at"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in frame]
+        return json.dumps(line, default=str)
+
+
+def parse_access_tokens(values: tuple[str, ...]) -> list[AccessTokenConfig]:
+    """`TOKEN[=REFERENCE_ID]` options into token configs; none means the default token."""
+    if not values:
+        return [
+            AccessTokenConfig(
+                access_token=DEFAULT_ACCESS_TOKEN,
+                access_token_reference_id=DEFAULT_ACCESS_TOKEN_REFERENCE_ID,
+            )
+        ]
+    tokens = []
+    for index, value in enumerate(values, start=1):
+        token, _, reference = value.partition("=")
+        default_ref = DEFAULT_ACCESS_TOKEN_REFERENCE_ID + ("" if index == 1 else f"_{index}")
+        tokens.append(
+            AccessTokenConfig(
+                access_token=token, access_token_reference_id=reference or default_ref
+            )
+        )
+    return tokens
+
+
+def config_from_options(options: dict[str, Any]) -> SandboxConfig:
+    """Build the SandboxConfig the command's options describe."""
+    faults = FaultSettings(**{name: options[name] for name in _FAULT_FIELDS})
+    return SandboxConfig(
+        client_id=options["client_id"],
+        client_secret=options["client_secret"],
+        access_tokens=parse_access_tokens(options["access_tokens"]),
+        processing_seconds=options["processing_seconds"],
+        notes_return_job_id=options["notes_return_job_id"],
+        note_success_event=options["note_event"],
+        webhook_url=options["webhook_url"],
+        webhook_secret=options["webhook_secret"],
+        secret_grace_seconds=options["secret_grace_seconds"],
+        first_attempt_timeout=options["first_attempt_timeout"],
+        retry_delay_seconds=options["retry_delay"],
+        retry_timeout=options["retry_timeout"],
+        faults=faults,
+    )
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command("sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="SANDBOX_HOST")
+@click.option("--port", type=int, default=5050, show_default=True, envvar="SANDBOX_PORT")
+@click.option(
+    "--processing-seconds",
+    type=_SECONDS,
+    default=2.0,
+    show_default=True,
+    envvar="SANDBOX_PROCESSING_SECONDS",
+    help="Delay before each outcome webhook.",
+)
+@click.option(
+    "--webhook-url",
+    envvar="SANDBOX_WEBHOOK_URL",
+    help="Register this URL at start (and after every reset).",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="SANDBOX_WEBHOOK_SECRET",
+    help="Signing secret for --webhook-url (default: a random whsec_…).",
+)
+@click.option(
+    "--notes-return-job-id/--no-notes-return-job-id",
+    default=False,
+    envvar="SANDBOX_NOTES_RETURN_JOB_ID",
+    help="Add job_id to POST /v1/notes replies.",
+)
+@click.option(
+    "--note-event",
+    type=click.Choice(["note.created", "note.uploaded"]),
+    default="note.created",
+    show_default=True,
+    help="Event for a written note.",
+)
+@click.option(
+    "--client-id", default=DEFAULT_CLIENT_ID, show_default=True, envvar="SANDBOX_CLIENT_ID"
+)
+@click.option(
+    "--client-secret",
+    default=DEFAULT_CLIENT_SECRET,
+    show_default=True,
+    envvar="SANDBOX_CLIENT_SECRET",
+)
+@click.option(
+    "--access-token",
+    "access_tokens",
+    multiple=True,
+    metavar="TOKEN[=REFERENCE_ID]",
+    envvar="SANDBOX_ACCESS_TOKENS",
+    help=f"Repeatable. Default: {DEFAULT_ACCESS_TOKEN}={DEFAULT_ACCESS_TOKEN_REFERENCE_ID}.",
+)
+@click.option(
+    "--secret-grace-seconds",
+    type=_SECONDS,
+    default=86400.0,
+    show_default=True,
+    help="How long a rotated-out webhook secret stays valid.",
+)
+@click.option(
+    "--first-attempt-timeout", type=click.FloatRange(min=0.001), default=5.0, show_default=True
+)
+@click.option("--retry-delay", type=_SECONDS, default=1.0, show_default=True)
+@click.option("--retry-timeout", type=click.FloatRange(min=0.001), default=2.0, show_default=True)
+@click.option("--duplicate-rate", type=_RATE, default=0.0, help="Deliver events twice.")
+@click.option("--drop-rate", type=_RATE, default=0.0, help="Never deliver events.")
+@click.option("--reorder-rate", type=_RATE, default=0.0, help="Hold events back.")
+@click.option(
+    "--delay-seconds",
+    type=_SECONDS,
+    default=3.0,
+    show_default=True,
+    help="How long a held-back event waits.",
+)
+@click.option(
+    "--submit-error-rate",
+    type=_RATE,
+    default=0.0,
+    help="Answer submissions 500 without accepting them.",
+)
+@click.option(
+    "--submit-hang-rate", type=_RATE, default=0.0, help="Accept submissions but reply late."
+)
+@click.option("--hang-seconds", type=_SECONDS, default=30.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for the fault RNG.")
+@click.option("--log-level", default="INFO", show_default=True, envvar="LOG_LEVEL")
+def sandbox_command(**options: Any) -> None:
+    """Run the local Cobalt sandbox (a simulator of api.usecobalt.com)."""
+    try:
+        config = config_from_options(options)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise click.BadParameter(str(exc)) from exc
+    configure_logging(options["log_level"])
+    app = create_sandbox_app(config)
+    server = make_sandbox_server(app, options["host"], options["port"])
+    signal.signal(signal.SIGTERM, _stop)
+    logger.info(
+        "sandbox_listening",
+        extra={
+            "url": f"http://{options['host']}:{server.port}/v1",
+            "client_id": config.client_id,
+            "access_token_reference_ids": [
+                t.access_token_reference_id for t in config.access_tokens
+            ],
+            "webhook_preregistered": config.webhook_url is not None,
+            "processing_seconds": config.processing_seconds,
+        },
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        get_sandbox(app).shutdown(timeout=2.0)
+        logger.info("sandbox_stopped")
