@@ -19,12 +19,13 @@ from typing import Any
 import psycopg
 import pytest
 import responses
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.engine import make_url
 
-from webhook_service import create_app
+from webhook_service import create_app, phi
 from webhook_service.cobalt import CobaltClient
 from webhook_service.db import SessionFactory, make_engine, make_session_factory
 from webhook_service.migrations import upgrade
@@ -32,6 +33,10 @@ from webhook_service.models import Base
 from webhook_service.settings import Settings
 from webhook_service.signatures import compact_json, compute_signature
 from webhook_service.worker import Worker
+
+PHI_KEY = Fernet.generate_key().decode()
+PHI_SEARCH_KEY = "test-search-key"
+phi.configure(phi.PhiKeys((PHI_KEY,), PHI_SEARCH_KEY))
 
 WEBHOOK_SECRET = "whsec_test_current"
 OLD_WEBHOOK_SECRET = "whsec_test_previous"
@@ -187,6 +192,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "COBALT_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
         "LOG_LEVEL": "DEBUG",
         "SUBMIT_MAX_ATTEMPTS": 4,
+        "PHI_ENCRYPTION_KEYS": PHI_KEY,
+        "PHI_SEARCH_KEY": PHI_SEARCH_KEY,
     }
     values.update(overrides)
     return Settings(**values)
@@ -197,18 +204,47 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+class BearerClient(FlaskClient):
+    """A test client that sends the app's test front-end token unless told otherwise."""
+
+    def __init__(self, *args: Any, token: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        token = token if token is not None else self.application.config.get("TEST_TOKEN")
+        if token:
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+
+
+def new_token(sessions: SessionFactory, name: str, role: str) -> str:
+    """Create an API client directly through the service and return its token."""
+    from webhook_service.db import transaction
+    from webhook_service.services import create_client
+
+    with transaction(sessions) as session:
+        _, token = create_client(session, name=name, role=role, clinic_id=None, now=START)
+    return token
+
+
 @pytest.fixture
 def app(settings: Settings, sessions: SessionFactory, clock: FakeClock) -> Iterator[Flask]:
     app = create_app(settings)
     app.extensions["webhook_service"]["clock"] = clock
     app.config["TESTING"] = True
+    app.test_client_class = BearerClient
+    app.config["TEST_TOKEN"] = new_token(sessions, "frontend-a", "frontend")
     yield app
     app.extensions["webhook_service"]["engine"].dispose()
 
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
+    """A front-end client (role `frontend`), authenticated."""
     return app.test_client()
+
+
+@pytest.fixture
+def support(app: Flask, sessions: SessionFactory) -> FlaskClient:
+    """A support staff client (role `support`), authenticated."""
+    return app.test_client(token=new_token(sessions, "support-1", "support"))
 
 
 @pytest.fixture

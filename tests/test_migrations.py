@@ -16,7 +16,7 @@ from webhook_service.db import make_engine
 from webhook_service.migrations import alembic_config, downgrade, upgrade
 from webhook_service.models import Base
 
-TABLES = {"clinics", "jobs", "job_events", "webhook_deliveries"}
+TABLES = {"clinics", "jobs", "job_events", "webhook_deliveries", "api_clients", "audit_events"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

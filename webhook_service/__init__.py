@@ -11,8 +11,9 @@ from flask import Flask, Response, g, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from webhook_service import phi
 from webhook_service.db import make_engine, make_session_factory
-from webhook_service.errors import PROBLEM_BASE, ServiceError, Unavailable
+from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
 from webhook_service.logs import configure_logging
 from webhook_service.settings import Settings
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Create the web app: API, webhook receiver, health checks."""
     settings = settings or Settings()
     settings.require_web_secrets()
+    phi.configure(settings.phi_keys())
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config.update(
@@ -47,6 +49,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         from webhook_service import demo
 
         app.register_blueprint(demo.bp)
+    from webhook_service.auth import init_cors
+
+    init_cors(app, settings.cors_allowed_origins)
     _register_error_handlers(app)
     _register_request_logging(app)
     return app
@@ -66,12 +71,16 @@ def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = N
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return problem_response(exc.problem(), headers)
+        return problem_response(exc.problem(), exc.headers())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return problem_response(
+                PayloadTooLarge(f"The body is larger than {limit} bytes.").problem()
+            )
         problem = {
             "type": PROBLEM_BASE + (exc.name or "error").lower().replace(" ", "-"),
             "title": exc.name,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
+from webhook_service.auth import current_client, require
 from webhook_service.errors import (
     FieldError,
     MalformedJSON,
@@ -29,12 +31,14 @@ _spec: dict[str, Any] | None = None
 
 
 @bp.post("/v1/notes")
+@require("frontend")
 def submit_note() -> Response:
     """Accept a note for the EMR and answer with its job."""
     return _submit(NoteRequest)
 
 
 @bp.post("/v1/telephone-encounters")
+@require("frontend")
 def submit_telephone_encounter() -> Response:
     """Accept a telephone encounter for the EMR and answer with its job."""
     return _submit(TelephoneEncounterRequest)
@@ -42,19 +46,21 @@ def submit_telephone_encounter() -> Response:
 
 def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Response:
     body = _json_body()
-    key = _idempotency_key()
+    key, errors = _idempotency_key()
+    validated: BaseModel | None = None
     try:
-        validated: BaseModel = model.model_validate(body)
+        validated = model.model_validate(body)
     except ValidationError as exc:
-        raise ValidationFailed(
-            "The request has invalid fields; see `errors`.", field_errors(exc)
-        ) from None
+        errors = field_errors(exc) + errors
+    if errors:
+        raise ValidationFailed("The request has invalid fields; see `errors`.", errors)
     assert isinstance(validated, NoteRequest | TelephoneEncounterRequest)
+    client = current_client()
     now = utcnow()
     with request_transaction() as session:
-        clinic = services.default_clinic(session, settings(), now)
+        clinic = services.clinic_for(session, client, settings(), now)
         job, created = services.submit_job(
-            session, request=validated, clinic=clinic, idempotency_key=key, now=now
+            session, request=validated, clinic=clinic, client=client, idempotency_key=key, now=now
         )
         response = _job_response(job, status=202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -64,10 +70,16 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
 
 
 @bp.get("/v1/jobs/<job_id>")
+@require("frontend", "support")
 def get_job(job_id: str) -> Response:
     """Return a job; 304 when the caller's ETag is still current."""
+    client = current_client()
+    now = utcnow()
     with request_transaction() as session:
-        job = services.get_job(session, job_id)
+        job = services.get_job(session, job_id, client)
+        if client.role == "support":
+            # Staff reading a job's outcome may read PHI: every such read is audited.
+            services.audit(session, client=client, action="job.read", job_id=job.id, now=now)
         response = _job_response(job, status=200)
     response.make_conditional(request)
     return response
@@ -106,20 +118,40 @@ def _json_body() -> Any:
         raise ValidationFailed(
             "The body must be a JSON object.", [FieldError("(body)", "must be a JSON object")]
         )
+    broken = list(_lone_surrogates(body, ""))
+    if broken:
+        # JSON can carry half an emoji ("\ud83d") when a front end cuts a string badly;
+        # it cannot be stored or sent on, so name the field instead of failing later.
+        raise ValidationFailed(
+            "The request has invalid fields; see `errors`.",
+            [
+                FieldError(path, "contains an incomplete character (a lone surrogate)")
+                for path in broken
+            ],
+        )
     return body
 
 
-def _idempotency_key() -> str | None:
+def _lone_surrogates(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield path or "(body)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _lone_surrogates(key, path or "(body)")
+            yield from _lone_surrogates(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _lone_surrogates(item, f"{path}.{index}")
+
+
+def _idempotency_key() -> tuple[str | None, list[FieldError]]:
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        return None
+        return None, []
     if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ValidationFailed(
-            "The Idempotency-Key header is invalid.",
-            [
-                FieldError(
-                    "Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
-                )
-            ],
-        )
-    return key
+        message = f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+        return None, [FieldError("Idempotency-Key", message)]
+    return key, []

@@ -1,9 +1,12 @@
-"""`webhook-service …`: the operational commands (migrate, worker, sandbox)."""
+"""`webhook-service …`: the operational commands (migrate, worker, sandbox, clients, keys)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
+from webhook_service.db import SessionFactory
 from webhook_service.settings import Settings
 
 
@@ -25,10 +28,100 @@ def migrate(revision: str) -> None:
 
 @main.command()
 def worker() -> None:
-    """Run the worker: submit jobs to Cobalt, retry, expire claims, apply parked webhooks."""
+    """Run the worker: submit jobs to Cobalt, retry, reconcile, purge expired PHI."""
     from webhook_service.worker import run_worker
 
     run_worker(Settings())
+
+
+@main.group()
+def clients() -> None:
+    """Create, list and revoke API clients (front ends and support staff)."""
+
+
+def _sessions() -> SessionFactory:
+    from webhook_service import phi
+    from webhook_service.db import make_engine, make_session_factory
+
+    settings = Settings()
+    phi.configure(settings.phi_keys())
+    return make_session_factory(make_engine(settings.effective_database_url))
+
+
+@clients.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["frontend", "support"]), required=True)
+@click.option("--clinic", "clinic_id", type=int, default=None, help="Clinic id (frontend).")
+def clients_create(name: str, role: str, clinic_id: int | None) -> None:
+    """Create a client; its token is printed once, alone on the last line."""
+    from webhook_service.db import transaction
+    from webhook_service.errors import ServiceError
+    from webhook_service.services import create_client
+
+    try:
+        with transaction(_sessions()) as session:
+            client, token = create_client(
+                session, name=name, role=role, clinic_id=clinic_id, now=datetime.now(UTC)
+            )
+            click.echo(f"created client {client.name!r} (role {client.role}); its token:")
+    except ServiceError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(token)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """List clients: name, role, clinic, token prefix, created, revoked."""
+    from webhook_service.db import transaction
+    from webhook_service.services import list_clients
+
+    with transaction(_sessions()) as session:
+        for client in list_clients(session):
+            revoked = client.revoked_at.isoformat() if client.revoked_at else "-"
+            click.echo(
+                f"{client.name}\t{client.role}\t{client.clinic_id or '-'}\t"
+                f"{client.token_prefix}…\t{client.created_at.isoformat()}\trevoked: {revoked}"
+            )
+
+
+@clients.command("revoke")
+@click.argument("name")
+def clients_revoke(name: str) -> None:
+    """Revoke a client's token at once."""
+    from webhook_service.db import transaction
+    from webhook_service.errors import ServiceError
+    from webhook_service.services import revoke_client
+
+    try:
+        with transaction(_sessions()) as session:
+            revoke_client(session, name, datetime.now(UTC))
+    except ServiceError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"revoked {name!r}")
+
+
+@main.group()
+def keys() -> None:
+    """PHI encryption keys."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key (for PHI_ENCRYPTION_KEYS or PHI_SEARCH_KEY)."""
+    from webhook_service.phi import generate_key
+
+    click.echo(generate_key())
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt all stored PHI under the newest PHI_ENCRYPTION_KEYS key."""
+    from webhook_service.db import transaction
+    from webhook_service.services import reencrypt_phi
+
+    with transaction(_sessions()) as session:
+        count = reencrypt_phi(session)
+    click.echo(f"re-encrypted {count} rows; older keys can now be removed")
 
 
 def _add_sandbox() -> None:

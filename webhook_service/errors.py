@@ -27,6 +27,10 @@ class ServiceError(Exception):
         self.detail = detail
         self.errors = errors or []
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs (e.g. WWW-Authenticate, Retry-After)."""
+        return {}
+
     def problem(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "type": PROBLEM_BASE + self.slug,
@@ -67,9 +71,12 @@ class SignatureInvalid(ServiceError):
     status, slug, title = 401, "signature-invalid", "Webhook signature invalid"
 
 
-class NotConfigured(ServiceError):
-    status, slug, title = 503, "not-configured", "Not configured"
-
-
 class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "Service unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class NotConfigured(Unavailable):
+    slug, title = "not-configured", "Not configured"

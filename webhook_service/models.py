@@ -18,7 +18,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
@@ -28,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from webhook_service.phi import EncryptedBytes, EncryptedJSON, EncryptedText
 
 # Named constraints keep Alembic migrations deterministic across PostgreSQL and SQLite.
 NAMING_CONVENTION = {
@@ -81,26 +82,61 @@ class Clinic(Base):
     updated_at: Mapped[datetime]
 
 
+class ApiClient(Base):
+    """A front end or a support tool holding a bearer token (only its hash is stored)."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    clinic_id: Mapped[int | None] = mapped_column(ForeignKey("clinics.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Append-only record of support staff reading PHI or acting on a job."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(60))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class Job(Base):
     """One note or telephone encounter on its way into the EMR."""
 
     __tablename__ = "jobs"
     __table_args__ = (
-        UniqueConstraint("clinic_id", "idempotency_key", name="uq_jobs_clinic_idempotency_key"),
+        UniqueConstraint("client_id", "idempotency_key", name="uq_jobs_client_idempotency_key"),
         # The worker's claim query: due submissions of open jobs.
         Index("ix_jobs_due", "submission_state", "next_attempt_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
-        Index("ix_jobs_note_appointment", "clinic_id", "appointment_id"),
+        Index("ix_jobs_note_appointment", "clinic_id", "appointment_hash"),
+        Index("ix_jobs_patient_mrn_hash", "patient_mrn_hash"),
+        Index("ix_jobs_client_created", "client_id", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
-    request_body: Mapped[dict[str, Any] | None]
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
+    # PHI: encrypted at rest, erased after the retention period (purged_at).
+    request_body: Mapped[dict[str, Any] | None] = mapped_column("request_body_enc", EncryptedJSON)
     request_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    appointment_id: Mapped[str | None] = mapped_column(String(200))
+    # Keyed hashes: searchable and matchable, not readable.
+    appointment_hash: Mapped[str | None] = mapped_column(String(64))
+    patient_mrn_hash: Mapped[str | None] = mapped_column(String(64))
 
     submission_state: Mapped[str] = mapped_column(String(16))
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -115,10 +151,11 @@ class Job(Base):
     cobalt_job_id: Mapped[str | None] = mapped_column(String(200), index=True)
     cobalt_telephone_encounter_id: Mapped[str | None] = mapped_column(String(200), index=True)
 
-    outcome: Mapped[dict[str, Any] | None]
+    outcome: Mapped[dict[str, Any] | None] = mapped_column("outcome_enc", EncryptedJSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    purged_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -155,10 +192,10 @@ class WebhookDelivery(Base):
     event_type: Mapped[str | None] = mapped_column(String(200))
     cobalt_job_id: Mapped[str | None] = mapped_column(String(200), index=True)
     telephone_encounter_id: Mapped[str | None] = mapped_column(String(200), index=True)
-    appointment_id: Mapped[str | None] = mapped_column(String(200))
+    appointment_hash: Mapped[str | None] = mapped_column(String(64))
     access_token_reference_id: Mapped[str | None] = mapped_column(String(200))
     headers: Mapped[dict[str, Any]]
-    raw_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw_body: Mapped[bytes | None] = mapped_column("raw_body_enc", EncryptedBytes)
     signature_match: Mapped[str] = mapped_column(String(40))
     received_at: Mapped[datetime]
     state: Mapped[str] = mapped_column(String(20))

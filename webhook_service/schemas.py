@@ -19,6 +19,7 @@ from pydantic import (
     StrictStr,
     Tag,
     ValidationError,
+    WithJsonSchema,
 )
 
 from webhook_service.errors import FieldError
@@ -35,22 +36,32 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _max_chars(limit: int) -> AfterValidator:
+def _length_check(minimum: int, maximum: int) -> AfterValidator:
+    """A length check counted as Cobalt counts (UTF-16 code units)."""
+
     def check(value: str) -> str:
-        if _utf16_length(value) > limit:
-            raise ValueError(f"must be at most {limit} characters")
+        length = _utf16_length(value)
+        if length > maximum:
+            raise ValueError(f"must be at most {maximum} characters")
+        if length < minimum:
+            raise ValueError(f"must be at least {minimum} characters")
         return value
 
     return AfterValidator(check)
 
 
-def _min_chars(limit: int) -> AfterValidator:
-    def check(value: str) -> str:
-        if _utf16_length(value) < limit:
-            raise ValueError(f"must be at least {limit} characters")
-        return value
+def _length_schema(minimum: int, maximum: int) -> WithJsonSchema:
+    """Publish the same limit in the OpenAPI schema."""
+    schema: dict[str, Any] = {"type": "string", "maxLength": maximum}
+    if minimum:
+        schema["minLength"] = minimum
+    schema["description"] = "Length counted in UTF-16 code units, as Cobalt counts it."
+    return WithJsonSchema(schema)
 
-    return AfterValidator(check)
+
+Reason = Annotated[StrictStr, _length_check(0, 50), _length_schema(0, 50)]
+MedicationName = Annotated[StrictStr, _length_check(2, 50), _length_schema(2, 50)]
+Caller = Annotated[StrictStr, _length_check(0, 100), _length_schema(0, 100)]
 
 
 RequiredId = Annotated[StrictStr, AfterValidator(_not_blank), Field(max_length=200)]
@@ -102,10 +113,10 @@ class TelephoneEncounterRequest(_Strict):
     provider_id: RequiredId
     location_id: RequiredId
     assigned_to_id: RequiredId
-    reason: Annotated[StrictStr, _max_chars(50)] | None = None
-    refill_medication_name: Annotated[StrictStr, _min_chars(2), _max_chars(50)] | None = None
+    reason: Reason | None = None
+    refill_medication_name: MedicationName | None = None
     pharmacy_ehr_id: StrictStr | None = None
-    caller: Annotated[StrictStr, _max_chars(100)] | None = None
+    caller: Caller | None = None
     message: StrictStr | None = None
     is_high_priority: Literal["true", "false"] | None = Field(
         default=None, description='The strings "true" or "false", as Cobalt expects.'
@@ -144,6 +155,11 @@ class JobOut(BaseModel):
     )
     error: JobError | None
     submission: SubmissionOut
+    purged_at: datetime | None = Field(
+        default=None,
+        description="When the job's PHI (request, outcome details) was erased after the "
+        "retention period; ids, statuses and the timeline remain.",
+    )
 
 
 class FieldProblem(BaseModel):
@@ -169,7 +185,12 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     """Turn pydantic's errors into `{field, message}` pairs a front-end developer can act on."""
     errors = []
     for err in exc.errors(include_url=False):
-        loc = [str(part) for part in err["loc"] if part not in ("text", "soap")]
+        # Drop the tag pydantic adds for the form `note` took ("text" or "soap").
+        loc = [
+            str(part)
+            for index, part in enumerate(err["loc"])
+            if not (index == 1 and err["loc"][0] == "note" and part in ("text", "soap"))
+        ]
         field = ".".join(loc) or "(body)"
         errors.append(FieldError(field, _message(err)))
     return errors

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhook_service.phi import DEVELOPMENT_KEY, PhiKeys
+
 DEFAULT_SQLITE_PATH = Path("instance") / "webhook_service.sqlite3"
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
 
     secret_key: str = Field(default="", validation_alias="SECRET_KEY")
     phi_encryption_keys: CommaList = Field(default=(), validation_alias="PHI_ENCRYPTION_KEYS")
+    # Keys the MRN/appointment search hashes. Never rotate it without re-hashing every row.
+    phi_search_key: str = Field(default="", validation_alias="PHI_SEARCH_KEY")
+    phi_retention_days: int = Field(default=30, validation_alias="PHI_RETENTION_DAYS")
+    cors_allowed_origins: CommaList = Field(default=(), validation_alias="CORS_ALLOWED_ORIGINS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
 
     max_body_bytes: int = Field(default=256 * 1024, validation_alias="MAX_BODY_BYTES")
@@ -67,7 +73,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
 
-    @field_validator("cobalt_webhook_secrets", "phi_encryption_keys", mode="before")
+    @field_validator(
+        "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -88,6 +96,20 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: str) -> str:
         return value.upper()
+
+    def phi_keys(self) -> PhiKeys:
+        """The PHI keys; outside production, a development key stands in for missing ones."""
+        if self.phi_encryption_keys and self.phi_search_key:
+            return PhiKeys(self.phi_encryption_keys, self.phi_search_key)
+        if self.environment == "production":
+            raise RuntimeError(
+                "PHI_ENCRYPTION_KEYS and PHI_SEARCH_KEY must be set in production "
+                "(`webhook-service keys generate` prints new ones)"
+            )
+        return PhiKeys(
+            self.phi_encryption_keys or (DEVELOPMENT_KEY,),
+            self.phi_search_key or DEVELOPMENT_KEY,
+        )
 
     def require_web_secrets(self) -> None:
         """Fail fast when the web process would run in production without its secrets."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
-from webhook_service import services
+from webhook_service import phi, services
 from webhook_service.cobalt import (
     CobaltAmbiguous,
     CobaltClient,
@@ -161,7 +161,12 @@ class Worker:
             failed = services.fail_past_deadline(
                 session, now=self.clock(), deadline=self.settings.job_deadline
             )
-        if expired or matched or reconciled or failed:
+            purged = services.purge_expired_phi(
+                session,
+                now=self.clock(),
+                retention=timedelta(days=self.settings.phi_retention_days),
+            )
+        if expired or matched or reconciled or failed or purged:
             log.info(
                 "housekeeping",
                 extra={
@@ -169,6 +174,7 @@ class Worker:
                     "parked_applied": matched,
                     "reconciled": reconciled,
                     "deadline_failed": failed,
+                    "phi_purged": purged,
                 },
             )
 
@@ -214,6 +220,7 @@ def run_worker(settings: Settings) -> None:
     from webhook_service.logs import configure_logging
 
     configure_logging(settings.log_level)
+    phi.configure(settings.phi_keys())
     engine = make_engine(settings.effective_database_url)
     worker = Worker(settings, make_session_factory(engine), cobalt_client(settings))
     stop = threading.Event()

@@ -3,7 +3,16 @@
 Service functions take a session and never commit: the entrypoint owns the transaction.
 """
 
+from webhook_service.services.clients import (
+    audit,
+    authenticate,
+    create_client,
+    list_clients,
+    revoke_client,
+)
 from webhook_service.services.jobs import (
+    can_see,
+    clinic_for,
     default_clinic,
     get_job,
     job_view,
@@ -17,6 +26,7 @@ from webhook_service.services.reconcile import (
     pick_outcome,
     record_lookup,
 )
+from webhook_service.services.retention import purge_expired_phi, reencrypt_phi
 from webhook_service.services.submissions import (
     Claim,
     claim_due_job,
@@ -33,7 +43,12 @@ __all__ = [
     "Claim",
     "Lookup",
     "Recorded",
+    "audit",
+    "authenticate",
+    "can_see",
     "claim_due_job",
+    "clinic_for",
+    "create_client",
     "default_clinic",
     "due_lookups",
     "expire_claims",
@@ -41,14 +56,18 @@ __all__ = [
     "get_job",
     "job_view",
     "learn_reference_id",
+    "list_clients",
     "lookup_params",
     "match_parked",
     "pick_outcome",
+    "purge_expired_phi",
     "record_accepted",
     "record_ambiguous",
     "record_lookup",
     "record_rejected",
     "record_transient",
     "record_webhook",
+    "reencrypt_phi",
+    "revoke_client",
     "submit_job",
 ]

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from webhook_service.errors import IdempotencyKeyReused, NotFound
 from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
-from webhook_service.models import Clinic, Job, JobEvent
+from webhook_service.models import ApiClient, Clinic, Job, JobEvent
+from webhook_service.phi import search_hash
 from webhook_service.schemas import (
     CobaltIds,
     JobError,
@@ -54,11 +55,21 @@ def default_clinic(session: Session, settings: Settings, now: datetime) -> Clini
     return clinic
 
 
+def clinic_for(session: Session, client: ApiClient, settings: Settings, now: datetime) -> Clinic:
+    """The clinic a front end submits for: its own, or the default clinic."""
+    if client.clinic_id is not None:
+        clinic = session.get(Clinic, client.clinic_id)
+        if clinic is not None:
+            return clinic
+    return default_clinic(session, settings, now)
+
+
 def submit_job(
     session: Session,
     *,
     request: NoteRequest | TelephoneEncounterRequest,
     clinic: Clinic,
+    client: ApiClient | None,
     idempotency_key: str | None,
     now: datetime,
 ) -> tuple[Job, bool]:
@@ -69,8 +80,9 @@ def submit_job(
     """
     body = request.model_dump(mode="json", exclude_none=True)
     body_hash = _hash_body(body)
+    client_id = client.id if client is not None else None
     if idempotency_key is not None:
-        existing = _job_for_key(session, clinic.id, idempotency_key)
+        existing = _job_for_key(session, client_id, idempotency_key)
         if existing is not None:
             return _replay(existing, body_hash), False
     kind = JobKind.NOTE if isinstance(request, NoteRequest) else JobKind.TELEPHONE_ENCOUNTER
@@ -82,7 +94,13 @@ def submit_job(
         request_body=body,
         request_hash=body_hash,
         idempotency_key=idempotency_key,
-        appointment_id=request.appointment_id if isinstance(request, NoteRequest) else None,
+        client_id=client.id if client is not None else None,
+        appointment_hash=search_hash(
+            request.appointment_id if isinstance(request, NoteRequest) else None
+        ),
+        patient_mrn_hash=search_hash(
+            request.patient_mrn if isinstance(request, TelephoneEncounterRequest) else None
+        ),
         submission_state=Submission.PENDING,
         submit_attempts=0,
         next_attempt_at=now,
@@ -97,15 +115,15 @@ def submit_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = _job_for_key(session, clinic.id, idempotency_key)
+        existing = _job_for_key(session, client_id, idempotency_key)
         if existing is None:
             raise
         return _replay(existing, body_hash), False
     return job, True
 
 
-def _job_for_key(session: Session, clinic_id: int, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.clinic_id == clinic_id, Job.idempotency_key == key))
+def _job_for_key(session: Session, client_id: int | None, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.client_id == client_id, Job.idempotency_key == key))
 
 
 def _replay(job: Job, body_hash: str) -> Job:
@@ -122,16 +140,24 @@ def _hash_body(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    """Return the job with this id, or raise NotFound (also for ids that are not UUIDs)."""
+def get_job(session: Session, job_id: str, client: ApiClient | None = None) -> Job:
+    """Return the job with this id, or raise NotFound (also for ids that are not UUIDs).
+
+    A front-end client sees only the jobs it created: any other id is "not found", so a
+    client cannot learn that another client's job exists.
+    """
     try:
         key = uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"No job with id {job_id!r}.") from None
     job = session.get(Job, key)
-    if job is None:
+    if job is None or (client is not None and not can_see(client, job)):
         raise NotFound(f"No job with id {job_id!r}.")
     return job
+
+
+def can_see(client: ApiClient, job: Job) -> bool:
+    return client.role == "support" or job.client_id == client.id
 
 
 def job_view(job: Job) -> JobOut:
@@ -156,6 +182,7 @@ def job_view(job: Job) -> JobOut:
             attempts=job.submit_attempts,
             next_attempt_at=job.next_attempt_at if job.submission_state in _DUE_STATES else None,
         ),
+        purged_at=job.purged_at,
     )
 
 
@@ -194,7 +221,7 @@ def release_appointment(session: Session, job: Job, now: datetime) -> None:
         .where(
             Job.submission_state == Submission.WAITING,
             Job.clinic_id == job.clinic_id,
-            Job.appointment_id == job.appointment_id,
+            Job.appointment_hash == job.appointment_hash,
         )
         .values(next_attempt_at=now)
     )
@@ -202,6 +229,6 @@ def release_appointment(session: Session, job: Job, now: datetime) -> None:
 
 def note_slot(job: Job) -> str | None:
     """The key that allows one note per (clinic, appointment) at Cobalt at a time."""
-    if job.kind != JobKind.NOTE or job.appointment_id is None:
+    if job.kind != JobKind.NOTE or job.appointment_hash is None:
         return None
-    return f"{job.clinic_id}:{job.appointment_id}"
+    return f"{job.clinic_id}:{job.appointment_hash}"

@@ -26,6 +26,7 @@ from webhook_service.lifecycle import (
     status_for_event,
 )
 from webhook_service.models import Clinic, Job, WebhookDelivery
+from webhook_service.phi import search_hash
 from webhook_service.services.jobs import add_event, settle
 from webhook_service.services.webhooks import DeliveryState, _apply_safely, _clean_id
 from webhook_service.signatures import compact_json
@@ -43,7 +44,7 @@ class Lookup:
     kind: str
     access_token: str
     cobalt_job_id: str | None
-    appointment_id: str | None
+    appointment_hash: str | None
     since: datetime
 
 
@@ -81,7 +82,7 @@ def due_lookups(
                 kind=job.kind,
                 access_token=clinic.access_token,
                 cobalt_job_id=job.cobalt_job_id,
-                appointment_id=job.appointment_id,
+                appointment_hash=job.appointment_hash,
                 since=job.created_at,
             )
         )
@@ -116,7 +117,7 @@ def pick_outcome(lookup: Lookup, events: list[dict[str, Any]]) -> dict[str, Any]
         elif lookup.kind == JobKind.NOTE:
             if kind_for_event(event_type) != JobKind.NOTE:
                 continue
-            if _clean_id(data.get("appointment_id")) != lookup.appointment_id:
+            if search_hash(_clean_id(data.get("appointment_id"))) != lookup.appointment_hash:
                 continue
         else:
             continue
@@ -162,7 +163,7 @@ def record_lookup(
         event_type=_clean_id(found.get("event_type")),
         cobalt_job_id=payload["job_id"],
         telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
-        appointment_id=_clean_id(data.get("appointment_id")),
+        appointment_hash=search_hash(_clean_id(data.get("appointment_id"))),
         access_token_reference_id=None,
         headers={},
         raw_body=compact_json(payload),

@@ -13,7 +13,7 @@ import logging
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -31,6 +31,7 @@ from webhook_service.lifecycle import (
     outcome_from_event,
 )
 from webhook_service.models import Clinic, Job, WebhookDelivery
+from webhook_service.phi import search_hash
 from webhook_service.services.jobs import add_event, settle
 from webhook_service.signatures import SignatureMatch
 
@@ -87,7 +88,7 @@ def record_webhook(
         event_type=_clean_id(payload.get("type")),
         cobalt_job_id=_clean_id(payload.get("job_id")) or _clean_id(data.get("job_id")),
         telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
-        appointment_id=_clean_id(data.get("appointment_id")),
+        appointment_hash=search_hash(_clean_id(data.get("appointment_id"))),
         access_token_reference_id=_clean_id(payload.get("access_token_reference_id")),
         headers={k: headers[k][:500] for k in KEPT_HEADERS if k in headers},
         raw_body=raw_body,
@@ -187,7 +188,7 @@ def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
         if job is not None:
             return job
     kind = kind_for_event(delivery.event_type or "")
-    if delivery.appointment_id and kind in (JobKind.NOTE, None):
+    if delivery.appointment_hash and kind in (JobKind.NOTE, None):
         return _note_for_appointment(session, delivery)
     return None
 
@@ -202,7 +203,7 @@ def _note_for_appointment(session: Session, delivery: WebhookDelivery) -> Job | 
         select(Job)
         .where(
             Job.kind == JobKind.NOTE,
-            Job.appointment_id == delivery.appointment_id,
+            Job.appointment_hash == delivery.appointment_hash,
             Job.cobalt_job_id.is_(None),
             or_(
                 Job.inflight_key.is_not(None),
@@ -338,8 +339,7 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        # Years 1 and 9999 with an offset overflow once moved to UTC: treat as unparsable.
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed

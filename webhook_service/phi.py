@@ -1,0 +1,126 @@
+"""PHI at rest: encrypted columns and keyed search hashes.
+
+Note text, MRNs, medications and webhook bodies are stored only as Fernet tokens
+(`cryptography`'s MultiFernet: the newest key encrypts, every listed key decrypts). Fields
+support must search by (MRN, appointment id) are stored as HMAC-SHA256 hashes under a
+separate, never-rotated search key, so equal values match without being readable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Dialect, LargeBinary, TypeDecorator
+
+# Used only when no keys are configured outside production: data is then encrypted with a
+# key anyone can read in this file, which is fine for a laptop and never for real PHI.
+_DEVELOPMENT_SECRET = b"webhook_service development key: not for real PHI"
+DEVELOPMENT_KEY = base64.urlsafe_b64encode(hashlib.sha256(_DEVELOPMENT_SECRET).digest()).decode()
+
+
+class PhiKeys:
+    """The process's encryption keys and search key."""
+
+    def __init__(self, encryption_keys: tuple[str, ...], search_key: str) -> None:
+        if not encryption_keys:
+            raise ValueError("at least one PHI encryption key is required")
+        try:
+            self.fernet = MultiFernet([Fernet(key.encode()) for key in encryption_keys])
+        except ValueError as exc:
+            raise ValueError(
+                "PHI_ENCRYPTION_KEYS must be Fernet keys (32 url-safe base64-encoded bytes); "
+                "make one with `webhook-service keys generate`"
+            ) from exc
+        self.search_key = search_key.encode("utf-8")
+
+    def encrypt(self, data: bytes) -> bytes:
+        return self.fernet.encrypt(data)
+
+    def decrypt(self, token: bytes) -> bytes:
+        return self.fernet.decrypt(token)
+
+    def rotate(self, token: bytes) -> bytes:
+        """Re-encrypt a token under the newest key."""
+        return self.fernet.rotate(token)
+
+    def search_hash(self, value: str) -> str:
+        return hmac.new(self.search_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_keys: PhiKeys | None = None
+
+
+def configure(keys: PhiKeys) -> None:
+    """Install the keys the encrypted column types use in this process."""
+    global _keys
+    _keys = keys
+
+
+def keys() -> PhiKeys:
+    if _keys is None:
+        raise RuntimeError("PHI keys are not configured: call phi.configure() at start-up")
+    return _keys
+
+
+def search_hash(value: str | None) -> str | None:
+    return None if value is None else keys().search_hash(value)
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+class EncryptedBytes(TypeDecorator[bytes]):
+    """Bytes stored as a Fernet token."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else keys().encrypt(value)
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else _decrypt(value)
+
+
+class EncryptedJSON(TypeDecorator[Any]):
+    """A JSON value stored as a Fernet token."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None:
+            return None
+        return keys().encrypt(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(_decrypt(value))
+
+
+class EncryptedText(TypeDecorator[str]):
+    """Text stored as a Fernet token."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else keys().encrypt(value.encode("utf-8"))
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> str | None:
+        return None if value is None else _decrypt(value).decode("utf-8")
+
+
+def _decrypt(token: bytes) -> bytes:
+    try:
+        return keys().decrypt(bytes(token))
+    except InvalidToken:
+        raise RuntimeError(
+            "stored PHI cannot be decrypted with the configured PHI_ENCRYPTION_KEYS "
+            "(was a key removed before `webhook-service keys rotate` re-encrypted it?)"
+        ) from None

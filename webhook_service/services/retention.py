@@ -1,0 +1,90 @@
+"""PHI retention and key rotation: erase PHI past the retention period; re-encrypt old rows.
+
+Ids, statuses, error codes and timelines stay forever; request bodies, webhook bodies and
+outcome details (messages, medication lists) go once a job has been settled long enough.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from webhook_service import phi
+from webhook_service.lifecycle import TERMINAL
+from webhook_service.models import Job, WebhookDelivery
+from webhook_service.services.jobs import add_event
+
+PURGE_BATCH = 500
+
+
+def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) -> int:
+    """Erase PHI from jobs settled before `now - retention`, and from old deliveries."""
+    cutoff = now - retention
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.status.in_(list(TERMINAL)), Job.finished_at < cutoff, Job.purged_at.is_(None))
+        .limit(PURGE_BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in jobs:
+        job.request_body = None
+        job.outcome = {"event": job.outcome.get("event")} if job.outcome else None
+        job.error_message = None
+        job.purged_at = now
+        job.updated_at = now
+        add_event(session, job, "phi_purged", now, retention_days=retention.days)
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.received_at < cutoff, WebhookDelivery.raw_body.is_not(None))
+        .values(raw_body=None)
+        .execution_options(synchronize_session=False)
+    )
+    return len(jobs)
+
+
+def reencrypt_phi(session: Session, batch: int = 500) -> int:
+    """Re-encrypt every stored PHI value under the newest key; return rows rewritten.
+
+    Reading decrypts with any configured key and writing encrypts with the newest, so
+    loading and flagging each value as changed is the whole rotation.
+    """
+    count = 0
+    last_id = None
+    while True:
+        query = select(Job).order_by(Job.id).limit(batch)
+        if last_id is not None:
+            query = query.where(Job.id > last_id)
+        jobs = session.scalars(query).all()
+        if not jobs:
+            break
+        for job in jobs:
+            _touch(job, "request_body", "outcome", "error_message")
+            count += 1
+        last_id = jobs[-1].id
+        session.flush()
+    last_delivery = 0
+    while True:
+        deliveries = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id > last_delivery)
+            .order_by(WebhookDelivery.id)
+            .limit(batch)
+        ).all()
+        if not deliveries:
+            break
+        for delivery in deliveries:
+            _touch(delivery, "raw_body")
+            count += 1
+        last_delivery = deliveries[-1].id
+        session.flush()
+    phi.keys()  # fail loudly here, not half-way, if keys were never configured
+    return count
+
+
+def _touch(row: object, *attributes: str) -> None:
+    for attribute in attributes:
+        if getattr(row, attribute) is not None:
+            flag_modified(row, attribute)
