@@ -90,7 +90,7 @@ def record_webhook(
         telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
         appointment_hash=search_hash(_clean_id(data.get("appointment_id"))),
         access_token_reference_id=_clean_id(payload.get("access_token_reference_id")),
-        headers={k: headers[k][:500] for k in KEPT_HEADERS if k in headers},
+        headers={k: _printable(headers[k]) for k in KEPT_HEADERS if k in headers},
         raw_body=raw_body,
         signature_match=match.describe(),
         received_at=now,
@@ -138,7 +138,11 @@ def apply_delivery(
         _flag_clinic_of(session, delivery, now)
     if outcome is None:
         delivery.state = DeliveryState.UNKNOWN_TYPE
-        delivery.state_detail = "not an outcome event this service acts on"
+        delivery.state_detail = (
+            "not an outcome event this service acts on"
+            if payload
+            else "the body is not a JSON object (or not UTF-8): nothing to apply"
+        )
         return
     job = match_job(session, delivery)
     if job is None:
@@ -303,6 +307,11 @@ def _parse(raw_body: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return payload if isinstance(payload, dict) else {}
+
+
+def _printable(value: str) -> str:
+    """A header value safe to store anywhere (PostgreSQL JSON refuses NUL)."""
+    return "".join(c if c.isprintable() else "?" for c in value[:500])
 
 
 def _clean_id(value: object) -> str | None:
