@@ -8,12 +8,14 @@ import uuid
 
 import pytest
 import responses
+from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from sqlalchemy import select, text
 
 from tests.conftest import COBALT, PHI_KEY, PHI_SEARCH_KEY, FakeClock, event, new_token
 from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_encounter, accept_note
 from webhook_service import phi
+from webhook_service.cli import main
 from webhook_service.db import transaction
 from webhook_service.models import AuditEvent, Job
 from webhook_service.services import purge_expired_phi, reencrypt_phi
@@ -315,3 +317,30 @@ def test_phi_canary_never_reaches_the_logs(
     assert "webhook stored" in logged, "the test must actually capture the service's logs"
     for marker in MARKERS.values():
         assert marker not in logged
+
+
+def test_clients_cli_creates_lists_and_revokes(database_url, app):
+    env = {
+        "DATABASE_URL": database_url,
+        "PHI_ENCRYPTION_KEYS": PHI_KEY,
+        "PHI_SEARCH_KEY": PHI_SEARCH_KEY,
+        "WEBHOOK_SERVICE_ENV": "test",
+    }
+    runner = CliRunner()
+    created = runner.invoke(main, ["clients", "create", "web-app", "--role", "frontend"], env=env)
+    assert created.exit_code == 0, created.output
+    token = created.output.strip().splitlines()[-1]
+    assert token.startswith("wst_")
+    client = app.test_client(token=token)
+    assert client.post("/v1/notes", json=NOTE).status_code == 202
+
+    listed = runner.invoke(main, ["clients", "list"], env=env)
+    assert "web-app\tfrontend" in listed.output
+    assert token not in listed.output
+
+    again = runner.invoke(main, ["clients", "create", "web-app", "--role", "frontend"], env=env)
+    assert again.exit_code != 0
+    assert "already exists" in again.output
+
+    assert runner.invoke(main, ["clients", "revoke", "web-app"], env=env).exit_code == 0
+    assert client.post("/v1/notes", json=NOTE).status_code == 401
