@@ -621,3 +621,18 @@ def test_apply_failure_keeps_the_delivery_marked_failed(
     job = load_job(sessions, encounter)
     assert (job.status, job.outcome, job.updated_at) == ("processing", None, before.updated_at)
     assert count_rows("job_events") == events_before
+
+
+def test_database_down_is_a_quick_503_so_cobalt_retries():
+    """With the database unreachable, a signed delivery gets 503 + Retry-After, not a hang."""
+    app = create_app(make_settings("postgresql://nobody@127.0.0.1:9/none"))
+    body, signature = sign(event("note.created", job_id="x"))
+    response = app.test_client().post(
+        "/webhooks/cobalt",
+        data=body,
+        headers={"cobalt-verification": signature, "webhook-id": "msg_down"},
+    )
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"] == "1"
+    app.extensions["webhook_service"]["engine"].dispose()

@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(
+        settings.effective_database_url, statement_timeout_ms=5_000, wait_seconds=2
+    )
     app.extensions["webhook_service"] = {
         "settings": settings,
         "engine": engine,

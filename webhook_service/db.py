@@ -18,25 +18,39 @@ from sqlalchemy.orm import Session, sessionmaker
 SessionFactory = sessionmaker[Session]
 
 
-def make_engine(url: str, *, statement_timeout_ms: int = 10_000, **kwargs: Any) -> Engine:
-    """Create the engine for `url`, with the per-dialect settings this service relies on."""
+def make_engine(
+    url: str,
+    *,
+    statement_timeout_ms: int = 10_000,
+    wait_seconds: float = 15,
+    **kwargs: Any,
+) -> Engine:
+    """Create the engine for `url`, with the per-dialect settings this service relies on.
+
+    `wait_seconds` bounds every wait for the database (connecting, a pooled connection, a
+    SQLite lock): the web process keeps it short, so that a database outage is a quick 503
+    that Cobalt retries, never a request hanging past Cobalt's 5 s.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 15}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": wait_seconds}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that a
         # claim's SELECT and UPDATE are one serialisable step (SQLAlchemy's documented recipe).
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout=5000"
+    lock_ms = min(statement_timeout_ms, 5000)
+    options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_ms}"
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=kwargs.pop("pool_size", 5),
         max_overflow=kwargs.pop("max_overflow", 5),
-        connect_args={"options": options, "connect_timeout": 5},
+        pool_timeout=wait_seconds,
+        # libpq's minimum is 2 s.
+        connect_args={"options": options, "connect_timeout": max(2, int(wait_seconds))},
         **kwargs,
     )
 
@@ -45,7 +59,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # let the "begin" hook own transactions
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=15000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
