@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -30,3 +32,13 @@ def configure_logging(level: str) -> None:
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     _configured = True
+
+
+def log_failure(logger: logging.Logger, message: str, exc: BaseException, **extra: Any) -> None:
+    """Log an unexpected error by type and location only.
+
+    Exception messages can quote PHI (a driver error echoes its bound parameters), so the
+    message is left out; the frames say where it happened.
+    """
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(message, extra={"error_type": type(exc).__name__, "at": frames, **extra})

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=300.0, validation_alias="RETRY_CAP_SECONDS")
     claim_ttl_seconds: int = Field(default=60, validation_alias="CLAIM_TTL_SECONDS")
     worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
+    worker_concurrency: int = Field(default=4, validation_alias="WORKER_CONCURRENCY")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
 
     @field_validator(

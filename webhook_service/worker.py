@@ -26,6 +26,7 @@ from webhook_service.cobalt import (
 )
 from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
 from webhook_service.lifecycle import JobKind, retry_delay
+from webhook_service.logs import configure_logging, log_failure
 from webhook_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Worker:
         *,
         clock: Clock = utcnow,
         jitter: Callable[[], float] = random.random,
+        housekeeping: bool = True,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -67,6 +69,7 @@ class Worker:
         self.jitter = jitter
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._last_housekeeping: datetime | None = None
+        self._does_housekeeping = housekeeping
 
     def run_once(self) -> bool:
         """Do one unit of work; return False when there was nothing to do."""
@@ -150,6 +153,8 @@ class Worker:
         """Every few seconds: expire abandoned claims, apply parked webhooks, reconcile
         overdue jobs against Cobalt's log, and fail jobs past the deadline."""
         now = self.clock()
+        if not self._does_housekeeping:
+            return
         if self._last_housekeeping and now - self._last_housekeeping < HOUSEKEEPING_EVERY:
             return
         self._last_housekeeping = now
@@ -207,8 +212,8 @@ class Worker:
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:
-                log.exception("worker step failed")
+            except Exception as exc:
+                log_failure(log, "worker step failed", exc)
                 busy = False
             if not busy:
                 stop.wait(self.settings.worker_poll_seconds)
@@ -216,13 +221,20 @@ class Worker:
 
 
 def run_worker(settings: Settings) -> None:
-    """Entry point of the `worker` process: runs until SIGTERM or SIGINT."""
-    from webhook_service.logs import configure_logging
+    """Entry point of the `worker` process: runs until SIGTERM or SIGINT.
 
+    `WORKER_CONCURRENCY` threads each claim and submit jobs, so a slow Cobalt (each call
+    waits on a headless browser's queue) does not cap throughput at one call at a time.
+    One of them also does the housekeeping. On SIGTERM every thread finishes and records
+    the call in hand, then exits: well inside Heroku's 30 s when Cobalt answers normally.
+    """
     configure_logging(settings.log_level)
     phi.configure(settings.phi_keys())
-    engine = make_engine(settings.effective_database_url)
-    worker = Worker(settings, make_session_factory(engine), cobalt_client(settings))
+    threads = max(1, settings.worker_concurrency)
+    engine = make_engine(
+        settings.effective_database_url, pool_size=threads + 1, max_overflow=threads
+    )
+    sessions = make_session_factory(engine)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -231,7 +243,20 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    workers = [
+        Worker(settings, sessions, cobalt_client(settings), housekeeping=(n == 0))
+        for n in range(threads)
+    ]
+    running = [
+        threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}")
+        for n, w in enumerate(workers)
+    ]
     try:
-        worker.run_forever(stop)
+        for thread in running:
+            thread.start()
+        while any(thread.is_alive() for thread in running):
+            for thread in running:
+                thread.join(timeout=0.5)
     finally:
+        stop.set()
         engine.dispose()

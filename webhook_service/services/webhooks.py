@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from webhook_service.lifecycle import (
     kind_for_event,
     outcome_from_event,
 )
+from webhook_service.logs import log_failure
 from webhook_service.models import Clinic, Job, WebhookDelivery
 from webhook_service.phi import search_hash
 from webhook_service.services.jobs import add_event, settle
@@ -115,12 +115,7 @@ def _apply_safely(
         with session.begin_nested():
             apply_delivery(session, delivery, payload, now)
     except Exception as exc:
-        # Log where it failed, not the message: driver errors can quote stored PHI.
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        log.error(
-            "webhook apply failed",
-            extra={"delivery_id": delivery.id, "error_type": type(exc).__name__, "at": frames},
-        )
+        log_failure(log, "webhook apply failed", exc, delivery_id=delivery.id)
         delivery.state = DeliveryState.FAILED
         delivery.state_detail = f"applying raised {type(exc).__name__}"
         delivery.job_id = None
