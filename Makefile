@@ -16,13 +16,18 @@ install: $(STAMP)
 
 ## Run web + worker + Cobalt sandbox on the embedded SQLite database (Ctrl-C stops all).
 run: $(STAMP)
-	set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
-	@echo
-	@echo "  webhook_service: http://127.0.0.1:5000   Cobalt sandbox: http://127.0.0.1:5050"
-	@echo "  try:  curl -si -X POST http://127.0.0.1:5000/v1/notes -H 'Content-Type: application/json' \\"
-	@echo "          -d '{\"appointment_id\": \"728948\", \"note\": \"Patient doing well.\"}'"
-	@echo "  then: curl -s http://127.0.0.1:5000/v1/jobs/<id from the answer>"
-	@echo
+	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
+	@set -a && . config/dev.env && set +a && \
+	  token=$$($(BIN)/webhook-service clients create "curl-$$(date +%s)" --role frontend | tail -n 1) && \
+	  echo && \
+	  echo "  Open http://127.0.0.1:5000/ to try it in a browser (Cobalt sandbox: http://127.0.0.1:5050)." && \
+	  echo "  Or from a terminal, with a front-end token made for you:" && \
+	  echo && \
+	  echo "    export TOKEN=$$token" && \
+	  echo "    curl -si -X POST http://127.0.0.1:5000/v1/notes -H \"Authorization: Bearer \$$TOKEN\" \\" && \
+	  echo "      -H 'Content-Type: application/json' -d '{\"appointment_id\": \"728948\", \"note\": \"Patient doing well.\"}'" && \
+	  echo "    curl -s -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:5000/v1/jobs/<id from the answer>" && \
+	  echo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --env config/dev.env --procfile Procfile.dev start
 
 ## Lint, type-check, check models against migrations, and run the test suite.

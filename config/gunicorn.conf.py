@@ -22,3 +22,5 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # No preload: each process opens its own database pool after the fork.
 preload_app = False
+# gunicorn's admin control socket is shared by every gunicorn of the user; we use none of it.
+control_socket_disable = True

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from webhook_service import phi
 from webhook_service.db import make_engine, make_session_factory
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
-from webhook_service.logs import configure_logging
+from webhook_service.logs import configure_logging, log_failure
 from webhook_service.settings import Settings
 
 log = logging.getLogger("webhook_service.http")
@@ -26,7 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.require_web_secrets()
     phi.configure(settings.phi_keys())
     configure_logging(settings.log_level)
-    app = Flask(__name__)
+    # No app-wide /static: the only static files are the dev-only demo page's own.
+    app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key or "development-only",
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -93,6 +94,19 @@ def _register_error_handlers(app: Flask) -> None:
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        # A bug. Flask's default would log the message, which can quote PHI.
+        log_failure(log, "unhandled error", exc, path=request.path)
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + "internal-error",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "Something went wrong on our side; it has been logged.",
+            }
+        )
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)

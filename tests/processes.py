@@ -1,0 +1,329 @@
+"""Start the whole system as real processes on loopback, for end-to-end and browser tests.
+
+`running_system(database_url, tmp_dir)` starts the Cobalt sandbox, migrates the database with
+the Procfile's `release` command, creates a `frontend` API client, then starts the `web`
+process (gunicorn exactly as the Procfile says, bound to a free loopback port, two
+processes) and the `worker`, all wired together: the sandbox signs its webhooks to the web
+process with a secret both share. It waits until each is ready, writes each one's output to
+a file in `tmp_dir` (the tails are printed when anything fails), and always stops
+everything: SIGTERM, then SIGKILL for whatever is left in each process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+from sqlalchemy.engine import make_url
+
+from webhook_service.sandbox.config import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+)
+from webhook_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's scripts: gunicorn, webhook-service
+WEBHOOK_SECRET = "whsec_e2e_shared"
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 10.0
+TAIL_LINES = 40
+
+
+@dataclass
+class Process:
+    """One started process and the file its stdout and stderr go to."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no output file)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines the process wrote (other lines skipped)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                found.append(parsed)
+        return found
+
+
+@dataclass
+class RunningSystem:
+    """What a test needs to drive the system: the URLs and the processes."""
+
+    web_url: str
+    sandbox_url: str
+    token: str = ""  # a `frontend` client's bearer token
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def api(self) -> requests.Session:
+        """An HTTP session that sends the front end's bearer token."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"----- {p.name} (exit code {p.popen.poll()}) {p.log_path} -----\n{p.tail()}"
+            for p in self.processes.values()
+        )
+
+    def sandbox_submissions(self) -> list[dict[str, Any]]:
+        response = requests.get(f"{self.sandbox_url}/_sandbox/submissions", timeout=5)
+        response.raise_for_status()
+        submissions: list[dict[str, Any]] = response.json()["submissions"]
+        return submissions
+
+    def server_errors(self) -> list[dict[str, Any]]:
+        """Requests the web process answered with a 5xx, from its request log."""
+        return [
+            line
+            for line in self.processes["web"].log_lines()
+            if line.get("message") == "request" and int(line.get("status", 0)) >= 500
+        ]
+
+
+class StartupFailed(RuntimeError):
+    pass
+
+
+@contextmanager
+def throwaway_postgres_database(server_url: str) -> Iterator[str]:
+    """An empty database on the server at `server_url` (the harness migrates it), then dropped."""
+    server = make_url(server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"webhook_service_e2e_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def procfile_command(name: str, procfile: Path = ROOT / "Procfile") -> list[str]:
+    """A Procfile line as argv, its program resolved in this interpreter's venv."""
+    for line in procfile.read_text().splitlines():
+        key, sep, command = line.partition(":")
+        if sep and key.strip() == name:
+            argv = shlex.split(command)
+            return [str(BIN / argv[0]), *argv[1:]]
+    raise LookupError(f"no {name!r} line in {procfile}")
+
+
+def base_environment(
+    database_url: str, runtime_dir: Path, overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """This process's environment without any of the service's own settings, plus ours."""
+    ours = {str(f.validation_alias) for f in Settings.model_fields.values()}
+    ours |= {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS"}
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("SANDBOX_")}
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+            # gunicorn's control socket defaults to ~/.gunicorn/gunicorn.ctl, shared by every
+            # gunicorn of the user (a `make run` included); give each run its own.
+            "XDG_RUNTIME_DIR": str(runtime_dir),
+            "DATABASE_URL": database_url,
+            "WEBHOOK_SERVICE_ENV": "test",
+            "SECRET_KEY": "e2e-not-secret",
+            "COBALT_CLIENT_ID": DEFAULT_CLIENT_ID,
+            "COBALT_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+            "COBALT_ACCESS_TOKEN": DEFAULT_ACCESS_TOKEN,
+            "COBALT_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+            "WORKER_POLL_SECONDS": "0.2",
+            "WEB_CONCURRENCY": "2",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def _start(
+    name: str, argv: list[str], env: Mapping[str, str], tmp_dir: Path, system: RunningSystem
+) -> Process:
+    log_path = tmp_dir / f"{name}.log"
+    with log_path.open("wb") as output:
+        # Its own process group, so the last resort (SIGKILL) reaches gunicorn's children too.
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process = Process(name, popen, log_path)
+    system.processes[name] = process
+    return process
+
+
+def _stop_all(processes: list[Process]) -> None:
+    """SIGTERM to each (in the order given), then SIGKILL to whatever is left of its group."""
+    for process in processes:
+        if process.popen.returncode is None:
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        if process.popen.returncode is not None:
+            continue
+        _wait_unreaped(process.popen.pid, deadline)
+        # The leader is exited but not reaped, so its pid (the group's id) cannot have been
+        # reused: this reaches only what is left of our own group (e.g. an orphaned gunicorn
+        # worker), or the leader itself if it ignored SIGTERM.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait(STOP_SECONDS)
+
+
+def _wait_unreaped(pid: int, deadline: float) -> None:
+    """Wait until `pid` has exited or the deadline passed, leaving it for Popen to reap."""
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        time.sleep(0.02)
+
+
+def _wait_until(what: str, ready: Callable[[], bool], system: RunningSystem) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        for process in system.processes.values():
+            if process.popen.poll() is not None:
+                raise StartupFailed(f"{process.name} exited while waiting for {what}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise StartupFailed(f"timed out after {STARTUP_SECONDS:.0f} s waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _logged(process: Process, message: str) -> bool:
+    return message in process.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_system(
+    database_url: str,
+    tmp_dir: Path,
+    *,
+    environment: str = "test",
+    processing_seconds: float = 0.3,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[RunningSystem]:
+    """Migrate `database_url`, start sandbox, web and worker, yield, then stop them all."""
+    web_port, sandbox_port = free_port(), free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    environ = base_environment(
+        database_url,
+        tmp_dir,
+        {
+            "WEBHOOK_SERVICE_ENV": environment,
+            "PORT": str(web_port),
+            "COBALT_API_URL": f"{sandbox_url}/v1",
+            **(env or {}),
+        },
+    )
+    system = RunningSystem(web_url, sandbox_url)
+    sandbox_argv = [
+        str(BIN / "webhook-service"),
+        "sandbox",
+        "--port",
+        str(sandbox_port),
+        "--processing-seconds",
+        str(processing_seconds),
+        "--webhook-url",
+        f"{web_url}/webhooks/cobalt",
+        "--webhook-secret",
+        WEBHOOK_SECRET,
+    ]
+    web_argv = [*procfile_command("web"), "--bind", f"127.0.0.1:{web_port}"]
+    try:
+        try:
+            # The sandbox needs no database: it boots while the release step migrates.
+            _start("sandbox", sandbox_argv, environ, tmp_dir, system)
+            _migrate(environ, tmp_dir)
+            system.token = _create_client(environ, tmp_dir, "e2e-frontend", "frontend")
+            _start("web", web_argv, environ, tmp_dir, system)
+            worker = _start("worker", procfile_command("worker"), environ, tmp_dir, system)
+            _wait_until("the sandbox", lambda: _answers(f"{sandbox_url}/_sandbox"), system)
+            _wait_until("the web process", lambda: _answers(f"{web_url}/readyz"), system)
+            _wait_until("the worker", lambda: _logged(worker, "worker started"), system)
+            yield system
+        finally:
+            # The worker first (it calls the other two); all at once, to be quick.
+            _stop_all(list(reversed(system.processes.values())))
+    except GeneratorExit:
+        raise
+    except BaseException:
+        # Everything has stopped by now, so the tails are complete; pytest shows stderr.
+        print(system.tails(), file=sys.stderr)
+        raise
+
+
+def _run(argv: list[str], environ: Mapping[str, str], log_path: Path) -> str:
+    """Run a one-off command to completion; its stdout, or StartupFailed with its output."""
+    result = subprocess.run(
+        argv, cwd=ROOT, env=dict(environ), capture_output=True, timeout=60, check=False
+    )
+    stdout = result.stdout.decode(errors="replace")
+    log_path.write_text(stdout + result.stderr.decode(errors="replace"))
+    if result.returncode != 0:
+        raise StartupFailed(f"{argv[1:]} exited {result.returncode}:\n{log_path.read_text()}")
+    return stdout
+
+
+def _migrate(environ: Mapping[str, str], tmp_dir: Path) -> None:
+    """Run the Procfile's `release` command (migrate to head)."""
+    _run(procfile_command("release"), environ, tmp_dir / "release.log")
+
+
+def _create_client(environ: Mapping[str, str], tmp_dir: Path, name: str, role: str) -> str:
+    """`webhook-service clients create`: the token is alone on the last line of output."""
+    argv = [str(BIN / "webhook-service"), "clients", "create", name, "--role", role]
+    stdout = _run(argv, environ, tmp_dir / f"client-{name}.log")
+    return stdout.strip().splitlines()[-1].strip()

@@ -1,0 +1,134 @@
+"""The try-it page at `/`: a front end in miniature, registered in development only.
+
+It submits notes and telephone encounters to this service's own API and polls each job the
+way a real front end should (`static/demo.js`). The forms are pre-filled with the sandbox's
+`DEMO_IDS`, each scenario chosen to end in a known outcome. Every name and id is invented.
+
+`/v1/*` needs a bearer token, so each web process creates one `frontend` client for the page
+the first time it is served and hands its token to the page. That is acceptable only because
+this blueprint exists only when `WEBHOOK_SERVICE_ENV=development`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Final
+
+from flask import Blueprint, Response, render_template
+
+from webhook_service import services
+from webhook_service.sandbox.data import DEMO_IDS
+from webhook_service.web import request_transaction, utcnow
+
+bp = Blueprint(
+    "demo",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/demo/static",
+)
+
+# Only this page's own files: no inline script, no third-party origin.
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A preset for one form: the fields it sets and the outcome they lead to."""
+
+    key: str
+    label: str
+    fields: dict[str, str]
+
+
+NOTE_SCENARIOS: Final = (
+    Scenario(
+        "completed",
+        f"Completed: appointment {DEMO_IDS['appointment_id']} exists",
+        {"appointment_id": DEMO_IDS["appointment_id"]},
+    ),
+    Scenario(
+        "failed",
+        f"Failed: appointment {DEMO_IDS['unknown_appointment_id']} does not exist",
+        {"appointment_id": DEMO_IDS["unknown_appointment_id"]},
+    ),
+)
+
+_REFILL: Final = {
+    "patient_mrn": DEMO_IDS["patient_mrn"],
+    "refill_medication_name": DEMO_IDS["refill_medication_name"],
+    "pharmacy_ehr_id": DEMO_IDS["pharmacy_ehr_id"],
+}
+ENCOUNTER_SCENARIOS: Final = (
+    Scenario("completed", "Completed: refill sent to a working pharmacy", _REFILL),
+    Scenario(
+        "partial",
+        "Partial: the pharmacy step fails",
+        _REFILL | {"pharmacy_ehr_id": DEMO_IDS["failing_pharmacy_ehr_id"]},
+    ),
+    Scenario(
+        "medication",
+        "Failed: unknown medication (lists the available ones)",
+        _REFILL | {"refill_medication_name": DEMO_IDS["unknown_medication_name"]},
+    ),
+    Scenario(
+        "chart",
+        "Failed: the patient's chart is locked",
+        _REFILL | {"patient_mrn": DEMO_IDS["locked_chart_patient_mrn"]},
+    ),
+)
+
+# The fields every encounter scenario shares; the scenario's own fields go on top.
+ENCOUNTER_DEFAULTS: Final = {
+    "provider_id": DEMO_IDS["provider_id"],
+    "location_id": DEMO_IDS["location_id"],
+    "assigned_to_id": DEMO_IDS["assigned_to_id"],
+    "reason": "Refill request",
+    "caller": "Alice Moreno (patient)",
+    "message": "Asks for a refill before travelling next week.",
+    "is_high_priority": "false",
+    "template_name": "",
+}
+
+
+_token_lock = threading.Lock()
+_token: str | None = None
+
+
+def demo_token() -> str:
+    """This process's token for the page, created as a `frontend` client on first use."""
+    global _token
+    with _token_lock:
+        if _token is None:
+            with request_transaction() as session:
+                _, _token = services.create_client(
+                    session,
+                    name=f"demo-page-{secrets.token_hex(4)}",
+                    role="frontend",
+                    clinic_id=None,
+                    now=utcnow(),
+                )
+        return _token
+
+
+@bp.get("/")
+def page() -> Response:
+    """Serve the demo page."""
+    html = render_template(
+        "demo.html",
+        token=demo_token(),
+        note_scenarios=NOTE_SCENARIOS,
+        note=NOTE_SCENARIOS[0].fields,
+        encounter_scenarios=ENCOUNTER_SCENARIOS,
+        encounter=ENCOUNTER_DEFAULTS | ENCOUNTER_SCENARIOS[0].fields,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,190 @@
+// The demo page: a front end in miniature, and the reference for writing a real one.
+//  - Submit with an Idempotency-Key, so a retry after a network error never makes two jobs.
+//  - Poll GET /v1/jobs/{id} with If-None-Match: an unchanged job costs a 304 and no body.
+//  - Wait as long as Retry-After says; stop when the status is completed, partial or failed.
+//  - Show 422 field errors next to their fields. Server data goes in with textContent only.
+"use strict";
+
+const TERMINAL = new Set(["completed", "partial", "failed"]);
+const DEFAULT_WAIT_MS = 2000;
+const MAX_WAIT_MS = 30000;
+// The bearer token for /v1/*: the demo page's own (a real front end gets one from its back end).
+const TOKEN = document.querySelector("meta[name=api-token]").content;
+const AUTH = { Authorization: `Bearer ${TOKEN}` };
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Retry-After is seconds (or an HTTP date); without one, use the fallback.
+function retryAfterMs(response, fallbackMs) {
+  const value = response.headers.get("Retry-After");
+  if (value === null) return fallbackMs;
+  const ms = /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 250), MAX_WAIT_MS) : fallbackMs;
+}
+
+// POST a body; network failures are retried with the same key, so the job exists once.
+async function submitJob(path, body) {
+  const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const response = await fetch(path, {
+        method: "POST",
+        headers: { ...AUTH, "Content-Type": "application/json", "Idempotency-Key": key },
+        body: JSON.stringify(body),
+      });
+      return { response, payload: await response.json().catch(() => ({})) };
+    } catch (error) {
+      if (attempt === 3) throw error;
+      await sleep(1000 * attempt);
+    }
+  }
+}
+
+// Poll the job a 202 answered with until it settles, calling onChange(job, stats) each time.
+async function pollJob(accepted, job, onChange) {
+  const url = accepted.headers.get("Location");
+  let etag = accepted.headers.get("ETag");
+  let waitMs = retryAfterMs(accepted, DEFAULT_WAIT_MS);
+  const stats = { polls: 0, notModified: 0 };
+  while (!TERMINAL.has(job.status)) {
+    await sleep(waitMs);
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: etag ? { ...AUTH, "If-None-Match": etag } : AUTH,
+        cache: "no-store", // we hold the ETag ourselves; let the 304 through
+      });
+    } catch {
+      waitMs = Math.min(waitMs * 2, MAX_WAIT_MS); // offline or server gone: back off
+      continue;
+    }
+    stats.polls++;
+    if (response.status === 304) {
+      stats.notModified++;
+    } else if (response.ok) {
+      job = await response.json();
+      etag = response.headers.get("ETag");
+    } else if (response.status < 500 && response.status !== 429) {
+      throw new Error(`the service answered ${response.status}`); // 401, 404: polling won't help
+    } else {
+      waitMs = retryAfterMs(response, Math.min(waitMs * 2, MAX_WAIT_MS)); // 429, 5xx
+      continue;
+    }
+    waitMs = retryAfterMs(response, DEFAULT_WAIT_MS);
+    onChange(job, stats);
+  }
+}
+
+// --- Showing a job --------------------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function renderJob(row, job, stats) {
+  Object.assign(row.dataset, { jobId: job.id, status: job.status });
+  const head = el("div", "job-head");
+  head.append(el("span", `status status-${job.status}`, job.status));
+  head.append(el("span", "job-title", row.dataset.title));
+  const meta = [`job ${job.id.slice(0, 8)}`, `submission ${job.submission.state}`];
+  if (stats.polls) meta.push(`${stats.polls} polls, ${stats.notModified} unchanged (304)`);
+  const parts = [head, el("p", "job-meta", meta.join(" · "))];
+  const outcome = job.outcome || {};
+  if (outcome.message) parts.push(el("p", "job-message", outcome.message));
+  if (job.error) {
+    const error = el("p", "job-error", "error ");
+    error.append(el("code", "error-code", job.error.code));
+    parts.push(error);
+  }
+  if (Array.isArray(outcome.available_medications)) {
+    const list = el("ul", "medications");
+    for (const name of outcome.available_medications) list.append(el("li", "", name));
+    parts.push(el("p", "job-meds-label", "Available medications:"), list);
+  }
+  row.replaceChildren(...parts);
+}
+
+// --- Forms ----------------------------------------------------------------------------------
+
+// Named, enabled, non-empty fields; "note.plan" nests; data-list fields split on commas.
+function formBody(form) {
+  const body = {};
+  for (const input of form.querySelectorAll("[name]")) {
+    if (input.matches(":disabled") || input.value.trim() === "") continue;
+    const value = "list" in input.dataset
+      ? input.value.split(",").map((s) => s.trim()).filter(Boolean)
+      : input.value;
+    const [name, part] = input.name.split(".");
+    if (part) (body[name] ??= {})[part] = value;
+    else body[name] = value;
+  }
+  return body;
+}
+
+function showProblem(form, problem, status) {
+  const general = form.querySelector(".form-error");
+  for (const { field, message } of problem.errors || []) {
+    const slot = [...form.querySelectorAll("[data-error-for]")]
+      .find((s) => s.dataset.errorFor === field && !s.closest("[hidden]"));
+    if (slot) {
+      slot.textContent = message;
+      slot.closest("label")?.querySelector("[name]")?.setAttribute("aria-invalid", "true");
+    } else {
+      general.append(el("span", "", `${field}: ${message}. `));
+    }
+  }
+  if (!problem.errors) general.textContent = problem.detail || `The service answered ${status}.`;
+}
+
+function clearProblems(form) {
+  form.querySelectorAll(".field-error, .form-error").forEach((slot) => slot.replaceChildren());
+  form.querySelectorAll("[aria-invalid]").forEach((input) => input.removeAttribute("aria-invalid"));
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = form.querySelector("button[type=submit]");
+  const scenario = form.querySelector(".scenario").selectedOptions[0];
+  clearProblems(form);
+  button.disabled = true;
+  try {
+    const { response, payload } = await submitJob(form.dataset.path, formBody(form));
+    if (response.status !== 202) return showProblem(form, payload, response.status);
+    const row = el("li", "job");
+    Object.assign(row.dataset, { kind: form.dataset.kind, scenario: scenario.value });
+    const soap = form.querySelector(".note-format")?.value === "soap" ? " (SOAP)" : "";
+    row.dataset.title = `${form.dataset.title}${soap} · ${scenario.textContent}`;
+    document.getElementById("jobs").prepend(row);
+    document.querySelector(".jobs .empty").hidden = true;
+    renderJob(row, payload, { polls: 0 });
+    pollJob(response, payload, (job, stats) => renderJob(row, job, stats))
+      .catch((error) => row.append(el("p", "job-error", `Polling stopped: ${error.message}`)));
+  } catch (error) {
+    form.querySelector(".form-error").textContent = `Could not reach the service: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// A scenario fills in the fields it needs; the note format shows text or SOAP sections.
+function onScenario(event) {
+  const form = event.target.form;
+  const fields = JSON.parse(event.target.selectedOptions[0].dataset.fields);
+  for (const [name, value] of Object.entries(fields)) form.elements[name].value = value;
+}
+
+function onNoteFormat(event) {
+  for (const set of event.target.form.querySelectorAll("fieldset[data-format]")) {
+    set.hidden = set.disabled = set.dataset.format !== event.target.value;
+  }
+}
+
+for (const form of document.querySelectorAll("form[data-path]")) {
+  form.addEventListener("submit", onSubmit);
+  form.querySelector(".scenario").addEventListener("change", onScenario);
+  form.querySelector(".note-format")?.addEventListener("change", onNoteFormat);
+}
