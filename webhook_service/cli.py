@@ -101,6 +101,61 @@ def clients_revoke(name: str) -> None:
 
 
 @main.group()
+def clinics() -> None:
+    """Add, list and re-link clinics (linked EMR logins)."""
+
+
+@clinics.command("add")
+@click.argument("name")
+@click.option("--access-token", envvar="CLINIC_ACCESS_TOKEN", required=True)
+def clinics_add(name: str, access_token: str) -> None:
+    """Add a clinic with its Cobalt access token; prints its id."""
+    from webhook_service.db import transaction
+    from webhook_service.errors import ServiceError
+    from webhook_service.services.clinics import add_clinic
+
+    try:
+        with transaction(_sessions()) as session:
+            clinic = add_clinic(
+                session, name=name, access_token=access_token, now=datetime.now(UTC)
+            )
+            session.flush()
+            click.echo(f"added clinic {clinic.name!r} with id {clinic.id}")
+    except ServiceError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@clinics.command("list")
+def clinics_list() -> None:
+    """List clinics: id, name, webhook reference id, whether it needs re-linking."""
+    from webhook_service.db import transaction
+    from webhook_service.services.clinics import list_clinics
+
+    with transaction(_sessions()) as session:
+        for clinic in list_clinics(session):
+            relink = "NEEDS RE-LINK" if clinic.needs_relink else "ok"
+            reference = clinic.access_token_reference_id or "(not learned yet)"
+            click.echo(f"{clinic.id}\t{clinic.name}\t{reference}\t{relink}")
+
+
+@clinics.command("relink")
+@click.argument("name")
+@click.option("--access-token", envvar="CLINIC_ACCESS_TOKEN", required=True)
+def clinics_relink(name: str, access_token: str) -> None:
+    """Store a clinic's new access token after re-linking it in Cobalt."""
+    from webhook_service.db import transaction
+    from webhook_service.errors import ServiceError
+    from webhook_service.services.clinics import relink_clinic
+
+    try:
+        with transaction(_sessions()) as session:
+            relink_clinic(session, name=name, access_token=access_token, now=datetime.now(UTC))
+    except ServiceError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"re-linked {name!r}")
+
+
+@main.group()
 def keys() -> None:
     """PHI encryption keys."""
 
