@@ -200,6 +200,17 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    """The environment a `webhook-service` command needs to reach the test database."""
+    return {
+        "DATABASE_URL": database_url,
+        "PHI_ENCRYPTION_KEYS": PHI_KEY,
+        "PHI_SEARCH_KEY": PHI_SEARCH_KEY,
+        "WEBHOOK_SERVICE_ENV": "test",
+    }
+
+
+@pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 

@@ -319,13 +319,8 @@ def test_phi_canary_never_reaches_the_logs(
         assert marker not in logged
 
 
-def test_clients_cli_creates_lists_and_revokes(database_url, app):
-    env = {
-        "DATABASE_URL": database_url,
-        "PHI_ENCRYPTION_KEYS": PHI_KEY,
-        "PHI_SEARCH_KEY": PHI_SEARCH_KEY,
-        "WEBHOOK_SERVICE_ENV": "test",
-    }
+def test_clients_cli_creates_lists_and_revokes(cli_env, app):
+    env = cli_env
     runner = CliRunner()
     created = runner.invoke(main, ["clients", "create", "web-app", "--role", "frontend"], env=env)
     assert created.exit_code == 0, created.output

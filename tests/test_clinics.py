@@ -6,7 +6,7 @@ from __future__ import annotations
 import responses
 from click.testing import CliRunner
 
-from tests.conftest import COBALT, PHI_KEY, PHI_SEARCH_KEY, START, event
+from tests.conftest import COBALT, START, event
 from tests.test_lifecycle_http import NOTE
 from webhook_service.cli import main
 from webhook_service.db import transaction
@@ -53,13 +53,8 @@ def _reference_by_token(request):
     return (200, {}, f'{{"success": true, "access_token_reference_id": "{reference}"}}')
 
 
-def test_clinics_cli_adds_lists_and_relinks(database_url, sessions):
-    env = {
-        "DATABASE_URL": database_url,
-        "PHI_ENCRYPTION_KEYS": PHI_KEY,
-        "PHI_SEARCH_KEY": PHI_SEARCH_KEY,
-        "WEBHOOK_SERVICE_ENV": "test",
-    }
+def test_clinics_cli_adds_lists_and_relinks(cli_env):
+    env = cli_env
     runner = CliRunner()
     added = runner.invoke(main, ["clinics", "add", "south", "--access-token", "at_s"], env=env)
     assert added.exit_code == 0, added.output
