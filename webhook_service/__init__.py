@@ -42,9 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "sessions": make_session_factory(engine),
     }
 
-    from webhook_service import api, health, webhooks
+    from webhook_service import api, health, support, webhooks
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(support.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     if settings.environment == "development":

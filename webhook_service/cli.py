@@ -185,4 +185,11 @@ def _add_sandbox() -> None:
     main.add_command(sandbox_command)
 
 
+def _add_support() -> None:
+    from webhook_service.support_cli import jobs
+
+    main.add_command(jobs)
+
+
 _add_sandbox()
+_add_support()

@@ -80,3 +80,11 @@ class Unavailable(ServiceError):
 
 class NotConfigured(Unavailable):
     slug, title = "not-configured", "Not configured"
+
+
+class Conflict(ServiceError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class UpstreamFailed(ServiceError):
+    status, slug, title = 502, "upstream-failed", "Cobalt could not be reached"

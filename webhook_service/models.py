@@ -123,6 +123,9 @@ class Job(Base):
         Index("ix_jobs_note_appointment", "clinic_id", "appointment_hash"),
         Index("ix_jobs_patient_mrn_hash", "patient_mrn_hash"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
+        # Support's list: keyset pages on (created_at DESC, id DESC), and search by appointment.
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_appointment_hash", "appointment_hash"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -155,6 +158,9 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The failed job support resubmitted as this one; unique, so a job is retried at most once
+    # even when two staff press "retry" at the same moment.
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
     purged_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime]

@@ -8,19 +8,44 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from webhook_service.schemas import (
+    DeliveryBodyOut,
+    InboxOut,
+    InboxQuery,
+    JobListOut,
     JobOut,
+    JobPageQuery,
+    JobSearchRequest,
     NoteRequest,
     Problem,
+    ReplayOut,
+    ReplayRequest,
+    RetryRequest,
+    StaffAction,
+    SupportJobOut,
     TelephoneEncounterRequest,
+    TimelineOut,
     WebhookAck,
 )
 
-_MODELS: list[type[BaseModel]] = [
+_REQUESTS: list[type[BaseModel]] = [
     NoteRequest,
     TelephoneEncounterRequest,
+    JobSearchRequest,
+    StaffAction,
+    RetryRequest,
+    ReplayRequest,
+]
+_MODELS: list[type[BaseModel]] = [
+    *_REQUESTS,
     JobOut,
     Problem,
     WebhookAck,
+    SupportJobOut,
+    JobListOut,
+    TimelineOut,
+    DeliveryBodyOut,
+    InboxOut,
+    ReplayOut,
 ]
 
 
@@ -42,10 +67,7 @@ def _problem(description: str) -> dict[str, Any]:
 def build_spec() -> dict[str, Any]:
     """Return the whole OpenAPI document (computed once per process by the caller)."""
     _, defs = models_json_schema(
-        [
-            (m, "validation" if m in (NoteRequest, TelephoneEncounterRequest) else "serialization")
-            for m in _MODELS
-        ],
+        [(m, "validation" if m in _REQUESTS else "serialization") for m in _MODELS],
         ref_template="#/components/schemas/{model}",
     )
     schemas = defs.get("$defs", {})
@@ -140,6 +162,7 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            **_support_paths(job_id),
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "Up"}}}
             },
@@ -154,4 +177,134 @@ def build_spec() -> dict[str, Any]:
             },
         },
         "components": {"schemas": schemas},
+    }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI query parameters (the same model validates them)."""
+    parameters = []
+    for name, schema in model.model_json_schema(mode="validation")["properties"].items():
+        # An absent parameter is "no filter": publish the value's type, not `T | null`.
+        value = next(
+            (s for s in schema.get("anyOf", []) if s.get("type") != "null"),
+            {k: v for k, v in schema.items() if k not in ("title", "description")},
+        )
+        parameter = {"name": name, "in": "query", "required": False, "schema": value}
+        if "description" in schema:
+            parameter["description"] = schema["description"]
+        parameters.append(parameter)
+    return parameters
+
+
+def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
+    """The support role's routes: every one is 401 without a token, 403 for a front end."""
+    denied = {"401": _problem("No or unknown token."), "403": _problem("Not a support client.")}
+    unreadable = {
+        "400": _problem("Malformed JSON."),
+        "413": _problem("Body too large."),
+        "415": _problem("Not JSON."),
+        "422": _problem("Invalid fields, listed in `errors`."),
+    }
+    delivery_id = {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+
+    def action(model: type[BaseModel], summary: str, answer: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {"required": True, "content": _json(model)},
+                "responses": {
+                    **answer,
+                    "404": _problem("No such job or delivery."),
+                    "409": _problem("Refused: see `detail`."),
+                    **unreadable,
+                    **denied,
+                },
+            }
+        }
+
+    def read(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+        bad = {"404": _problem("Not found."), "422": _problem("Invalid parameters.")}
+        return {
+            "get": {
+                "summary": summary,
+                "parameters": parameters,
+                "responses": {"200": ok, **bad, **denied},
+            }
+        }
+
+    listed = {"description": "One page, newest first.", "content": _json(JobListOut)}
+    return {
+        "/v1/jobs": read("List jobs (audited)", _query_parameters(JobPageQuery), listed),
+        "/v1/jobs/search": {
+            "post": {
+                "summary": "Search jobs by MRN or appointment id, sent in the body (audited)",
+                "requestBody": {"required": True, "content": _json(JobSearchRequest)},
+                "responses": {
+                    "200": listed,
+                    **unreadable,
+                    **denied,
+                },
+            }
+        },
+        "/v1/jobs.csv": read(
+            "Export jobs as CSV: ids, statuses, times, no PHI (audited)",
+            [p for p in _query_parameters(JobPageQuery) if p["name"] not in ("limit", "cursor")],
+            {
+                "description": "Streamed CSV.",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+        ),
+        "/v1/jobs/{job_id}/events": read(
+            "A job's timeline and webhook deliveries (audited)",
+            [job_id],
+            {"description": "In order.", "content": _json(TimelineOut)},
+        ),
+        "/v1/jobs/{job_id}/retry": {
+            **action(
+                RetryRequest,
+                "Resubmit a failed job as a new job",
+                {
+                    "202": {
+                        "description": "The new job (`retry_of` links it).",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": _json(SupportJobOut),
+                    }
+                },
+            ),
+            "parameters": [job_id],
+        },
+        "/v1/jobs/{job_id}/reconcile": {
+            **action(
+                StaffAction,
+                "Look the job up in Cobalt's log now and apply what is found",
+                {
+                    "200": {"description": "The job.", "content": _json(SupportJobOut)},
+                    "502": _problem("Cobalt's log could not be read."),
+                },
+            ),
+            "parameters": [job_id],
+        },
+        "/v1/deliveries/{delivery_id}": read(
+            "A stored webhook delivery with its raw body (audited)",
+            [delivery_id],
+            {"description": "The delivery.", "content": _json(DeliveryBodyOut)},
+        ),
+        "/v1/deliveries/{delivery_id}/replay": {
+            **action(
+                ReplayRequest,
+                "Apply a stored delivery again with today's code (dry run by default)",
+                {"200": {"description": "What changed, or would.", "content": _json(ReplayOut)}},
+            ),
+            "parameters": [delivery_id],
+        },
+        "/v1/inbox": read(
+            "Deliveries that need a person: parked, failed, unknown type, conflict",
+            _query_parameters(InboxQuery),
+            {"description": "One page, newest first.", "content": _json(InboxOut)},
+        ),
     }

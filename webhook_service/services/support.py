@@ -1,0 +1,387 @@
+"""Support staff's reads: list, search and export jobs, read a timeline, a delivery, the inbox.
+
+Every read that returns PHI, and every export, is written to the audit log; search terms are
+matched through their keyed hashes and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, not_, or_, select, tuple_
+from sqlalchemy.orm import Session, aliased, defer
+
+from webhook_service.errors import NotFound
+from webhook_service.lifecycle import JobStatus
+from webhook_service.models import ApiClient, Clinic, Job, JobEvent, WebhookDelivery
+from webhook_service.phi import search_hash
+from webhook_service.schemas import (
+    DeliveryBodyOut,
+    DeliveryOut,
+    InboxQuery,
+    JobFilters,
+    JobPageQuery,
+    JobSearchRequest,
+    SupportJobOut,
+    TimelineEntry,
+    TimelineOut,
+)
+from webhook_service.services.clients import audit
+from webhook_service.services.jobs import get_job, job_view
+from webhook_service.services.webhooks import DeliveryState
+
+# Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
+INBOX_STATES = (
+    DeliveryState.PARKED,
+    DeliveryState.FAILED,
+    DeliveryState.UNKNOWN_TYPE,
+    DeliveryState.CONFLICT,
+)
+CSV_COLUMNS = (
+    "id",
+    "kind",
+    "status",
+    "created_at",
+    "finished_at",
+    "error_code",
+    "cobalt_job_id",
+    "telephone_encounter_id",
+    "flagged",
+)
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+JobKey = tuple[datetime, uuid.UUID]
+DeliveryKey = tuple[datetime, int]
+
+
+@dataclass(frozen=True)
+class Staff:
+    """Who acts: a support API client, or a person at a terminal (`via="cli"`)."""
+
+    name: str
+    client: ApiClient | None = None
+    via: str = "api"
+
+    @classmethod
+    def from_client(cls, client: ApiClient) -> Staff:
+        return cls(name=client.name, client=client)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job: Job
+    flagged: bool
+    retried_as: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    rows: list[JobRow]
+    next_key: JobKey | None
+
+
+def audit_staff(session: Session, staff: Staff, action: str, now: datetime, **detail: Any) -> None:
+    """Audit one staff read or action."""
+    if staff.via != "api":
+        detail["via"] = staff.via
+    audit(session, client=staff.client, actor=staff.name, action=action, now=now, **detail)
+
+
+# --- Jobs -------------------------------------------------------------------------------------
+
+
+def list_jobs(
+    session: Session,
+    staff: Staff,
+    query: JobPageQuery,
+    *,
+    now: datetime,
+    expected: dict[str, timedelta],
+) -> JobPage:
+    """One page of jobs, newest first; a search (MRN, appointment) when the query has one."""
+    searched: dict[str, str | None] = {}
+    if isinstance(query, JobSearchRequest):
+        searched = {"patient_mrn": query.patient_mrn, "appointment_id": query.appointment_id}
+    page = find_jobs(
+        session,
+        query,
+        now=now,
+        expected=expected,
+        limit=query.limit,
+        after=query.cursor,
+        patient_mrn=searched.get("patient_mrn"),
+        appointment_id=searched.get("appointment_id"),
+    )
+    detail: dict[str, Any] = {"filters": filters_detail(query)}
+    if searched:
+        # Which fields were searched, never their values (nor their hashes).
+        detail["searched_by"] = sorted(name for name, value in searched.items() if value)
+    audit_staff(
+        session,
+        staff,
+        "jobs.search" if searched else "jobs.list",
+        now,
+        count=len(page.rows),
+        job_ids=[str(row.job.id) for row in page.rows],
+        **detail,
+    )
+    return page
+
+
+def find_jobs(
+    session: Session,
+    filters: JobFilters,
+    *,
+    now: datetime,
+    expected: dict[str, timedelta],
+    limit: int,
+    after: JobKey | None = None,
+    patient_mrn: str | None = None,
+    appointment_id: str | None = None,
+    with_phi: bool = True,
+) -> JobPage:
+    """Jobs matching `filters`, newest first, starting after the key `after` (keyset paging).
+
+    Paging by key rather than offset is what keeps pages stable while jobs are created: a new
+    job sorts before the first page, never into a page already read. Without `with_phi` the
+    encrypted columns are neither read nor decrypted (the CSV export needs none of them).
+    """
+    conditions = _conditions(filters, now, expected)
+    if patient_mrn is not None:
+        conditions.append(Job.patient_mrn_hash == search_hash(patient_mrn))
+    if appointment_id is not None:
+        conditions.append(Job.appointment_hash == search_hash(appointment_id))
+    if after is not None:
+        conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    query = _job_rows().where(*conditions)
+    if not with_phi:
+        encrypted = (Job.request_body, Job.outcome, Job.error_message)
+        query = query.options(*(defer(column, raiseload=True) for column in encrypted))
+    rows = _fetch(session, query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1].job if rows and more else None
+    return JobPage(rows, (last.created_at, last.id) if last is not None else None)
+
+
+def job_row(session: Session, job_id: uuid.UUID) -> JobRow:
+    """One job with the facts support sees beside it (flagged, retried as)."""
+    rows = _fetch(session, _job_rows().where(Job.id == job_id))
+    if not rows:
+        raise NotFound(f"No job with id {str(job_id)!r}.")
+    return rows[0]
+
+
+def support_job_view(row: JobRow) -> SupportJobOut:
+    job = row.job
+    return SupportJobOut(
+        **dict(job_view(job)),
+        clinic_id=job.clinic_id,
+        flagged=row.flagged,
+        retry_of=job.retry_of,
+        retried_as=row.retried_as,
+    )
+
+
+def filters_detail(filters: JobFilters) -> dict[str, Any]:
+    """The filters of a query, for the audit log: never PHI, never paging."""
+    return filters.model_dump(mode="json", exclude_none=True, include=set(JobFilters.model_fields))
+
+
+def csv_row(row: JobRow) -> list[str]:
+    """One CSV line of a job: ids, statuses and times only (no PHI), formula-safe."""
+    job = row.job
+    values = (
+        job.id,
+        job.kind,
+        job.status,
+        job.created_at,
+        job.finished_at,
+        job.error_code,
+        job.cobalt_job_id,
+        job.cobalt_telephone_encounter_id,
+        row.flagged,
+    )
+    return [csv_cell(value) for value in values]
+
+
+def csv_cell(value: object) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, datetime):
+        text = value.isoformat().replace("+00:00", "Z")
+    else:
+        text = str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _job_rows() -> Select[Job, bool, uuid.UUID]:
+    retry = aliased(Job)
+    retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
+    return select(Job, _needs_attention().label("flagged"), retried_as.label("retried_as"))
+
+
+def _fetch(session: Session, query: Select[Job, bool, uuid.UUID]) -> list[JobRow]:
+    return [
+        JobRow(job, bool(flagged), retried_as)
+        for job, flagged, retried_as in session.execute(query)
+    ]
+
+
+def _conditions(
+    filters: JobFilters, now: datetime, expected: dict[str, timedelta]
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if filters.status is not None:
+        conditions.append(Job.status == filters.status)
+    if filters.kind is not None:
+        conditions.append(Job.kind == filters.kind)
+    if filters.clinic is not None:
+        conditions.append(Job.clinic_id == filters.clinic)
+    if filters.created_from is not None:
+        conditions.append(Job.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        conditions.append(Job.created_at < filters.created_to)
+    if filters.overdue is not None:
+        overdue = _overdue(now, expected)
+        conditions.append(overdue if filters.overdue else not_(overdue))
+    if filters.flagged is not None:
+        flagged = _needs_attention()
+        conditions.append(flagged if filters.flagged else not_(flagged))
+    return conditions
+
+
+def _overdue(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
+    """Processing past the kind's expected time (the worker's reconcile threshold)."""
+    late = [and_(Job.kind == kind, Job.created_at < now - wait) for kind, wait in expected.items()]
+    return and_(Job.status == JobStatus.PROCESSING, or_(*late))
+
+
+def _needs_attention() -> ColumnElement[bool]:
+    """Flagged: a conflicting outcome was recorded; or the clinic must be re-linked and the job
+    is open or failed; or a delivery carrying its Cobalt ids is parked or failed to apply.
+
+    Every branch is NULL-free, so `not_()` of it is exactly "all the other jobs".
+    """
+    relink = select(Clinic.id).where(Clinic.needs_relink.is_(True))
+    stuck = WebhookDelivery.state.in_([DeliveryState.PARKED, DeliveryState.FAILED])
+    stuck_job_ids = select(WebhookDelivery.cobalt_job_id).where(
+        stuck, WebhookDelivery.cobalt_job_id.is_not(None)
+    )
+    stuck_encounter_ids = select(WebhookDelivery.telephone_encounter_id).where(
+        stuck, WebhookDelivery.telephone_encounter_id.is_not(None)
+    )
+    return or_(
+        Job.flagged.is_(True),
+        and_(
+            Job.status.in_([JobStatus.PROCESSING, JobStatus.FAILED]),
+            Job.clinic_id.in_(relink),
+        ),
+        and_(Job.cobalt_job_id.is_not(None), Job.cobalt_job_id.in_(stuck_job_ids)),
+        and_(
+            Job.cobalt_telephone_encounter_id.is_not(None),
+            Job.cobalt_telephone_encounter_id.in_(stuck_encounter_ids),
+        ),
+    )
+
+
+# --- Timeline, deliveries, inbox ---------------------------------------------------------------
+
+
+def job_timeline(session: Session, staff: Staff, job_id: str, now: datetime) -> TimelineOut:
+    """Everything that happened to a job, in order, and every delivery that concerns it.
+
+    Deliveries that failed to apply are not linked to a job, so those carrying the job's
+    Cobalt ids are listed too.
+    """
+    job = get_job(session, job_id)
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.at, JobEvent.id)
+    )
+    mine = [WebhookDelivery.job_id == job.id]
+    if job.cobalt_job_id:
+        mine.append(WebhookDelivery.cobalt_job_id == job.cobalt_job_id)
+    if job.cobalt_telephone_encounter_id:
+        mine.append(WebhookDelivery.telephone_encounter_id == job.cobalt_telephone_encounter_id)
+    deliveries = session.scalars(
+        select(WebhookDelivery)
+        .where(or_(*mine))
+        .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
+    )
+    audit_staff(session, staff, "job.events", now, job_id=job.id)
+    return TimelineOut(
+        job_id=job.id,
+        events=[TimelineEntry(at=e.at, type=e.type, detail=e.detail) for e in events],
+        deliveries=[delivery_view(d) for d in deliveries],
+    )
+
+
+def get_delivery(session: Session, delivery_id: str, *, lock: bool = False) -> WebhookDelivery:
+    """The stored delivery with this id, or NotFound (also for ids that are not ids)."""
+    if not (delivery_id.isascii() and delivery_id.isdigit()) or not 0 < int(delivery_id) < 2**63:
+        raise NotFound(f"No delivery with id {delivery_id!r}.")
+    query = select(WebhookDelivery).where(WebhookDelivery.id == int(delivery_id))
+    delivery = session.scalar(query.with_for_update() if lock else query)
+    if delivery is None:
+        raise NotFound(f"No delivery with id {delivery_id!r}.")
+    return delivery
+
+
+def read_delivery(
+    session: Session, staff: Staff, delivery_id: str, now: datetime
+) -> DeliveryBodyOut:
+    """A delivery with its raw body (PHI: the read is audited)."""
+    delivery = get_delivery(session, delivery_id)
+    audit_staff(
+        session, staff, "delivery.read", now, job_id=delivery.job_id, delivery_id=delivery.id
+    )
+    body = delivery.raw_body
+    return DeliveryBodyOut(
+        **dict(delivery_view(delivery)),
+        headers=delivery.headers,
+        body=body.decode("utf-8", "replace") if body is not None else None,
+    )
+
+
+def list_inbox(
+    session: Session, query: InboxQuery
+) -> tuple[list[WebhookDelivery], DeliveryKey | None]:
+    """Deliveries that need a person, newest first, keyset-paginated like the job list."""
+    states = [query.state] if query.state else list(INBOX_STATES)
+    conditions: list[ColumnElement[bool]] = [WebhookDelivery.state.in_(states)]
+    if query.cursor is not None:
+        conditions.append(
+            tuple_(WebhookDelivery.received_at, WebhookDelivery.id) < tuple_(*query.cursor)
+        )
+    found = list(
+        session.scalars(
+            select(WebhookDelivery)
+            .where(*conditions)
+            .order_by(WebhookDelivery.received_at.desc(), WebhookDelivery.id.desc())
+            .limit(query.limit + 1)
+        )
+    )
+    page = found[: query.limit]
+    last = page[-1] if page and len(found) > query.limit else None
+    return page, (last.received_at, last.id) if last is not None else None
+
+
+def delivery_view(delivery: WebhookDelivery) -> DeliveryOut:
+    return DeliveryOut(
+        id=delivery.id,
+        received_at=delivery.received_at,
+        event_type=delivery.event_type,
+        state=delivery.state,
+        state_detail=delivery.state_detail,
+        signature_match=delivery.signature_match,
+        attempt=delivery.attempt,
+        job_id=delivery.job_id,
+        cobalt_job_id=delivery.cobalt_job_id,
+        telephone_encounter_id=delivery.telephone_encounter_id,
+    )

@@ -1,0 +1,285 @@
+"""Support staff's actions: retry a failed job, reconcile it now, replay a stored delivery.
+
+Each carries a reason, is audited, and is written on the job's timeline. A retry never risks a
+second copy of a note in a chart without a person's explicit, audited confirmation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webhook_service.errors import Conflict, NotFound
+from webhook_service.lifecycle import JobKind, JobStatus, Submission, status_for_event
+from webhook_service.models import ApiClient, Clinic, Job, JobEvent
+from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
+from webhook_service.services.jobs import add_event, get_job, submit_job
+from webhook_service.services.reconcile import Lookup, pick_outcome, record_lookup
+from webhook_service.services.support import Staff, audit_staff, get_delivery
+from webhook_service.services.webhooks import (
+    DeliveryState,
+    _apply_safely,
+    _parse,
+    match_job,
+)
+
+# Submissions that certainly put nothing in a chart: Cobalt refused them (4xx), or they never
+# reached Cobalt (transient failures only, or failed before being sent).
+NEVER_REACHED = frozenset(
+    {
+        Submission.REJECTED,
+        Submission.GAVE_UP,
+        Submission.PENDING,
+        Submission.WAITING,
+        Submission.RETRYING,
+    }
+)
+# Timeline entries that say what Cobalt did with the first try.
+_EVIDENCE = ("reconcile_lookup", "outcome_conflict")
+_SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
+
+
+# --- Retry ------------------------------------------------------------------------------------
+
+
+def retry_refusal(
+    job: Job, evidence: Sequence[tuple[datetime, str, dict[str, Any]]], confirmed: bool
+) -> str | None:
+    """Why a job may not be resubmitted now, or None when it may (pure: job and timeline).
+
+    Proof that the first try is not in the chart is one of: the submission never reached
+    Cobalt or Cobalt refused it; Cobalt reported the failure itself (a `*.failed` or
+    `login_required` outcome, by webhook or found in its log by a reconcile lookup). Without
+    proof a person must confirm the chart was checked, and only after a reconcile lookup made
+    since the job failed has found nothing. Any success Cobalt reported refuses the retry.
+    """
+    if job.status != JobStatus.FAILED:
+        return f"Only failed jobs can be retried; this one is {job.status}."
+    if job.request_body is None:
+        return "The request was purged after the retention period: resubmit it from the front end."
+    statuses = _reported_statuses(evidence)
+    if statuses & {JobStatus.COMPLETED, JobStatus.PARTIAL}:
+        return "Cobalt reported a success for this job: it is in the EMR; do not resubmit it."
+    if job.submission_state in NEVER_REACHED:
+        return None
+    outcome_event = str((job.outcome or {}).get("event", ""))
+    if status_for_event(outcome_event) == JobStatus.FAILED or JobStatus.FAILED in statuses:
+        return None
+    lookup_hint = f"run a reconcile lookup (POST /v1/jobs/{job.id}/reconcile)"
+    if not confirmed:
+        return (
+            f"The first submission may have reached Cobalt (submission {job.submission_state}), "
+            "so a retry could put it in the chart twice. Check the chart; if it is not there, "
+            f"{lookup_hint}, then retry with confirm_not_in_emr: true."
+        )
+    failed_at = job.finished_at or job.updated_at
+    if not any(kind == "reconcile_lookup" and at > failed_at for at, kind, _ in evidence):
+        return f"Before confirming, {lookup_hint}: Cobalt's log may still hold the outcome."
+    return None
+
+
+def _reported_statuses(evidence: Sequence[tuple[datetime, str, dict[str, Any]]]) -> set[str]:
+    """Outcomes Cobalt reported for the job that the job itself does not show."""
+    statuses = set()
+    for _, kind, detail in evidence:
+        if kind == "outcome_conflict":
+            statuses.add(str(detail.get("status")))
+        elif detail.get("found"):
+            statuses.add(str(status_for_event(str(detail.get("event_type")))))
+    return statuses
+
+
+def retry_job(
+    session: Session,
+    staff: Staff,
+    job_id: str,
+    *,
+    reason: str,
+    confirm_not_in_emr: bool,
+    now: datetime,
+) -> Job:
+    """Resubmit a failed job as a new job with the same request; link the two timelines."""
+    job = _job_for_update(session, job_id)
+    earlier = session.scalar(select(Job.id).where(Job.retry_of == job.id))
+    if earlier is not None:
+        raise Conflict(f"This job was already retried as {earlier}.")
+    evidence = session.execute(
+        select(JobEvent.at, JobEvent.type, JobEvent.detail).where(
+            JobEvent.job_id == job.id, JobEvent.type.in_(_EVIDENCE)
+        )
+    ).all()
+    refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr)
+    if refusal is not None:
+        raise Conflict(refusal)
+    request = _stored_request(job)
+    clinic = session.get(Clinic, job.clinic_id)
+    assert clinic is not None  # foreign key
+    client = session.get(ApiClient, job.client_id) if job.client_id is not None else None
+    try:
+        with session.begin_nested():
+            # The new job keeps the front end that sent the first, so it can poll it.
+            new, _ = submit_job(
+                session,
+                request=request,
+                clinic=clinic,
+                client=client,
+                idempotency_key=None,
+                now=now,
+            )
+            new.retry_of = job.id
+            session.flush()
+    except IntegrityError:  # the unique retry_of: someone else retried it a moment ago
+        raise Conflict("This job was retried by someone else just now.") from None
+    add_event(
+        session,
+        new,
+        "retry_of",
+        now,
+        job_id=str(job.id),
+        by=staff.name,
+        confirmed_not_in_emr=confirm_not_in_emr,
+    )
+    add_event(session, job, "retried_as", now, job_id=str(new.id), by=staff.name)
+    audit_staff(
+        session,
+        staff,
+        "job.retry",
+        now,
+        job_id=job.id,
+        reason=reason,
+        new_job_id=str(new.id),
+        confirm_not_in_emr=confirm_not_in_emr,
+    )
+    return new
+
+
+def _job_for_update(session: Session, job_id: str) -> Job:
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"No job with id {job_id!r}.") from None
+    job = session.scalar(select(Job).where(Job.id == key).with_for_update())
+    if job is None:
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+def _stored_request(job: Job) -> NoteRequest | TelephoneEncounterRequest:
+    model = NoteRequest if job.kind == JobKind.NOTE else TelephoneEncounterRequest
+    try:
+        return model.model_validate(job.request_body)
+    except ValidationError:
+        raise Conflict(
+            "The stored request no longer passes validation: resubmit it from the front end."
+        ) from None
+
+
+# --- Reconcile now ----------------------------------------------------------------------------
+
+
+def begin_reconcile(
+    session: Session, staff: Staff, job_id: str, *, reason: str, now: datetime
+) -> Lookup:
+    """Record a staff-requested lookup and return what the caller needs to ask Cobalt.
+
+    The caller commits before calling Cobalt: no transaction is held across the call.
+    """
+    job = get_job(session, job_id)
+    clinic = session.get(Clinic, job.clinic_id)
+    assert clinic is not None  # foreign key
+    job.reconciled_at = now  # the worker need not look again this minute
+    add_event(session, job, "reconcile_requested", now, by=staff.name)
+    audit_staff(session, staff, "job.reconcile", now, job_id=job.id, reason=reason)
+    return Lookup(
+        job_id=job.id,
+        kind=job.kind,
+        access_token=clinic.access_token,
+        cobalt_job_id=job.cobalt_job_id,
+        appointment_hash=job.appointment_hash,
+        since=job.created_at,
+    )
+
+
+def finish_reconcile(
+    session: Session, lookup: Lookup, page: dict[str, Any], now: datetime
+) -> uuid.UUID:
+    """Write the lookup on the timeline and apply what it found, as the worker does."""
+    events = page.get("webhook_events")
+    found = pick_outcome(lookup, events if isinstance(events, list) else [])
+    record_lookup(session, lookup, found, now)
+    return lookup.job_id
+
+
+# --- Replay -----------------------------------------------------------------------------------
+
+
+def replay_delivery(
+    session: Session, staff: Staff, delivery_id: str, *, reason: str, dry_run: bool, now: datetime
+) -> ReplayOut:
+    """Apply a stored delivery again through today's code; a dry run reports and rolls back."""
+    delivery = get_delivery(session, delivery_id, lock=True)
+    if delivery.raw_body is None:
+        raise Conflict("The delivery's body was purged after the retention period.")
+    if not dry_run and delivery.state in _SETTLED_ONCE:
+        raise Conflict(f"The delivery is {delivery.state} already: there is nothing to replay.")
+    payload = _parse(delivery.raw_body)
+    state_before = delivery.state
+    settles = delivery.event_type is not None and status_for_event(delivery.event_type)
+    job = _job_of(session, delivery.job_id) or (match_job(session, delivery) if settles else None)
+    status_before = job.status if job is not None else None
+    savepoint = session.begin_nested()
+    try:
+        _apply_safely(session, delivery, payload, now)
+        session.flush()
+        job = _job_of(session, delivery.job_id) or job
+        result = ReplayOut(
+            delivery_id=delivery.id,
+            dry_run=dry_run,
+            state_before=state_before,
+            state_after=delivery.state,
+            state_detail=delivery.state_detail,
+            job_id=job.id if job is not None else None,
+            job_status_before=status_before,
+            job_status_after=job.status if job is not None else None,
+        )
+    except BaseException:
+        savepoint.rollback()
+        raise
+    if dry_run:
+        savepoint.rollback()  # expires what the replay touched: later reads see the database
+    else:
+        savepoint.commit()
+        if job is not None:
+            add_event(
+                session,
+                job,
+                "webhook_replayed",
+                now,
+                delivery_id=delivery.id,
+                state=result.state_after,
+                by=staff.name,
+            )
+    audit_staff(
+        session,
+        staff,
+        "delivery.replay",
+        now,
+        job_id=result.job_id,
+        delivery_id=result.delivery_id,
+        reason=reason,
+        dry_run=dry_run,
+        state_before=state_before,
+        state_after=result.state_after,
+    )
+    return result
+
+
+def _job_of(session: Session, job_id: uuid.UUID | None) -> Job | None:
+    return session.get(Job, job_id) if job_id is not None else None
