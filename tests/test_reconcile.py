@@ -155,3 +155,29 @@ def test_reconciled_outcome_then_real_webhook_changes_nothing(
     with sessions() as session:
         states = sorted(session.scalars(select(WebhookDelivery.state)))
     assert states == ["applied", "repeat"]
+
+
+def test_outcome_logged_after_the_deadline_still_settles_the_job(
+    client, worker, cobalt, clock: FakeClock, sessions
+):
+    accept_encounter(cobalt)
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    events_log(cobalt)
+    clock.advance(minutes=31)
+    worker.run_once()
+    assert poll(client, job["id"])["error"]["code"] == "no_outcome"
+
+    cobalt.replace(
+        responses.GET,
+        f"{COBALT}/webhook-events",
+        json={"success": True, "webhook_events": [logged("telephone_encounter.created", "4242")]},
+    )
+    clock.advance(minutes=11)
+    worker.run_once()
+    settled = poll(client, job["id"])
+    assert settled["status"] == "completed"
+    assert settled["error"] is None
+    clock.advance(days=2)
+    worker.run_once()
+    assert timeline(sessions, job["id"]).count("reconciled") == 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,10 @@ from webhook_service.signatures import compact_json
 # Submissions whose outcome may be waiting in Cobalt's log.
 LOOKUP_STATES = (Submission.ACCEPTED, Submission.UNKNOWN, Submission.SENDING)
 LOOKUP_EVERY = timedelta(seconds=60)
+# A job failed for lack of news is still looked up, less often, for a day: a dropped
+# webhook's outcome may yet appear in Cobalt's log, and it settles the job.
+LATE_LOOKUP_EVERY = timedelta(minutes=10)
+LATE_LOOKUP_FOR = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -51,15 +55,25 @@ class Lookup:
 def due_lookups(
     session: Session, *, now: datetime, expected: dict[str, timedelta], limit: int = 20
 ) -> list[Lookup]:
-    """Claim overdue processing jobs for a lookup (each at most once a minute)."""
+    """Claim jobs due for a lookup: overdue processing jobs (at most once a minute), and
+    jobs failed as `no_outcome` in the last day (every ten minutes)."""
     oldest_expected = min(expected.values())
+    overdue = and_(
+        Job.status == JobStatus.PROCESSING,
+        Job.created_at < now - oldest_expected,
+        (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LOOKUP_EVERY),
+    )
+    failed_for_lack_of_news = and_(
+        Job.status == JobStatus.FAILED,
+        Job.error_code == NO_OUTCOME,
+        Job.finished_at > now - LATE_LOOKUP_FOR,
+        (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LATE_LOOKUP_EVERY),
+    )
     jobs = session.scalars(
         select(Job)
         .where(
-            Job.status == JobStatus.PROCESSING,
             Job.submission_state.in_(LOOKUP_STATES),
-            Job.created_at < now - oldest_expected,
-            (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LOOKUP_EVERY),
+            or_(overdue, failed_for_lack_of_news),
         )
         .order_by(Job.created_at)
         .limit(limit)
@@ -141,7 +155,10 @@ def record_lookup(
         found=found is not None,
         event_type=found.get("event_type") if found else None,
     )
-    if found is None or job.status != JobStatus.PROCESSING:
+    open_to_outcome = job.status == JobStatus.PROCESSING or (
+        job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
+    )
+    if found is None or not open_to_outcome:
         return False
     event_id = _clean_id(found.get("event_id")) or uuid.uuid4().hex
     raw_data = found.get("data")
