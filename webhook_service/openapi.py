@@ -105,7 +105,7 @@ def build_spec() -> dict[str, Any]:
             }
         }
 
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "webhook_service",
@@ -176,8 +176,27 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
+    _require_bearer(spec["paths"])
+    return spec
+
+
+def _require_bearer(paths: dict[str, Any]) -> None:
+    """Every `/v1/*` operation needs a bearer token: say so, and list its 401 and 403."""
+    for path, item in paths.items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            operation["security"] = [{"bearer": []}]
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", _problem("No, unknown or revoked bearer token."))
+            responses.setdefault("403", _problem("This client's role may not do this."))
 
 
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
