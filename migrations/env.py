@@ -52,6 +52,11 @@ def run_migrations_online() -> None:
 
 def _run(connection: object) -> None:
     is_postgres = connection.dialect.name == "postgresql"  # type: ignore[attr-defined]
+    if connection.dialect.name == "sqlite":  # type: ignore[attr-defined]
+        # Batch migrations rebuild tables (copy, drop, rename); with foreign keys enforced,
+        # dropping a referenced table fails. The pragma only works outside a transaction,
+        # so it goes straight to the driver before SQLAlchemy begins one.
+        connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[attr-defined]
     context.configure(
         connection=connection,  # type: ignore[arg-type]
         target_metadata=target_metadata,

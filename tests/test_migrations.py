@@ -67,3 +67,76 @@ def test_models_and_migrations_do_not_drift(empty_database):
 def test_alembic_check_passes_at_head(empty_database):
     upgrade(empty_database)
     command.check(alembic_config(empty_database))
+
+
+def test_existing_rows_are_encrypted_on_upgrade_and_restored_on_downgrade(
+    empty_database, monkeypatch
+):
+    """Rows written before PHI encryption (0002) survive the upgrade, readable only with the
+    key, and come back as they were on downgrade."""
+    import json
+
+    from sqlalchemy import text
+
+    from tests.conftest import PHI_KEY, PHI_SEARCH_KEY
+    from webhook_service import phi
+    from webhook_service.db import make_session_factory
+    from webhook_service.models import Clinic, Job, WebhookDelivery
+
+    monkeypatch.setenv("PHI_ENCRYPTION_KEYS", PHI_KEY)
+    monkeypatch.setenv("PHI_SEARCH_KEY", PHI_SEARCH_KEY)
+    upgrade(empty_database, "0002")
+    body = {"appointment_id": "A-1", "note": "Knee pain, improving."}
+    engine = make_engine(empty_database)
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO clinics (id, name, access_token, needs_relink, created_at, updated_at)"
+                " VALUES (1, 'default', 'at_secret', false, :now, :now)"
+            ),
+            {"now": "2026-11-23 12:00:00"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, clinic_id, request_body, request_hash,"
+                " appointment_id, submission_state, submit_attempts, outcome, error_message,"
+                " flagged, created_at, updated_at) VALUES (:id, 'note', 'failed', 1, :body,"
+                " 'h', 'A-1', 'accepted', 1, :outcome, 'Chart locked', false, :now, :now)"
+            ),
+            {
+                "id": job_id.hex if empty_database.startswith("sqlite") else str(job_id),
+                "body": json.dumps(body),
+                "outcome": json.dumps({"event": "note.failed", "message": "Chart locked"}),
+                "now": "2026-11-23 12:00:00",
+            },
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (dedup_key, headers, raw_body, signature_match,"
+                " received_at, state, appointment_id) VALUES ('k', '{}', :raw, 'raw:secret[0]',"
+                " :now, 'applied', 'A-1')"
+            ),
+            {"raw": b'{"type":"note.failed"}', "now": "2026-11-23 12:00:00"},
+        )
+    try:
+        upgrade(empty_database)
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT request_body_enc FROM jobs")).scalar_one()
+            assert b"Knee pain" not in bytes(stored)
+        with make_session_factory(engine)() as session:
+            job = session.get(Job, job_id)
+            assert job.request_body == body
+            assert job.error_message == "Chart locked"
+            assert job.appointment_hash == phi.search_hash("A-1")
+            assert session.get(Clinic, 1).access_token == "at_secret"
+            delivery = session.query(WebhookDelivery).one()
+            assert delivery.raw_body == b'{"type":"note.failed"}'
+        downgrade(empty_database, "0002")
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT appointment_id, error_message FROM jobs")).one()
+            token = conn.execute(text("SELECT access_token FROM clinics")).scalar_one()
+        assert tuple(row) == ("A-1", "Chart locked")
+        assert token == "at_secret"
+    finally:
+        engine.dispose()

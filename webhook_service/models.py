@@ -75,7 +75,8 @@ class Clinic(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    access_token: Mapped[str] = mapped_column(String(500))
+    # A credential to write into the clinic's EMR: encrypted at rest like PHI.
+    access_token: Mapped[str] = mapped_column("access_token_enc", EncryptedText)
     access_token_reference_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     needs_relink: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
