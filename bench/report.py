@@ -1,0 +1,280 @@
+"""Turn measurements into ratios (service over its bare baseline, same run, same connection
+count), verdicts on issue 7's targets, a Markdown table, results JSON, and summaries of
+py-spy profiles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# scenario -> (baseline target, minimum ratio of requests/s)
+RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    "poll_200": ("pk_read", 0.8),
+    "poll_304": ("pk_read", 0.9),
+    "webhook": ("verify_write", 0.8),
+    "submit": ("verify_write", 0.8),
+}
+BASELINE_OF_BASELINES = "constant"
+WEBHOOK_P99_MS = 100.0
+WEBHOOK_P99_CONNECTIONS = 32
+GROWTH_MIN = 0.9
+RSS_MAX_MB = 120.0
+WORKER_FAST_MIN = 200.0  # jobs/s with Cobalt answering at once
+WORKER_SLOW_MIN = 50.0  # jobs/s with each Cobalt call taking 200 ms
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    target: str
+    value: str
+    passed: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "value": self.value,
+            "pass": self.passed,
+            "note": self.note,
+        }
+
+
+def add_ratios(runs: list[dict[str, Any]]) -> None:
+    """Give each run `baseline` and `ratio` (its requests/s over the baseline's)."""
+    by_key = {(r["target"], r["scenario"], r["connections"]): r for r in runs}
+    baseline_scenarios = {
+        "constant": "constant",
+        "pk_read": "pk_read",
+        "verify_write": "verify_write",
+    }
+    for run in runs:
+        if run["target"] == "service":
+            baseline = RATIO_TARGETS.get(run["scenario"], (BASELINE_OF_BASELINES, 0.0))[0]
+        elif run["target"] == BASELINE_OF_BASELINES:
+            continue
+        else:
+            baseline = BASELINE_OF_BASELINES
+        other = by_key.get((baseline, baseline_scenarios[baseline], run["connections"]))
+        if other and other["rps"]:
+            run["baseline"] = baseline
+            run["ratio"] = round(run["rps"] / other["rps"], 3)
+
+
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """Each issue-7 target, with the measured value and whether it passed."""
+    runs = [r for r in results["runs"] if r["target"] == "service"]
+    found: list[Verdict] = []
+    for scenario, (baseline, minimum) in RATIO_TARGETS.items():
+        mine = [r for r in runs if r["scenario"] == scenario and "ratio" in r]
+        if not mine:
+            continue
+        worst = min(r["ratio"] for r in mine)
+        ratios = ", ".join(f"{r['ratio']:.2f}@{r['connections']}" for r in mine)
+        note = ""
+        if scenario == "poll_200":
+            note = "with bearer auth" if results["meta"].get("auth") else "without auth"
+        found.append(
+            Verdict(
+                f"{scenario} vs {baseline}",
+                f">= {minimum} x baseline req/s at every connection count",
+                ratios,
+                worst >= minimum,
+                note,
+            )
+        )
+    webhook32 = [
+        r
+        for r in runs
+        if r["scenario"] == "webhook" and r["connections"] == WEBHOOK_P99_CONNECTIONS
+    ]
+    for run in webhook32:
+        found.append(
+            Verdict(
+                "webhook p99",
+                f"< {WEBHOOK_P99_MS:.0f} ms at {WEBHOOK_P99_CONNECTIONS} connections",
+                f"{run['p99_ms']:.1f} ms",
+                run["p99_ms"] < WEBHOOK_P99_MS,
+            )
+        )
+    growth = results.get("growth")
+    if growth and growth.get("ratio") is not None:
+        found.append(
+            Verdict(
+                "growth",
+                f">= {GROWTH_MIN} (poll 200 req/s at {growth['large_jobs']:,} vs "
+                f"{growth['small_jobs']:,} jobs)",
+                f"{growth['ratio']:.2f}",
+                growth["ratio"] >= GROWTH_MIN,
+            )
+        )
+    rss = _peak_rss(results)
+    if rss:
+        worst_name, worst_mb = max(rss.items(), key=lambda item: item[1])
+        found.append(
+            Verdict(
+                "memory",
+                f"< {RSS_MAX_MB:.0f} MB RSS per web/worker process",
+                f"{worst_mb:.0f} MB ({worst_name})",
+                worst_mb < RSS_MAX_MB,
+            )
+        )
+    errors = sum(r["errors"] for r in results["runs"])
+    found.append(
+        Verdict("errors", "0 (non-2xx/304, socket errors, timeouts)", str(errors), errors == 0)
+    )
+    for case in results.get("worker", []):
+        if case.get("what_if"):
+            continue
+        minimum = WORKER_FAST_MIN if case["cobalt_delay_ms"] == 0 else WORKER_SLOW_MIN
+        found.append(
+            Verdict(
+                f"worker, Cobalt {case['cobalt_delay_ms']:.0f} ms",
+                f">= {minimum:.0f} submissions/s",
+                f"{case['jobs_per_s']:.1f}/s (concurrency {case['concurrency']})",
+                case["jobs_per_s"] >= minimum,
+            )
+        )
+    return found
+
+
+def _peak_rss(results: dict[str, Any]) -> dict[str, float]:
+    """Peak RSS (MB) of the service's own processes: web master, web workers, worker."""
+    peaks: dict[str, float] = {}
+    web = results.get("memory", {}).get("service")
+    if web:
+        peaks["web master"] = web["master_peak_mb"]
+        peaks["web worker"] = web["worker_peak_mb"]
+    for case in results.get("worker", []):
+        if not case.get("what_if"):
+            peaks[f"worker ({case['cobalt_delay_ms']:.0f} ms)"] = case["rss_peak_mb"]
+    return peaks
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as Markdown tables (printed, and pasted into bench/README.md)."""
+    lines = [
+        "| target | scenario | conns | req/s | p50 ms | p99 ms | errors | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in results["runs"]:
+        ratio = f"{run['ratio']:.2f} x {run['baseline']}" if "ratio" in run else ""
+        errors = str(run["errors"])
+        if run.get("unexpected_status") and run["unexpected_status"] != run["errors"]:
+            errors += f" ({run['unexpected_status']} unexpected)"
+        lines.append(
+            f"| {run['target']} | {run['scenario']} | {run['connections']} | {run['rps']:.0f} "
+            f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {errors} | {ratio} |"
+        )
+    growth = results.get("growth")
+    if growth:
+        lines += [
+            "",
+            "| growth | jobs in the table | req/s (poll 200 of the newest 10,000 jobs, 32 conns) |",
+            "|---|---:|---:|",
+            f"| small | {growth['small_jobs']:,} | {growth['small_rps']:.0f} |",
+            f"| large | {growth['large_jobs']:,} | {growth['large_rps']:.0f} |",
+            f"| ratio | | {growth['ratio']:.2f} |",
+        ]
+    memory = results.get("memory", {})
+    if memory:
+        lines += [
+            "",
+            "| gunicorn app | master peak MB | worker peak MB | worker pids seen |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, peaks in memory.items():
+            lines.append(
+                f"| {name} | {peaks['master_peak_mb']:.0f} | {peaks['worker_peak_mb']:.0f} "
+                f"| {peaks['workers_seen']} |"
+            )
+    worker = results.get("worker", [])
+    if worker:
+        lines += [
+            "",
+            "| worker | Cobalt delay | concurrency | jobs/s left pending | RSS peak MB |",
+            "|---|---:|---|---:|---:|",
+        ]
+        for case in worker:
+            label = "what-if" if case.get("what_if") else "as configured"
+            lines.append(
+                f"| {label} | {case['cobalt_delay_ms']:.0f} ms | {case['concurrency']} "
+                f"| {case['jobs_per_s']:.1f} | {case['rss_peak_mb']:.0f} |"
+            )
+    found = results.get("targets", [])
+    if found:
+        lines += ["", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
+        for item in found:
+            verdict = "pass" if item["pass"] else "**MISS**"
+            note = f" ({item['note']})" if item["note"] else ""
+            lines.append(
+                f"| {item['name']}{note} | {item['target']} | {item['value']} | {verdict} |"
+            )
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Summarize py-spy's raw (collapsed) stacks: self time by package, top inclusive frames."""
+    self_by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if " (" in f and f.endswith(")")]
+        if not frames:
+            continue
+        total += count
+        self_by_package[_package(frames[-1])] += count
+        for frame in set(frames):
+            inclusive[_short(frame)] += count
+    if not total:
+        return {"samples": 0}
+    return {
+        "samples": total,
+        "self_by_package": [
+            (name, round(100 * n / total, 1)) for name, n in self_by_package.most_common(12)
+        ],
+        "top_inclusive": [
+            (name, round(100 * n / total, 1)) for name, n in inclusive.most_common(top)
+        ],
+    }
+
+
+def _package(frame: str) -> str:
+    """The top-level package of a frame ("psycopg", "sqlalchemy", "threading", …).
+
+    py-spy prints paths relative to their sys.path entry, so the first component is the
+    package (or the stdlib module).
+    """
+    location = frame[frame.rfind(" (") + 2 : -1]
+    path = location.rpartition(":")[0] or location
+    for marker in ("site-packages/", "/main/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if path.startswith(".") and "/" in path:
+        path = path.split("/", 1)[1]
+    return path.split("/", 1)[0].removesuffix(".py") or "?"
+
+
+def _short(frame: str) -> str:
+    name, _, location = frame.partition(" (")
+    path, _, line = location[:-1].rpartition(":")
+    if not line.isdigit():
+        path = location[:-1]
+    for marker in ("site-packages/", "/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path})"
