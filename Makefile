@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install migrate bench clean
+.PHONY: run test lint install migrate bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ migrate: $(STAMP)
 ## Performance bench against bare baselines (needs wrk and PostgreSQL; see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+## Fault-injection run of the real processes on PostgreSQL (see reliability/README.md).
+reliability: $(STAMP)
+	$(BIN)/python -m reliability.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .hypothesis

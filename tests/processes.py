@@ -7,6 +7,10 @@ processes) and the `worker`, all wired together: the sandbox signs its webhooks 
 process with a secret both share. It waits until each is ready, writes each one's output to
 a file in `tmp_dir` (the tails are printed when anything fails), and always stops
 everything: SIGTERM, then SIGKILL for whatever is left in each process group.
+
+For fault injection (`tests/test_faults.py`, `reliability/run.py`): `restart_worker` kills
+the worker with SIGKILL and starts a new one, `child_pids` finds gunicorn's worker processes,
+and `throwaway_postgres_cluster` runs a PostgreSQL cluster of its own that a test may stop.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -81,6 +87,10 @@ class RunningSystem:
     sandbox_url: str
     token: str = ""  # a `frontend` client's bearer token
     processes: dict[str, Process] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict)  # what every process was given
+    tmp_dir: Path | None = None  # where their output files are
+    database_url: str = ""
+    retired: list[Process] = field(default_factory=list)  # killed on purpose by a test
 
     def api(self) -> requests.Session:
         """An HTTP session that sends the front end's bearer token."""
@@ -91,7 +101,7 @@ class RunningSystem:
     def tails(self) -> str:
         return "\n".join(
             f"----- {p.name} (exit code {p.popen.poll()}) {p.log_path} -----\n{p.tail()}"
-            for p in self.processes.values()
+            for p in [*self.retired, *self.processes.values()]
         )
 
     def sandbox_submissions(self) -> list[dict[str, Any]]:
@@ -177,9 +187,15 @@ def base_environment(
 
 
 def _start(
-    name: str, argv: list[str], env: Mapping[str, str], tmp_dir: Path, system: RunningSystem
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    tmp_dir: Path,
+    system: RunningSystem,
+    *,
+    log_name: str | None = None,
 ) -> Process:
-    log_path = tmp_dir / f"{name}.log"
+    log_path = tmp_dir / f"{log_name or name}.log"
     with log_path.open("wb") as output:
         # Its own process group, so the last resort (SIGKILL) reaches gunicorn's children too.
         popen = subprocess.Popen(
@@ -268,7 +284,9 @@ def running_system(
             **(env or {}),
         },
     )
-    system = RunningSystem(web_url, sandbox_url)
+    system = RunningSystem(
+        web_url, sandbox_url, environ=environ, tmp_dir=tmp_dir, database_url=database_url
+    )
     sandbox_argv = [
         str(BIN / "webhook-service"),
         "sandbox",
@@ -327,3 +345,134 @@ def _create_client(environ: Mapping[str, str], tmp_dir: Path, name: str, role: s
     argv = [str(BIN / "webhook-service"), "clients", "create", name, "--role", role]
     stdout = _run(argv, environ, tmp_dir / f"client-{name}.log")
     return stdout.strip().splitlines()[-1].strip()
+
+
+# --- Faults: kill and restart processes, restart the database --------------------------------
+
+
+def kill_group(process: Process) -> None:
+    """SIGKILL a started process and everything in its process group, and reap it."""
+    if process.popen.returncode is None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait(STOP_SECONDS)
+
+
+def restart_worker(system: RunningSystem) -> Process:
+    """`kill -9` the worker (its whole group), then start a fresh one and wait until it runs.
+
+    The killed one moves to `system.retired`, so its output is still shown when something
+    fails; the new one is `system.processes["worker"]`.
+    """
+    assert system.tmp_dir is not None
+    old = system.processes.pop("worker")
+    kill_group(old)
+    system.retired.append(old)
+    generation = sum(1 for p in system.retired if p.name == "worker")
+    worker = _start(
+        "worker",
+        procfile_command("worker"),
+        system.environ,
+        system.tmp_dir,
+        system,
+        log_name=f"worker-{generation + 1}",
+    )
+    _wait_until("the restarted worker", lambda: _logged(worker, "worker started"), system)
+    return worker
+
+
+def child_pids(parent: int) -> list[int]:
+    """Live children of `parent` (e.g. a gunicorn master's workers), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces or parentheses: the fields start after the last ")".
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a loopback port, which a test may stop and start."""
+
+    bin_dir: Path
+    data_dir: Path
+    port: int
+    run_as: list[str]  # `runuser -u postgres --` when we are root (initdb refuses root)
+
+    @property
+    def server_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
+        argv = [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]
+        subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
+        self._pg_ctl("-o", options, "-l", str(self.data_dir / "server.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        argv = [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"]
+        return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def _postgres_bin_dir() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise StartupFailed("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+
+
+@contextmanager
+def throwaway_postgres_cluster() -> Iterator[PostgresCluster]:
+    """initdb a new cluster in a temporary directory, start it, and always remove it.
+
+    As root the server runs as the `postgres` OS user (PostgreSQL refuses to run as root).
+    """
+    bin_dir = _postgres_bin_dir()
+    base = Path(tempfile.mkdtemp(prefix="webhook-service-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    cluster = PostgresCluster(bin_dir, base / "data", free_port(), run_as)
+    try:
+        subprocess.run(
+            [
+                *run_as,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(cluster.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        cluster.start()
+        yield cluster
+    finally:
+        with suppress(subprocess.SubprocessError, OSError):
+            if cluster.running():
+                cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)

@@ -217,3 +217,39 @@ def test_notes_and_an_encounter_on_sqlite(tmp_path: Path) -> None:
     cases = [case for case in all_outcomes() if case.name in wanted]
     with running_system(database_url, tmp_path) as system:
         check_flow(system, cases)
+
+
+def test_sigterm_lets_the_worker_record_the_call_in_hand(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    """The platform sends SIGTERM and waits 30 s before SIGKILL: a worker stopped while Cobalt
+    is slow to answer finishes the call, records the reply and exits 0, so the job is
+    `accepted` (its webhook settles it), not `unknown`."""
+    with running_system(throwaway_postgres, tmp_path) as system:
+        faults = {"submit_hang_rate": 1.0, "hang_seconds": 3.0}
+        requests.post(
+            f"{system.sandbox_url}/_sandbox/faults", json=faults, timeout=5
+        ).raise_for_status()
+        api = system.api()
+        case = encounter("sigterm", "completed", None, "telephone_encounter.created")
+        answer = api.post(system.web_url + case.path, json=case.body, timeout=10)
+        assert answer.status_code == 202, answer.text
+        url = system.web_url + f"/v1/jobs/{answer.json()['id']}"
+
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while api.get(url, timeout=10).json()["submission"]["state"] != "sending":
+            assert time.monotonic() < deadline, system.tails()
+            time.sleep(0.05)
+        worker = system.processes["worker"]
+        worker.popen.terminate()
+        assert worker.popen.wait(30) == 0, system.tails()
+
+        job = api.get(url, timeout=10).json()
+        assert job["submission"]["state"] == "accepted", job
+        sent = [s for s in system.sandbox_submissions() if case.marker in str(s["body"])]
+        assert len(sent) == 1, sent
+        while job["status"] == "processing":  # the web process still takes the webhook
+            assert time.monotonic() < deadline, system.tails()
+            time.sleep(POLL_SECONDS)
+            job = api.get(url, timeout=10).json()
+        assert job["status"] == "completed"

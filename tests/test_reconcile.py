@@ -181,3 +181,62 @@ def test_outcome_logged_after_the_deadline_still_settles_the_job(
     clock.advance(days=2)
     worker.run_once()
     assert timeline(sessions, job["id"]).count("reconciled") == 1
+
+
+def test_a_second_note_for_an_appointment_is_not_given_the_first_notes_outcome(
+    client, worker, cobalt, clock: FakeClock, post_webhook
+):
+    """Cobalt's log still holds the first note's event for the appointment: the second
+    note's lookup must pass over it (it is bound to the first job) and take its own."""
+    accept_note(cobalt)
+    first = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    first_event = event("note.created", job_id="cj_1", appointment_id="728948")
+    post_webhook(first_event)
+    assert poll(client, first["id"])["status"] == "completed"
+
+    second = submit(client, "/v1/notes", {**NOTE, "note": "Second visit."})
+    worker.run_once()
+    events_log(
+        cobalt,
+        logged("note.created", "cj_1", appointment_id="728948") | {"event_id": first_event["id"]},
+        logged("note.failed", "cj_2", appointment_id="728948", failure_reason="Chart locked")
+        | {"created_at": "2026-11-23T12:05:00Z"},
+    )
+    clock.advance(minutes=4)
+    worker.run_once()
+    settled = poll(client, second["id"])
+    assert settled["status"] == "failed"
+    assert settled["error"]["message"] == "Chart locked"
+    assert settled["cobalt"]["job_id"] == "cj_2"
+    assert poll(client, first["id"])["status"] == "completed"
+
+
+def test_a_lookup_reads_past_the_first_page_of_cobalts_log(
+    client, worker, cobalt, clock: FakeClock
+):
+    """On a busy day the job's event is not on the first page of the appointment search."""
+    accept_note(cobalt)
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    busy = [logged("note.created", f"cj_{n}", appointment_id="111111") for n in range(100)]
+    for number, items in (
+        (1, busy),
+        (2, [logged("note.created", "cj_mine", appointment_id="728948")]),
+    ):
+        cobalt.add(
+            responses.GET,
+            f"{COBALT}/webhook-events",
+            match=[
+                responses.matchers.query_param_matcher({"page": str(number)}, strict_match=False)
+            ],
+            json={
+                "success": True,
+                "webhook_events": items,
+                "pagination": {"current_page": number, "total_pages": 2, "total_count": 101},
+            },
+        )
+    clock.advance(minutes=4)
+    worker.run_once()
+    assert poll(client, job["id"])["status"] == "completed"
+    assert len([c for c in cobalt.calls if "/webhook-events" in c.request.url]) == 2

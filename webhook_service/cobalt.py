@@ -94,6 +94,23 @@ class CobaltClient:
     def list_webhook_events(self, access_token: str, **params: str | int) -> dict[str, Any]:
         return self._get("/webhook-events", access_token, params)
 
+    def webhook_events(
+        self, access_token: str, params: dict[str, str | int], *, max_pages: int = 20
+    ) -> list[dict[str, Any]]:
+        """Every event in Cobalt's log that matches `params`, page after page (at most
+        `max_pages` pages: a lookup must read past the first page on a busy day)."""
+        events: list[dict[str, Any]] = []
+        for page in range(1, max_pages + 1):
+            payload = self.list_webhook_events(access_token, **params, page=page)
+            items = payload.get("webhook_events")
+            items = items if isinstance(items, list) else []
+            events.extend(item for item in items if isinstance(item, dict))
+            pagination = payload.get("pagination")
+            total = pagination.get("total_pages") if isinstance(pagination, dict) else None
+            if not items or not isinstance(total, int) or page >= total:
+                break
+        return events
+
     def _headers(self, access_token: str) -> dict[str, str]:
         return {
             "client_id": self._client_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -66,7 +67,7 @@ def search_jobs() -> Response:
 def export_jobs() -> Response:
     """Stream every job matching the filters as CSV (ids, statuses, times: no PHI)."""
     filters = _query(JobFilters)
-    now, expected = utcnow(), _expected()
+    now, expected = utcnow(), expected_durations()
     with request_transaction() as session:
         services.audit_staff(
             session, _staff(), "jobs.export", now, filters=services.filters_detail(filters)
@@ -114,14 +115,18 @@ def retry_job(job_id: str) -> Response:
 def reconcile_job(job_id: str) -> Response:
     """Look the job up in Cobalt's webhook-events log now and apply what is found."""
     action = _body(StaffAction)
+    found = reconcile_now(_staff(), job_id, reason=action.reason)
     with request_transaction() as session:
-        lookup = services.begin_reconcile(
-            session, _staff(), job_id, reason=action.reason, now=utcnow()
-        )
+        return _json(services.support_job_view(services.job_row(session, found)))
+
+
+def reconcile_now(staff: services.Staff, job_id: str, *, reason: str) -> uuid.UUID:
+    """A staff-requested lookup in Cobalt's log (API and console): record it, ask Cobalt
+    with no transaction open, apply what it found. Raises UpstreamFailed if Cobalt fails."""
+    with request_transaction() as session:
+        lookup = services.begin_reconcile(session, staff, job_id, reason=reason, now=utcnow())
     try:
-        page = cobalt_client(settings()).list_webhook_events(
-            lookup.access_token, **services.lookup_params(lookup)
-        )
+        events = services.read_cobalt_log(cobalt_client(settings()), lookup)
     except CobaltError as exc:
         log.warning(
             "reconcile lookup failed",
@@ -129,8 +134,7 @@ def reconcile_job(job_id: str) -> Response:
         )
         raise UpstreamFailed("Cobalt's webhook-events log could not be read; try again.") from None
     with request_transaction() as session:
-        found = services.finish_reconcile(session, lookup, page, utcnow())
-        return _json(services.support_job_view(services.job_row(session, found)))
+        return services.finish_reconcile(session, lookup, events, utcnow())
 
 
 @bp.get("/v1/deliveries/<delivery_id>")
@@ -175,7 +179,9 @@ def inbox() -> Response:
 
 def _job_page(query: JobPageQuery) -> Response:
     with request_transaction() as session:
-        page = services.list_jobs(session, _staff(), query, now=utcnow(), expected=_expected())
+        page = services.list_jobs(
+            session, _staff(), query, now=utcnow(), expected=expected_durations()
+        )
         body = JobListOut(
             jobs=[services.support_job_view(row) for row in page.rows],
             next_cursor=encode_cursor(*page.next_key) if page.next_key else None,
@@ -211,7 +217,7 @@ def _staff() -> services.Staff:
     return services.Staff.from_client(current_client())
 
 
-def _expected() -> dict[str, timedelta]:
+def expected_durations() -> dict[str, timedelta]:
     return {str(kind): settings().expected_duration(kind) for kind in JobKind}
 
 

@@ -191,19 +191,15 @@ class Worker:
         settled = 0
         for lookup in lookups:
             try:
-                page = self.cobalt.list_webhook_events(
-                    lookup.access_token, **services.lookup_params(lookup)
-                )
+                events = services.read_cobalt_log(self.cobalt, lookup)
             except CobaltError as exc:
                 log.warning(
                     "reconcile lookup failed",
                     extra={"job_id": str(lookup.job_id), "error": type(exc).__name__},
                 )
                 continue
-            events = page.get("webhook_events")
-            found = services.pick_outcome(lookup, events if isinstance(events, list) else [])
             with transaction(self.sessions) as session:
-                settled += services.record_lookup(session, lookup, found, self.clock())
+                settled += services.record_lookup(session, lookup, events, self.clock())
         return settled
 
     def run_forever(self, stop: threading.Event) -> None:

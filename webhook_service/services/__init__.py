@@ -23,7 +23,7 @@ from webhook_service.services.reconcile import (
     due_lookups,
     fail_past_deadline,
     lookup_params,
-    pick_outcome,
+    read_cobalt_log,
     record_lookup,
 )
 from webhook_service.services.retention import purge_expired_phi, reencrypt_phi
@@ -97,8 +97,8 @@ __all__ = [
     "list_jobs",
     "lookup_params",
     "match_parked",
-    "pick_outcome",
     "purge_expired_phi",
+    "read_cobalt_log",
     "read_delivery",
     "record_accepted",
     "record_ambiguous",

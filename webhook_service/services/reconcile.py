@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from webhook_service.cobalt import CobaltClient
 from webhook_service.lifecycle import (
     NO_OUTCOME,
     JobKind,
@@ -114,8 +115,16 @@ def lookup_params(lookup: Lookup) -> dict[str, str | int]:
     return params
 
 
-def pick_outcome(lookup: Lookup, events: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The earliest outcome event in Cobalt's log that belongs to this job."""
+def read_cobalt_log(cobalt: CobaltClient, lookup: Lookup) -> list[dict[str, Any]]:
+    """Every event in Cobalt's log that could be this job's (all pages; raises CobaltError).
+
+    Called with no transaction open: Cobalt may take seconds to answer.
+    """
+    return cobalt.webhook_events(lookup.access_token, lookup_params(lookup))
+
+
+def candidate_outcomes(lookup: Lookup, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The outcome events in Cobalt's log that may belong to this job, earliest first."""
     mine = []
     for item in events:
         if not isinstance(item, dict):
@@ -137,16 +146,56 @@ def pick_outcome(lookup: Lookup, events: list[dict[str, Any]]) -> dict[str, Any]
             continue
         mine.append(item)
     mine.sort(key=lambda item: str(item.get("created_at", "")))
-    return mine[0] if mine else None
+    return mine
+
+
+def _first_unclaimed(
+    session: Session, job: Job, candidates: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The earliest candidate that no other job has already taken.
+
+    A note found by its appointment could otherwise take the outcome of an earlier note for
+    the same appointment: that event's Cobalt job id is bound to the earlier job, or its
+    event id was applied to it.
+    """
+    job_ids = {i for i in (_clean_id(c.get("job_id")) for c in candidates) if i}
+    event_ids = {i for i in (_clean_id(c.get("event_id")) for c in candidates) if i}
+    bound = set(
+        session.scalars(
+            select(Job.cobalt_job_id).where(Job.cobalt_job_id.in_(job_ids), Job.id != job.id)
+        )
+    )
+    applied = set(
+        session.scalars(
+            select(WebhookDelivery.event_id).where(
+                WebhookDelivery.event_id.in_(event_ids),
+                WebhookDelivery.job_id.is_not(None),
+                WebhookDelivery.job_id != job.id,
+            )
+        )
+    )
+    for candidate in candidates:
+        if _clean_id(candidate.get("job_id")) in bound:
+            continue
+        if _clean_id(candidate.get("event_id")) in applied:
+            continue
+        return candidate
+    return None
 
 
 def record_lookup(
-    session: Session, lookup: Lookup, found: dict[str, Any] | None, now: datetime
+    session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
 ) -> bool:
-    """Write the lookup on the timeline and apply a found outcome like a webhook."""
-    job = session.get(Job, lookup.job_id)
+    """Write the lookup on the timeline and apply the outcome found, like a webhook would.
+
+    The job is locked and read afresh: a webhook for it may have committed while Cobalt
+    was being asked, and its outcome must not be applied a second time.
+    """
+    job = session.get(Job, lookup.job_id, with_for_update=True, populate_existing=True)
     if job is None:
         return False
+    candidates = candidate_outcomes(lookup, events)
+    found = _first_unclaimed(session, job, candidates) if candidates else None
     add_event(
         session,
         job,

@@ -224,7 +224,7 @@ def csv_cell(value: object) -> str:
 def _job_rows() -> Select[Job, bool, uuid.UUID]:
     retry = aliased(Job)
     retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
-    return select(Job, _needs_attention().label("flagged"), retried_as.label("retried_as"))
+    return select(Job, attention_condition().label("flagged"), retried_as.label("retried_as"))
 
 
 def _fetch(session: Session, query: Select[Job, bool, uuid.UUID]) -> list[JobRow]:
@@ -249,21 +249,21 @@ def _conditions(
     if filters.created_to is not None:
         conditions.append(Job.created_at < filters.created_to)
     if filters.overdue is not None:
-        overdue = _overdue(now, expected)
+        overdue = overdue_condition(now, expected)
         conditions.append(overdue if filters.overdue else not_(overdue))
     if filters.flagged is not None:
-        flagged = _needs_attention()
+        flagged = attention_condition()
         conditions.append(flagged if filters.flagged else not_(flagged))
     return conditions
 
 
-def _overdue(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
+def overdue_condition(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
     """Processing past the kind's expected time (the worker's reconcile threshold)."""
     late = [and_(Job.kind == kind, Job.created_at < now - wait) for kind, wait in expected.items()]
     return and_(Job.status == JobStatus.PROCESSING, or_(*late))
 
 
-def _needs_attention() -> ColumnElement[bool]:
+def attention_condition() -> ColumnElement[bool]:
     """Flagged: a conflicting outcome was recorded; or the clinic must be re-linked and the job
     is open or failed; or a delivery carrying its Cobalt ids is parked or failed to apply.
 

@@ -21,7 +21,7 @@ from webhook_service.lifecycle import JobKind, JobStatus, Submission, status_for
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
 from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
 from webhook_service.services.jobs import add_event, get_job, submit_job
-from webhook_service.services.reconcile import Lookup, pick_outcome, record_lookup
+from webhook_service.services.reconcile import Lookup, record_lookup
 from webhook_service.services.support import Staff, audit_staff, get_delivery
 from webhook_service.services.webhooks import (
     DeliveryState,
@@ -42,7 +42,7 @@ NEVER_REACHED = frozenset(
     }
 )
 # Timeline entries that say what Cobalt did with the first try.
-_EVIDENCE = ("reconcile_lookup", "outcome_conflict")
+EVIDENCE_EVENTS = ("reconcile_lookup", "outcome_conflict")
 _SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 
 
@@ -112,7 +112,7 @@ def retry_job(
         raise Conflict(f"This job was already retried as {earlier}.")
     evidence = session.execute(
         select(JobEvent.at, JobEvent.type, JobEvent.detail).where(
-            JobEvent.job_id == job.id, JobEvent.type.in_(_EVIDENCE)
+            JobEvent.job_id == job.id, JobEvent.type.in_(EVIDENCE_EVENTS)
         )
     ).all()
     refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr)
@@ -208,12 +208,10 @@ def begin_reconcile(
 
 
 def finish_reconcile(
-    session: Session, lookup: Lookup, page: dict[str, Any], now: datetime
+    session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
 ) -> uuid.UUID:
     """Write the lookup on the timeline and apply what it found, as the worker does."""
-    events = page.get("webhook_events")
-    found = pick_outcome(lookup, events if isinstance(events, list) else [])
-    record_lookup(session, lookup, found, now)
+    record_lookup(session, lookup, events, now)
     return lookup.job_id
 
 

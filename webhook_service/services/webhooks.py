@@ -170,11 +170,21 @@ def apply_delivery(
         delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
 
 
+_LOCKED: dict[str, Any] = {"populate_existing": True}
+
+
 def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
-    """Find the delivery's job: by Cobalt job id, then encounter id, then note appointment."""
+    """Find the delivery's job: by Cobalt job id, then encounter id, then note appointment.
+
+    Each job is locked and read afresh (`_LOCKED`): a job already in this session may be
+    stale if another transaction settled it while this one waited for the lock.
+    """
     if delivery.cobalt_job_id:
         job = session.scalar(
-            select(Job).where(Job.cobalt_job_id == delivery.cobalt_job_id).with_for_update()
+            select(Job)
+            .where(Job.cobalt_job_id == delivery.cobalt_job_id)
+            .with_for_update()
+            .execution_options(**_LOCKED)
         )
         if job is not None:
             return job
@@ -183,6 +193,7 @@ def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
             select(Job)
             .where(Job.cobalt_telephone_encounter_id == delivery.telephone_encounter_id)
             .with_for_update()
+            .execution_options(**_LOCKED)
         )
         if job is not None:
             return job
@@ -212,6 +223,7 @@ def _note_for_appointment(session: Session, delivery: WebhookDelivery) -> Job | 
         .order_by(Job.inflight_key.is_(None), Job.created_at.desc())
         .limit(1)
         .with_for_update()
+        .execution_options(**_LOCKED)
     )
     clinic_ids = _clinics_for(session, delivery.access_token_reference_id)
     if clinic_ids is not None:
