@@ -42,10 +42,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         "sessions": make_session_factory(engine),
     }
 
-    from webhook_service import api, health, support, webhooks
+    from webhook_service import api, console, health, support, webhooks
 
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
+    app.register_blueprint(console.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     if settings.environment == "development":
