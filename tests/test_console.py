@@ -356,12 +356,19 @@ def test_job_page_hides_phi_until_show_details_and_each_click_is_audited(
     assert 'data-action="job.read"' in staff.get(f"/console/jobs/{job_id}").text
 
 
-def test_unknown_jobs_and_deliveries_are_friendly_404_pages(staff):
-    for path in (f"/console/jobs/{uuid.uuid4()}", "/console/jobs/nope", "/console/deliveries/9"):
+def test_unknown_jobs_deliveries_and_pages_are_friendly_404_pages(staff):
+    paths = (
+        f"/console/jobs/{uuid.uuid4()}",
+        "/console/jobs/nope",
+        "/console/deliveries/9",
+        "/console/no-such-page",
+    )
+    for path in paths:
         response = staff.get(path)
         assert response.status_code == 404
         assert response.mimetype == "text/html"
         assert "Back to the dashboard" in response.text
+        assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_retry_through_the_form_makes_a_new_job_and_audits_it(

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 from webhook_service import phi
 from webhook_service.db import make_engine, make_session_factory
@@ -74,13 +75,17 @@ def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = N
 
 
 def _register_error_handlers(app: Flask) -> None:
+    from webhook_service import console
+
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
         return problem_response(exc.problem(), exc.headers())
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
+    def http_error(exc: HTTPException) -> BaseResponse:
         status = exc.code or 500
+        if request.url_rule is None and request.path.startswith(f"{console.bp.url_prefix}/"):
+            return console.unmatched_page(exc)  # people get a page, programs a problem
         if status == 413:
             limit = app.config["MAX_CONTENT_LENGTH"]
             return problem_response(

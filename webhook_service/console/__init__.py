@@ -187,6 +187,12 @@ def _http_error(exc: HTTPException) -> Response:
     return page("error.html", status=exc.code or 500, title=exc.name, message=message)
 
 
+def unmatched_page(exc: HTTPException) -> Response:
+    """A page, not a JSON problem, for a /console URL that matches no route (the app's
+    error handler calls this: routing failed before the blueprint was known)."""
+    return _headers(_http_error(exc))
+
+
 @bp.errorhandler(DBAPIError)
 def _database_error(exc: DBAPIError) -> Response:
     # Never the message: its bound parameters can be PHI.
