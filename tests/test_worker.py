@@ -6,14 +6,22 @@ import json
 import threading
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
+import psycopg
+import pytest
 import responses
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
-from tests.conftest import COBALT, FakeClock, event
-from tests.test_lifecycle_http import NOTE, accept_note, poll, submit
+from tests.conftest import COBALT, FakeClock, event, make_settings
+from tests.processes import throwaway_postgres_database
+from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_note, poll, submit
 from webhook_service.cobalt import CobaltClient
+from webhook_service.db import make_engine, make_session_factory, transaction
+from webhook_service.migrations import upgrade
 from webhook_service.models import Clinic, Job, JobEvent
+from webhook_service.schemas import TelephoneEncounterRequest
+from webhook_service.services import default_clinic, submit_job
 from webhook_service.worker import Worker
 
 
@@ -138,3 +146,76 @@ def test_many_workers_submit_each_job_exactly_once(
     with sessions() as session:
         states = Counter(session.scalars(select(Job.submission_state)))
     assert states == {"accepted": 40}
+
+
+# --- The database goes away while Cobalt is answering ---------------------------------------
+
+
+@pytest.mark.postgres_only
+def test_cobalts_answer_is_recorded_when_the_database_comes_back(postgres_server_url: str):
+    """Cobalt accepts an encounter while our database refuses connections: the worker keeps
+    trying to record the answer, so the job keeps the ids its webhook will be matched by
+    (without them it could only fail as `no_outcome`)."""
+    with throwaway_postgres_database(postgres_server_url) as url:
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_session_factory(engine)
+        settings = make_settings(url)
+        now = datetime.now(UTC)
+        with transaction(sessions) as session:
+            clinic = default_clinic(session, settings, now)
+            clinic.access_token_reference_id = "atr_clinic_1"  # nothing else to ask Cobalt
+            job, _ = submit_job(
+                session,
+                request=TelephoneEncounterRequest.model_validate(ENCOUNTER),
+                clinic=clinic,
+                client=None,
+                idempotency_key=None,
+                now=now,
+            )
+            job_id = job.id
+        name = make_url(url).database
+        admin = (
+            make_url(postgres_server_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        outage = threading.Event()
+
+        def accept_during_an_outage(_request):
+            # The claim is committed and the call is in flight: now the database goes away.
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+            outage.set()
+            threading.Timer(1.0, _allow_connections, (admin, name)).start()
+            reply = {"success": True, "job_id": 4242, "telephone_encounter_id": "te_77"}
+            return 200, {}, json.dumps(reply)
+
+        worker = Worker(
+            settings,
+            sessions,
+            CobaltClient(COBALT, "ci_test", "cs_test", connect_timeout=1, read_timeout=1),
+            jitter=lambda: 0.0,
+            housekeeping=False,
+        )
+        with responses.RequestsMock() as cobalt:
+            cobalt.add_callback(
+                responses.POST, f"{COBALT}/telephone-encounters", accept_during_an_outage
+            )
+            assert worker.run_once()
+        assert outage.is_set()
+        with sessions() as session:
+            recorded = session.get(Job, job_id)
+            assert recorded is not None
+            assert (recorded.submission_state, recorded.cobalt_job_id) == ("accepted", "4242")
+            assert recorded.cobalt_telephone_encounter_id == "te_77"
+        engine.dispose()
+
+
+def _allow_connections(admin: str, name: str) -> None:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

@@ -12,9 +12,13 @@ import random
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from webhook_service import phi, services
 from webhook_service.cobalt import (
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 HOUSEKEEPING_EVERY = timedelta(seconds=5)
+# Pauses between tries to record Cobalt's answer while the database is unreachable.
+RECORD_RETRY_FIRST = 0.1
+RECORD_RETRY_CAP = 2.0
 
 
 def utcnow() -> datetime:
@@ -103,15 +110,18 @@ class Worker:
                 cap=self.settings.retry_cap_seconds,
                 jitter=self.jitter(),
             )
-            with transaction(self.sessions) as session:
-                services.record_transient(
+            transient = exc
+            self._record_answer(
+                claim,
+                lambda session: services.record_transient(
                     session,
                     claim,
-                    exc,
+                    transient,
                     self.clock(),
                     retry_in=delay,
                     max_attempts=self.settings.submit_max_attempts,
-                )
+                ),
+            )
             log.warning(
                 "submission failed, will retry",
                 extra={"job_id": str(claim.job_id), "status": exc.status_code},
@@ -119,8 +129,9 @@ class Worker:
         except CobaltAmbiguous as exc:
             self._record(claim, "unknown", None, services.record_ambiguous, exc)
         else:
-            with transaction(self.sessions) as session:
-                services.record_accepted(session, claim, reply, self.clock())
+            self._record_answer(
+                claim, lambda session: services.record_accepted(session, claim, reply, self.clock())
+            )
             log.info(
                 "submission accepted",
                 extra={"job_id": str(claim.job_id), "cobalt_job_id": reply.job_id},
@@ -134,9 +145,32 @@ class Worker:
         record: Callable[..., None],
         exc: CobaltError,
     ) -> None:
-        with transaction(self.sessions) as session:
-            record(session, claim, exc, self.clock())
+        self._record_answer(claim, lambda session: record(session, claim, exc, self.clock()))
         log.warning("submission %s", what, extra={"job_id": str(claim.job_id), "status": status})
+
+    def _record_answer(self, claim: services.Claim, write: Callable[[Session], object]) -> None:
+        """Record Cobalt's answer, trying again while the database is unreachable.
+
+        The answer (Cobalt's ids above all) exists nowhere else: an encounter whose ids are
+        lost can never be matched to its webhook. Gives up once the claim has run out; the
+        job is then `sending`, and the next worker marks it `unknown` and reconciles.
+        """
+        give_up = time.monotonic() + self.settings.claim_ttl_seconds
+        pause = RECORD_RETRY_FIRST
+        while True:
+            try:
+                with transaction(self.sessions) as session:
+                    write(session)
+                return
+            except OperationalError as exc:
+                if time.monotonic() + pause > give_up:
+                    raise
+                log.warning(
+                    "could not record Cobalt's answer, trying again",
+                    extra={"job_id": str(claim.job_id), "error": type(exc.orig).__name__},
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_CAP)
 
     def _learn_reference_id(self, claim: services.Claim) -> None:
         try:
