@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -339,3 +340,33 @@ def count_rows(engine: Engine) -> Callable[[str], int]:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
 
     return count
+
+
+# --- Browser tests --------------------------------------------------------------------------
+
+# Debian's Chromium, driven by Playwright (Playwright's own browser download is never used).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Chromium's path; skipped without it on a laptop, a failure under CI."""
+    if not CHROMIUM.exists():
+        message = (
+            f"{CHROMIUM} is missing: install Debian's Chromium "
+            "(`apt-get install -y chromium`) to run the browser test"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM

@@ -16,27 +16,14 @@ from typing import Any
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
+from tests.conftest import CHROMIUM_ARGS
 from tests.processes import BIN, ROOT, RunningSystem, running_system, throwaway_postgres_database
-from tests.test_demo_browser import CHROMIUM, CHROMIUM_ARGS
 from webhook_service.demo import ENCOUNTER_DEFAULTS, ENCOUNTER_SCENARIOS, NOTE_SCENARIOS
 
 pytestmark = pytest.mark.e2e
 
 SETTLE_SECONDS = 30.0
 SUPPORT_NAME = "e2e-support"
-
-
-@pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        message = (
-            f"{CHROMIUM} is missing: install Debian's Chromium "
-            "(`apt-get install -y chromium`) to run the browser test"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
 
 
 @pytest.fixture

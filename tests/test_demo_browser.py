@@ -13,37 +13,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
+from tests.conftest import CHROMIUM_ARGS
 from tests.processes import ROOT, RunningSystem, running_system, throwaway_postgres_database
 from webhook_service.sandbox.data import DEMO_IDS, PATIENTS
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = ROOT / "docs" / "demo.png"
 SETTLE_MS = 30_000
-
-
-@pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        message = (
-            f"{CHROMIUM} is missing: install Debian's Chromium "
-            "(`apt-get install -y chromium`) to run the browser test"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
 
 
 @pytest.fixture
