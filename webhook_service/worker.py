@@ -152,8 +152,9 @@ class Worker:
         """Record Cobalt's answer, trying again while the database is unreachable.
 
         The answer (Cobalt's ids above all) exists nowhere else: an encounter whose ids are
-        lost can never be matched to its webhook. Gives up once the claim has run out; the
-        job is then `sending`, and the next worker marks it `unknown` and reconciles.
+        lost can never be matched to its webhook. Gives up after `CLAIM_TTL_SECONDS`, by
+        when the claim has run out: the job is `sending`, and the next worker marks it
+        `unknown` and reconciles it (a late write of the answer would still be welcome).
         """
         give_up = time.monotonic() + self.settings.claim_ttl_seconds
         pause = RECORD_RETRY_FIRST
