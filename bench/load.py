@@ -9,9 +9,11 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,11 +82,22 @@ class WrkResult:
 
 
 def require_wrk() -> str:
+    """The path of `wrk`, installed from Debian's package (with sudo unless root) if missing."""
+    path = shutil.which("wrk")
+    if path is not None:
+        return path
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    print("wrk is not installed: apt-get update && apt-get install -y wrk", flush=True)
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        try:
+            subprocess.run([*sudo, *argv], check=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SystemExit(
+                f"could not install wrk ({exc}): run `apt-get update && apt-get install -y wrk`"
+            ) from None
     path = shutil.which("wrk")
     if path is None:
-        raise SystemExit(
-            "wrk is not installed: `apt-get update && apt-get install -y wrk` (Debian package)"
-        )
+        raise SystemExit("wrk is still missing after `apt-get install -y wrk`")
     return path
 
 

@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet
 from bench import db, load, report
 from bench.procs import (
     ROOT,
+    VENV_BIN,
     MemorySampler,
     Processes,
     Started,
@@ -53,7 +54,9 @@ CONNECTIONS = (8, 32, 128)
 UNBALANCED_SHARE = 0.8
 MAX_RETRIES = 2
 # Environment variables passed through from the harness to what it starts; nothing else is.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+# PYTHONPATH too: a bench run from a git worktree with `PYTHONPATH=<worktree>` must measure
+# that tree's code in gunicorn and the worker, not the venv's editable install.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Bench:
 
     def base_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-        env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
     def service_env(self) -> dict[str, str]:
@@ -512,7 +515,7 @@ def _ensure_py_spy() -> str:
     if not Path(path).exists():
         print("installing py-spy into .venv (pip install py-spy)")
         subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "pip"), "install", "--quiet", "py-spy"],
+            [str(VENV_BIN / "pip"), "install", "--quiet", "py-spy"],
             check=True,
             timeout=300,
         )
