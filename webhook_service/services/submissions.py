@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, and_, case, select, text, update
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
-from webhook_service.lifecycle import LOGIN_REQUIRED, JobStatus, Outcome, Submission
-from webhook_service.models import Clinic, Job
+from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
+from webhook_service.models import DUE_PREDICATE, Clinic, Job
 from webhook_service.services.jobs import add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
 
@@ -44,37 +45,103 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
     `FOR UPDATE SKIP LOCKED` lets several workers claim different rows at once on
     PostgreSQL; on SQLite the transaction itself is exclusive (BEGIN IMMEDIATE).
     """
+    if session.get_bind().dialect.name == "postgresql":
+        done, claimed = _claim_in_one_statement(session, now=now, lease=lease)
+        if done:
+            return claimed
     candidates = session.scalars(
         select(Job)
-        .where(
-            Job.submission_state.in_([Submission.PENDING, Submission.WAITING, Submission.RETRYING]),
-            Job.next_attempt_at <= now,
-            Job.status == JobStatus.PROCESSING,
-        )
+        .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
         .order_by(Job.next_attempt_at)
         .limit(5)
         .with_for_update(skip_locked=True)
+        # Only the claimed job's request body is read (and decrypted), below.
+        .options(defer(Job.request_body), defer(Job.outcome), defer(Job.error_message))
     ).all()
     for job in candidates:
         if not _take_note_slot(session, job, now):
             continue
-        clinic = session.get(Clinic, job.clinic_id)
-        assert clinic is not None  # foreign key
         job.submission_state = Submission.SENDING
         job.submit_attempts += 1
         job.claimed_until = now + lease
         job.next_attempt_at = None
         job.updated_at = now
-        return Claim(
-            job_id=job.id,
-            kind=job.kind,
-            attempt=job.submit_attempts,
-            clinic_id=clinic.id,
-            access_token=clinic.access_token,
-            knows_reference_id=clinic.access_token_reference_id is not None,
-            body=dict(job.request_body or {}),
+        return _claim(
+            session, job.id, job.kind, job.submit_attempts, job.clinic_id, job.request_body
         )
     return None
+
+
+_SLOW_PATH: Any = object()
+
+
+def _claim_in_one_statement(
+    session: Session, *, now: datetime, lease: timedelta
+) -> tuple[bool, Claim | None]:
+    """PostgreSQL: claim the next due job, and its note slot, with one UPDATE … RETURNING.
+
+    Returns (True, the claim or None when nothing is due), or (False, None) when the note's
+    slot is held by another note: the general path then makes this one wait its turn.
+    """
+    due = (
+        select(Job.id)
+        .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
+        .order_by(Job.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    slot = case(
+        (
+            and_(Job.kind == JobKind.NOTE, Job.appointment_hash.is_not(None)),
+            sa_cast(Job.clinic_id, String) + ":" + Job.appointment_hash,
+        ),
+        else_=Job.inflight_key,
+    )
+    statement = (
+        update(Job)
+        .where(Job.id == due)
+        .values(
+            submission_state=Submission.SENDING,
+            submit_attempts=Job.submit_attempts + 1,
+            claimed_until=now + lease,
+            next_attempt_at=None,
+            updated_at=now,
+            inflight_key=slot,
+        )
+        .returning(Job.id, Job.kind, Job.submit_attempts, Job.clinic_id, Job.request_body)
+        .execution_options(synchronize_session=False)
+    )
+    try:
+        with session.begin_nested():
+            row = session.execute(statement).one_or_none()
+    except IntegrityError:  # the appointment's slot is held by another note
+        return False, None
+    if row is None:
+        return True, None
+    claim = _claim(session, row.id, row.kind, row.submit_attempts, row.clinic_id, row.request_body)
+    return True, claim
+
+
+def _claim(
+    session: Session,
+    job_id: uuid.UUID,
+    kind: str,
+    attempt: int,
+    clinic_id: int,
+    body: dict[str, Any] | None,
+) -> Claim:
+    clinic = session.get(Clinic, clinic_id)
+    assert clinic is not None  # foreign key
+    return Claim(
+        job_id=job_id,
+        kind=kind,
+        attempt=attempt,
+        clinic_id=clinic.id,
+        access_token=clinic.access_token,
+        knows_reference_id=clinic.access_token_reference_id is not None,
+        body=dict(body or {}),
+    )
 
 
 def _take_note_slot(session: Session, job: Job, now: datetime) -> bool:
