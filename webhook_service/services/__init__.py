@@ -11,11 +11,15 @@ from webhook_service.services.clients import (
     revoke_client,
 )
 from webhook_service.services.jobs import (
+    Polled,
+    accept_job,
     can_see,
     clinic_for,
     default_clinic,
+    etag_of,
     get_job,
     job_view,
+    poll_job,
     submit_job,
 )
 from webhook_service.services.reconcile import (
@@ -68,8 +72,10 @@ __all__ = [
     "JobPage",
     "JobRow",
     "Lookup",
+    "Polled",
     "Recorded",
     "Staff",
+    "accept_job",
     "audit",
     "audit_staff",
     "authenticate",
@@ -82,6 +88,7 @@ __all__ = [
     "default_clinic",
     "delivery_view",
     "due_lookups",
+    "etag_of",
     "expire_claims",
     "fail_past_deadline",
     "filters_detail",
@@ -98,6 +105,7 @@ __all__ = [
     "lookup_params",
     "match_parked",
     "pick_outcome",
+    "poll_job",
     "purge_expired_phi",
     "read_delivery",
     "record_accepted",
