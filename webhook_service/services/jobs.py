@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Table, insert, select, type_coerce, update
+from sqlalchemy import LargeBinary, Table, bindparam, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,12 +128,13 @@ def accept_job(
             now=now,
         )
     values = _new_job_values(request, clinic_id, client, None, now)
-    columns = {_COLUMN_OF.get(k, k): v for k, v in values.items()}
-    session.execute(insert(_JOBS).values(columns))
-    session.execute(
-        insert(_JOB_EVENTS).values(
-            job_id=values["id"], at=now, type="created", detail={"kind": values["kind"]}
-        )
+    # Statements built once, parameters per call: no per-request statement construction,
+    # and SQLAlchemy's compiled cache is hit by the same object every time.
+    connection = session.connection()
+    connection.execute(_INSERT_JOB, {_COLUMN_OF.get(k, k): v for k, v in values.items()})
+    connection.execute(
+        _INSERT_EVENT,
+        {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
     )
     return Job(**values), True
 
@@ -141,6 +142,8 @@ def accept_job(
 _COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where they differ
 _JOBS = cast(Table, Job.__table__)
 _JOB_EVENTS = cast(Table, JobEvent.__table__)
+_INSERT_JOB = insert(_JOBS)
+_INSERT_EVENT = insert(_JOB_EVENTS)
 
 
 def _new_job_values(
@@ -230,6 +233,8 @@ _POLL_COLUMNS = (
 )
 _RAW_OUTCOME = type_coerce(_JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
 _RAW_ERROR = type_coerce(_JOBS.c.error_message_enc, LargeBinary).label("error_raw")
+# Built once: a poll runs it on the session's connection (Core), with only the id bound.
+_POLL_QUERY = select(*_POLL_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
 _ETAG_VERSION = "1"  # bump when the job resource's shape changes
 
 
@@ -261,9 +266,7 @@ def poll_job(session: Session, job_id: str, client: ApiClient) -> Polled:
         key = uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"No job with id {job_id!r}.") from None
-    row = session.execute(
-        select(*_POLL_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == key)
-    ).one_or_none()
+    row = session.connection().execute(_POLL_QUERY, {"id": key}).one_or_none()
     if row is None or (client.role != "support" and row.client_id != client.id):
         raise NotFound(f"No job with id {job_id!r}.")
     etag = job_etag(*(getattr(row, column.key) for column in _POLL_COLUMNS))

@@ -166,7 +166,9 @@ def _take_note_slot(session: Session, job: Job, now: datetime) -> bool:
 
 
 def _locked_job(session: Session, job_id: uuid.UUID) -> Job:
-    return session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one()
+    # Recording an answer never reads the request body: leave it encrypted and unread.
+    query = select(Job).where(Job.id == job_id).with_for_update().options(defer(Job.request_body))
+    return session.scalars(query).one()
 
 
 def record_accepted(session: Session, claim: Claim, reply: Accepted, now: datetime) -> None:

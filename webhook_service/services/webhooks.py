@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, exists, inspect, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,15 +108,20 @@ def record_webhook(
     # and one UPDATE writes them. The row itself is committed whatever applying does.
     delivery.id = delivery_id
     _apply_safely(session, delivery, payload, now)
-    session.execute(
-        update(_DELIVERIES)
-        .where(_DELIVERIES.c.id == delivery_id)
-        .values(state=delivery.state, state_detail=delivery.state_detail, job_id=delivery.job_id)
+    session.connection().execute(
+        _SETTLE_DELIVERY,
+        {
+            "delivery_id": delivery_id,
+            "state": delivery.state,
+            "state_detail": delivery.state_detail,
+            "job_id": delivery.job_id,
+        },
     )
     return Recorded(delivery_id, duplicate=False, state=delivery.state)
 
 
 _DELIVERIES = cast(Table, WebhookDelivery.__table__)
+_SETTLE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id"))
 
 
 def _insert_once(session: Session, delivery: WebhookDelivery) -> int | None:
@@ -130,16 +135,19 @@ def _insert_once(session: Session, delivery: WebhookDelivery) -> int | None:
         for prop in inspect(WebhookDelivery).column_attrs
         if prop.key != "id"
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(_DELIVERIES)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.dedup_key])
-        .returning(_DELIVERIES.c.id)
-    )
-    inserted: int | None = session.execute(statement).scalar_one_or_none()
+    connection = session.connection()
+    statement = _INSERT_ONCE[connection.dialect.name == "postgresql"]
+    inserted: int | None = connection.execute(statement, values).scalar_one_or_none()
     return inserted
+
+
+# Built once per dialect (PostgreSQL, SQLite); the row's values are bound per call.
+_INSERT_ONCE = {
+    postgres: (postgresql.insert if postgres else sqlite.insert)(_DELIVERIES)
+    .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.dedup_key])
+    .returning(_DELIVERIES.c.id)
+    for postgres in (True, False)
+}
 
 
 def _apply_safely(
