@@ -37,6 +37,7 @@ class WrkResult:
     seconds: float
     p50_ms: float
     p90_ms: float
+    p95_ms: float
     p99_ms: float
     max_ms: float
     statuses: dict[str, int]
@@ -72,6 +73,7 @@ class WrkResult:
             "rps": round(self.rps, 1),
             "p50_ms": self.p50_ms,
             "p90_ms": self.p90_ms,
+            "p95_ms": self.p95_ms,
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
             "errors": self.errors,
@@ -144,6 +146,7 @@ def run_wrk(
         seconds=raw["duration_us"] / 1e6,
         p50_ms=round(latency["p50"] / 1000, 2),
         p90_ms=round(latency["p90"] / 1000, 2),
+        p95_ms=round(latency.get("p95", latency["p99"]) / 1000, 2),
         p99_ms=round(latency["p99"] / 1000, 2),
         max_ms=round(latency["max"] / 1000, 2),
         statuses={str(k): int(v) for k, v in raw["statuses"].items()},
