@@ -21,7 +21,7 @@ from webhook_service.lifecycle import JobStatus
 from webhook_service.models import Job
 from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
-from webhook_service.web import request_transaction, settings, utcnow
+from webhook_service.web import read_connection, request_transaction, settings, utcnow
 
 bp = Blueprint("api", __name__)
 
@@ -85,11 +85,15 @@ def get_job(job_id: str) -> Response:
     """Return a job; 304 when the caller's ETag is still current."""
     client = current_client()
     now = utcnow()
-    with request_transaction() as session:
-        polled = services.poll_job(session, job_id, client)
-        if client.role == "support":
+    if client.role == "support":
+        with request_transaction() as session:
+            polled = services.poll_job(session.connection(), job_id, client)
             # Staff reading a job's outcome may read PHI: every such read is audited.
             services.audit(session, client=client, action="job.read", job_id=polled.row.id, now=now)
+    else:
+        # A front end's poll only reads: no ORM session, one statement on a pooled connection.
+        with read_connection() as connection:
+            polled = services.poll_job(connection, job_id, client)
     if request.if_none_match.contains_weak(polled.etag):
         # Nothing changed: answered from the plain columns, nothing decrypted or rendered.
         response = Response(status=304)

@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Table, bindparam, insert, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    Table,
+    bindparam,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -133,7 +142,7 @@ def accept_job(
     connection = session.connection()
     connection.execute(_INSERT_JOB, {_COLUMN_OF.get(k, k): v for k, v in values.items()})
     connection.execute(
-        _INSERT_EVENT,
+        INSERT_EVENT,
         {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
     )
     return Job(**values), True
@@ -143,7 +152,7 @@ _COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where
 _JOBS = cast(Table, Job.__table__)
 _JOB_EVENTS = cast(Table, JobEvent.__table__)
 _INSERT_JOB = insert(_JOBS)
-_INSERT_EVENT = insert(_JOB_EVENTS)
+INSERT_EVENT = insert(_JOB_EVENTS)
 
 
 def _new_job_values(
@@ -257,7 +266,7 @@ class Polled:
         )
 
 
-def poll_job(session: Session, job_id: str, client: ApiClient) -> Polled:
+def poll_job(connection: Connection, job_id: str, client: ApiClient) -> Polled:
     """Read a job for a poll in one indexed query, without decrypting anything yet.
 
     Same visibility as `get_job`: another front end's job is "not found".
@@ -266,7 +275,7 @@ def poll_job(session: Session, job_id: str, client: ApiClient) -> Polled:
         key = uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"No job with id {job_id!r}.") from None
-    row = session.connection().execute(_POLL_QUERY, {"id": key}).one_or_none()
+    row = connection.execute(_POLL_QUERY, {"id": key}).one_or_none()
     if row is None or (client.role != "support" and row.client_id != client.id):
         raise NotFound(f"No job with id {job_id!r}.")
     etag = job_etag(*(getattr(row, column.key) for column in _POLL_COLUMNS))

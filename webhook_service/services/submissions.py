@@ -10,17 +10,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, and_, case, select, text, update
+from sqlalchemy import String, Table, and_, bindparam, case, func, select, text, update
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
 from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
-from webhook_service.models import DUE_PREDICATE, Clinic, Job
-from webhook_service.services.jobs import add_event, note_slot, settle
+from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
+from webhook_service.services.jobs import INSERT_EVENT, add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
 
 WAIT_FOR_SIBLING = timedelta(seconds=5)
@@ -100,7 +100,7 @@ def _claim_in_one_statement(
     )
     statement = (
         update(Job)
-        .where(Job.id == due)
+        .where(Job.id == due, Clinic.id == Job.clinic_id)  # UPDATE … FROM clinics
         .values(
             submission_state=Submission.SENDING,
             submit_attempts=Job.submit_attempts + 1,
@@ -109,7 +109,15 @@ def _claim_in_one_statement(
             updated_at=now,
             inflight_key=slot,
         )
-        .returning(Job.id, Job.kind, Job.submit_attempts, Job.clinic_id, Job.request_body)
+        .returning(
+            Job.id,
+            Job.kind,
+            Job.submit_attempts,
+            Job.clinic_id,
+            Job.request_body,
+            Clinic.access_token,
+            Clinic.access_token_reference_id,
+        )
         .execution_options(synchronize_session=False)
     )
     try:
@@ -119,7 +127,15 @@ def _claim_in_one_statement(
         return False, None
     if row is None:
         return True, None
-    claim = _claim(session, row.id, row.kind, row.submit_attempts, row.clinic_id, row.request_body)
+    claim = Claim(
+        job_id=row.id,
+        kind=row.kind,
+        attempt=row.submit_attempts,
+        clinic_id=row.clinic_id,
+        access_token=row.access_token,
+        knows_reference_id=row.access_token_reference_id is not None,
+        body=dict(row.request_body or {}),
+    )
     return True, claim
 
 
@@ -173,25 +189,57 @@ def _locked_job(session: Session, job_id: uuid.UUID) -> Job:
 
 def record_accepted(session: Session, claim: Claim, reply: Accepted, now: datetime) -> None:
     """Cobalt took the request: keep its ids and apply any webhook that arrived first."""
-    job = _locked_job(session, claim.job_id)
-    job.submission_state = Submission.ACCEPTED
-    job.claimed_until = None
-    job.cobalt_job_id = job.cobalt_job_id or reply.job_id
-    job.cobalt_telephone_encounter_id = (
-        job.cobalt_telephone_encounter_id or reply.telephone_encounter_id
+    # One UPDATE … RETURNING and one INSERT (Core): the row lock is the UPDATE's own, and no
+    # ORM object is loaded or flushed. Ids already learned (from an early webhook) are kept.
+    connection = session.connection()
+    row = connection.execute(
+        _ACCEPTED,
+        {
+            "job": claim.job_id,
+            "reply_job_id": reply.job_id,
+            "reply_encounter_id": reply.telephone_encounter_id,
+            "now": now,
+        },
+    ).one()
+    connection.execute(
+        INSERT_EVENT,
+        {
+            "job_id": claim.job_id,
+            "at": now,
+            "type": "submission_accepted",
+            "detail": {
+                "attempt": claim.attempt,
+                "status_code": reply.status_code,
+                "cobalt_job_id": reply.job_id,
+                "telephone_encounter_id": reply.telephone_encounter_id,
+            },
+        },
     )
-    job.updated_at = now
-    add_event(
-        session,
-        job,
-        "submission_accepted",
-        now,
-        attempt=claim.attempt,
-        status_code=reply.status_code,
-        cobalt_job_id=reply.job_id,
-        telephone_encounter_id=reply.telephone_encounter_id,
+    # Only the ids are read from the job here (to find parked deliveries for it).
+    ids = Job(
+        id=claim.job_id,
+        cobalt_job_id=row.cobalt_job_id,
+        cobalt_telephone_encounter_id=row.cobalt_telephone_encounter_id,
     )
-    apply_parked_for(session, job, now)
+    apply_parked_for(session, ids, now)
+
+
+_JOBS = cast(Table, Job.__table__)
+_ACCEPTED = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job"))
+    .values(
+        submission_state=Submission.ACCEPTED,
+        claimed_until=None,
+        cobalt_job_id=func.coalesce(_JOBS.c.cobalt_job_id, bindparam("reply_job_id", type_=String)),
+        cobalt_telephone_encounter_id=func.coalesce(
+            _JOBS.c.cobalt_telephone_encounter_id,
+            bindparam("reply_encounter_id", type_=String),
+        ),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(_JOBS.c.cobalt_job_id, _JOBS.c.cobalt_telephone_encounter_id)
+)
 
 
 def record_rejected(session: Session, claim: Claim, error: CobaltRejected, now: datetime) -> None:
