@@ -191,7 +191,10 @@ def test_support_list_by_filters_reads_jobs_through_an_index(app, engine, seeded
     assert response.status_code == 200, response.get_data(as_text=True)
     plans = captured.plans()
     assert seq_scans_of_jobs(plans) == []
-    assert indexes_used(plans) & {"ix_jobs_created_id", "ix_jobs_status_created"}
+    assert indexes_used(plans) & {
+        "ix_jobs_created_id",
+        "ix_jobs_status_created_id",
+    }
 
 
 @pytest.mark.parametrize(

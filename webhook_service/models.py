@@ -126,7 +126,9 @@ class Job(Base):
         UniqueConstraint("client_id", "idempotency_key", name="uq_jobs_client_idempotency_key"),
         # The worker's claim query: due submissions of open jobs.
         Index("ix_jobs_due", "submission_state", "next_attempt_at"),
-        Index("ix_jobs_status_created", "status", "created_at"),
+        # Support's status filter in its keyset order (migration 0007): the first page comes
+        # from the index, with no sort of every job in that status.
+        Index("ix_jobs_status_created_id", "status", "created_at", "id"),
         Index("ix_jobs_note_appointment", "clinic_id", "appointment_hash"),
         Index("ix_jobs_patient_mrn_hash", "patient_mrn_hash"),
         Index("ix_jobs_client_created", "client_id", "created_at"),

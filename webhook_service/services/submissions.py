@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import String, Table, and_, bindparam, case, func, select, text, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -52,7 +63,7 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
     candidates = session.scalars(
         select(Job)
         .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
-        .order_by(Job.next_attempt_at)
+        .order_by(*_claim_order(session))
         .limit(5)
         .with_for_update(skip_locked=True)
         # Only the claimed job's request body is read (and decrypted), below.
@@ -73,6 +84,17 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
 
 
 _SLOW_PATH: Any = object()
+
+
+def _claim_order(session: Session) -> list[Any]:
+    """Due first; on SQLite, equally due jobs first come, first served.
+
+    SQLite (no planner statistics) may read the due jobs through another index and sort
+    them, and its sort leaves ties in no set order; its rowid is the arrival order.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return [Job.next_attempt_at, literal_column("jobs.rowid")]
+    return [Job.next_attempt_at]
 
 
 def _claim_in_one_statement(
