@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+# The venv of the interpreter running the bench (`.venv/bin/python -m bench`): its console
+# scripts (gunicorn, webhook-service, py-spy) are the ones the bench starts, also from a
+# git worktree whose venv lives elsewhere.
+VENV_BIN = Path(sys.prefix) / "bin"
 STOP_SECONDS = 30.0  # gunicorn's graceful_timeout is 25 s
 READY_SECONDS = 60.0
 

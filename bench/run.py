@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
+import random
 import resource
 import runpy
 import secrets
@@ -18,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,6 +30,7 @@ from cryptography.fernet import Fernet
 from bench import db, load, report
 from bench.procs import (
     ROOT,
+    VENV_BIN,
     MemorySampler,
     Processes,
     Started,
@@ -44,6 +47,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVICE_APP = "webhook_service.wsgi:app"
 GUNICORN_CONFIG = "config/gunicorn.conf.py"
 BENCH_CLIENT = "bench-frontend"
+BENCH_SUPPORT = "bench-support"
+SUPPORT_SEARCHES = 5_000  # distinct MRN searches drawn at random
 SMALL_JOBS = 10_000  # the growth check's "before" size
 POLL_SAMPLE = 100_000  # distinct job ids polled at random
 CONNECTIONS = (8, 32, 128)
@@ -53,7 +58,9 @@ CONNECTIONS = (8, 32, 128)
 UNBALANCED_SHARE = 0.8
 MAX_RETRIES = 2
 # Environment variables passed through from the harness to what it starts; nothing else is.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+# PYTHONPATH too: a bench run from a git worktree with `PYTHONPATH=<worktree>` must measure
+# that tree's code in gunicorn and the worker, not the venv's editable install.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class Bench:
     phi_search_key: str = field(default_factory=lambda: Fernet.generate_key().decode())
     database: db.BenchDatabase | None = None
     token: str = ""
+    support_token: str = ""
     postmaster: int | None = None  # PostgreSQL's main pid, for CPU accounting
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -117,7 +125,7 @@ class Bench:
 
     def base_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-        env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
     def service_env(self) -> dict[str, str]:
@@ -201,7 +209,8 @@ class Bench:
             retried = f" ({len(row['tries'])} tries: unbalanced)" if "tries" in row else ""
             print(
                 f"  {target:<12} {row['scenario']:<14} c={conns:<4} {row['rps']:>7.0f} req/s  "
-                f"p50 {row['p50_ms']:>6.1f} ms  p99 {row['p99_ms']:>6.1f} ms  "
+                f"p50 {row['p50_ms']:>6.1f} p95 {row['p95_ms']:>6.1f} "
+                f"p99 {row['p99_ms']:>6.1f} ms  "
                 f"errors {row['errors']}  cpu/req app {row['cpu_ms_per_request']['app']:.2f} "
                 f"db {row['cpu_ms_per_request'].get('db', 0):.2f} ms{retried}",
                 flush=True,
@@ -302,6 +311,7 @@ def prepare_database(bench: Bench) -> tuple[int, int]:
     client_id = None
     if opts.auth == "auto" and _cli_has_clients(bench):
         bench.token = _create_client(bench)
+        bench.support_token = _create_client(bench, BENCH_SUPPORT, "support")
         with db.connect(bench.database) as conn:
             client_id = db.client_id(conn, BENCH_CLIENT)
     bench.results["meta"]["auth"] = bool(bench.token)
@@ -320,10 +330,10 @@ def _cli_has_clients(bench: Bench) -> bool:
     return probe.returncode == 0
 
 
-def _create_client(bench: Bench) -> str:
-    """A front-end client made with the operators' own command; its token is the last line."""
+def _create_client(bench: Bench, name: str = BENCH_CLIENT, role: str = "frontend") -> str:
+    """A client made with the operators' own command; its token is the last line."""
     done = subprocess.run(
-        [venv_tool("webhook-service"), "clients", "create", BENCH_CLIENT, "--role", "frontend"],
+        [venv_tool("webhook-service"), "clients", "create", name, "--role", role],
         env=bench.service_env(),
         capture_output=True,
         text=True,
@@ -439,11 +449,65 @@ def service(bench: Bench, bodies_file: Path) -> None:
             ),
             "submit": Scenario("submit", "submit", "/v1/notes", (202,)),
         }
+        if bench.support_token:
+            scenarios.update(support_scenarios(bench))
         for scenario in scenarios.values():
-            bench.measure(served, "service", scenario, auth=True)
+            # Support is a handful of people: one connection too, for the unloaded latency.
+            support = scenario.name.startswith("support")
+            conns = (1, *opts.connections) if support else None
+            bench.measure(served, "service", scenario, auth=True, connections=conns)
         bench.results["memory"]["service"] = served.sampler.peaks.summary()
         if opts.profile != "none":
             profile(bench, served, scenarios, ids[:etag_count])
+
+
+def support_scenarios(bench: Bench) -> dict[str, Scenario]:
+    """Support's first page: by filters (`GET /v1/jobs?…`) and by MRN (`POST /v1/jobs/search`).
+
+    Filters mix rare and common statuses, kinds and a created range; MRNs are the seed's
+    (`MRN<n>` for the telephone encounters, n = 1 mod 4), each matching one job.
+    """
+    opts = bench.options
+    newest = datetime.now(UTC)
+    month = [(newest.replace(day=1) - _months(k)).date().isoformat() for k in range(0, 13, 3)]
+    filters = [
+        "",
+        "?status=failed",
+        "?status=processing",
+        "?status=completed",
+        "?kind=telephone_encounter",
+        "?status=failed&kind=note",
+        "?overdue=true",
+        *(f"?created_from={a}&created_to={b}" for b, a in itertools.pairwise(month)),
+    ]
+    filters_file = bench.work_dir / "support-filters.txt"
+    filters_file.write_text("".join(f"GET\t{query}\n" for query in filters))
+    rng = random.Random(7)
+    encounters = max(1, opts.jobs // 4)
+    mrns = [4 * rng.randrange(encounters) + 1 for _ in range(SUPPORT_SEARCHES)]
+    mrn_file = bench.work_dir / "support-mrn.txt"
+    mrn_file.write_text("".join(f'POST\t{{"patient_mrn":"MRN{n}"}}\n' for n in mrns))
+    env = {"BENCH_AUTH_TOKEN": bench.support_token}
+    return {
+        "support_filters": Scenario(
+            "support_filters",
+            "support",
+            "/v1/jobs",
+            (200,),
+            {**env, "BENCH_QUERIES_FILE": str(filters_file)},
+        ),
+        "support_mrn": Scenario(
+            "support_mrn",
+            "support",
+            "/v1/jobs",
+            (200,),
+            {**env, "BENCH_QUERIES_FILE": str(mrn_file)},
+        ),
+    }
+
+
+def _months(count: int) -> timedelta:
+    return timedelta(days=30.44 * count)
 
 
 def profile(
@@ -512,7 +576,7 @@ def _ensure_py_spy() -> str:
     if not Path(path).exists():
         print("installing py-spy into .venv (pip install py-spy)")
         subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "pip"), "install", "--quiet", "py-spy"],
+            [str(VENV_BIN / "pip"), "install", "--quiet", "py-spy"],
             check=True,
             timeout=300,
         )

@@ -319,7 +319,7 @@ def test_phi_canary_never_reaches_the_logs(
         assert marker not in logged
 
 
-def test_clients_cli_creates_lists_and_revokes(cli_env, app):
+def test_clients_cli_creates_lists_and_revokes(cli_env, app, clock):
     env = cli_env
     runner = CliRunner()
     created = runner.invoke(main, ["clients", "create", "web-app", "--role", "frontend"], env=env)
@@ -338,4 +338,40 @@ def test_clients_cli_creates_lists_and_revokes(cli_env, app):
     assert "already exists" in again.output
 
     assert runner.invoke(main, ["clients", "revoke", "web-app"], env=env).exit_code == 0
+    # The web process trusts a checked token for AUTH_CACHE_SECONDS (another process revoked it).
+    clock.advance(seconds=app.extensions["webhook_service"]["settings"].auth_cache_seconds)
     assert client.post("/v1/notes", json=NOTE).status_code == 401
+
+
+def test_a_revoked_token_stops_working_within_the_auth_cache_bound(app, sessions, clock):
+    token = new_token(sessions, "frontend-soon-revoked", "frontend")
+    caller = app.test_client(token=token)
+    assert caller.post("/v1/notes", json=NOTE).status_code == 202
+    with transaction(sessions) as session:
+        from webhook_service.services import revoke_client
+
+        revoke_client(session, "frontend-soon-revoked", clock())
+    bound = app.extensions["webhook_service"]["settings"].auth_cache_seconds
+    assert bound == 5  # the documented default
+    clock.advance(seconds=bound - 1)
+    assert caller.post("/v1/notes", json=NOTE).status_code == 202  # still trusted: checked
+    clock.advance(seconds=1)
+    assert caller.post("/v1/notes", json=NOTE).status_code == 401
+
+
+def test_without_the_auth_cache_a_revoked_token_is_refused_at_once(settings, sessions, clock):
+    from webhook_service import create_app
+    from webhook_service.services import revoke_client
+
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 0}))
+    app.extensions["webhook_service"]["clock"] = clock
+    try:
+        token = new_token(sessions, "frontend-uncached", "frontend")
+        caller = app.test_client()
+        caller.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        assert caller.post("/v1/notes", json=NOTE).status_code == 202
+        with transaction(sessions) as session:
+            revoke_client(session, "frontend-uncached", clock())
+        assert caller.post("/v1/notes", json=NOTE).status_code == 401
+    finally:
+        app.extensions["webhook_service"]["engine"].dispose()

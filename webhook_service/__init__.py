@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "settings": settings,
         "engine": engine,
         "sessions": make_session_factory(engine),
+        # Per-process caches (see auth.py and api.py): token digest → (client, expiry),
+        # and the default clinic's id once it is known to exist.
+        "auth_cache": {},
+        "default_clinic_id": None,
     }
 
     from webhook_service import api, console, health, support, webhooks

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
@@ -22,7 +21,7 @@ from webhook_service.lifecycle import JobStatus
 from webhook_service.models import Job
 from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
-from webhook_service.web import request_transaction, settings, utcnow
+from webhook_service.web import read_connection, request_transaction, settings, utcnow
 
 bp = Blueprint("api", __name__)
 
@@ -57,12 +56,23 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     assert isinstance(validated, NoteRequest | TelephoneEncounterRequest)
     client = current_client()
     now = utcnow()
+    extension = current_app.extensions["webhook_service"]
     with request_transaction() as session:
-        clinic = services.clinic_for(session, client, settings(), now)
-        job, created = services.submit_job(
-            session, request=validated, clinic=clinic, client=client, idempotency_key=key, now=now
+        clinic_id = extension["default_clinic_id"] if client.clinic_id is None else None
+        if clinic_id is None:
+            clinic_id = services.clinic_for(session, client, settings(), now).id
+        job, created = services.accept_job(
+            session,
+            request=validated,
+            clinic_id=clinic_id,
+            client=client,
+            idempotency_key=key,
+            now=now,
         )
         response = _job_response(job, status=202)
+    if client.clinic_id is None:
+        # Committed, so it exists: later submissions skip reading (and decrypting) it.
+        extension["default_clinic_id"] = clinic_id
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -75,14 +85,21 @@ def get_job(job_id: str) -> Response:
     """Return a job; 304 when the caller's ETag is still current."""
     client = current_client()
     now = utcnow()
-    with request_transaction() as session:
-        job = services.get_job(session, job_id, client)
-        if client.role == "support":
+    if client.role == "support":
+        with request_transaction() as session:
+            polled = services.poll_job(session.connection(), job_id, client)
             # Staff reading a job's outcome may read PHI: every such read is audited.
-            services.audit(session, client=client, action="job.read", job_id=job.id, now=now)
-        response = _job_response(job, status=200)
-    response.make_conditional(request)
-    return response
+            services.audit(session, client=client, action="job.read", job_id=polled.row.id, now=now)
+    else:
+        # A front end's poll only reads: no ORM session, one statement on a pooled connection.
+        with read_connection() as connection:
+            polled = services.poll_job(connection, job_id, client)
+    if request.if_none_match.contains_weak(polled.etag):
+        # Nothing changed: answered from the plain columns, nothing decrypted or rendered.
+        response = Response(status=304)
+        _cache_headers(response, polled.etag, polled.status)
+        return response
+    return _job_response(polled.job(), status=200, etag=polled.etag)
 
 
 @bp.get("/openapi.json")
@@ -94,14 +111,18 @@ def openapi() -> Response:
     return jsonify(_spec)
 
 
-def _job_response(job: Job, *, status: int) -> Response:
+def _job_response(job: Job, *, status: int, etag: str | None = None) -> Response:
     payload = services.job_view(job).model_dump_json().encode("utf-8")
     response = Response(payload, status=status, mimetype="application/json")
-    response.set_etag(hashlib.sha256(payload).hexdigest()[:32])
-    response.headers["Cache-Control"] = "private, no-cache"
-    if job.status == JobStatus.PROCESSING:
-        response.headers["Retry-After"] = str(settings().poll_retry_after_seconds)
+    _cache_headers(response, etag or services.etag_of(job), job.status)
     return response
+
+
+def _cache_headers(response: Response, etag: str, status: str) -> None:
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, no-cache"
+    if status == JobStatus.PROCESSING:
+        response.headers["Retry-After"] = str(settings().poll_retry_after_seconds)
 
 
 def _json_body() -> Any:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask_cors import CORS
 
 from webhook_service.db import transaction
 from webhook_service.errors import ServiceError
 from webhook_service.models import ApiClient
-from webhook_service.services.clients import authenticate
-from webhook_service.web import sessions
+from webhook_service.services.clients import authenticate, hash_token
+from webhook_service.web import sessions, settings, utcnow
 
+AUTH_CACHE_SIZE = 10_000  # tokens remembered per process (AUTH_CACHE_SECONDS each)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -59,11 +61,27 @@ def _client_from_header() -> ApiClient:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send `Authorization: Bearer <token>`.")
+    digest = hash_token(token.strip())
+    now = utcnow()
+    cache: dict[str, tuple[ApiClient, datetime]] = current_app.extensions["webhook_service"][
+        "auth_cache"
+    ]
+    cached = cache.get(digest)
+    if cached is not None and cached[1] > now:
+        return cached[0]
     with transaction(sessions()) as session:
         client = authenticate(session, token.strip())
         if client is None:
+            cache.pop(digest, None)
             raise Unauthenticated("The bearer token is unknown or revoked.")
         session.expunge(client)
+    ttl = settings().auth_cache_seconds
+    if ttl > 0:
+        # Polls come every second or two per job: looking the token up each time was a
+        # third of a poll's cost. A revoked token keeps working for at most `ttl` seconds.
+        if len(cache) >= AUTH_CACHE_SIZE:
+            cache.clear()
+        cache[digest] = (client, now + timedelta(seconds=ttl))
     return client
 
 

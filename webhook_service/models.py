@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -38,6 +39,11 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# Partial indexes' predicates; the queries they serve spell them the same way (literals, not
+# bound parameters), so PostgreSQL can prove the index applies even to a prepared statement.
+DUE_PREDICATE = "status = 'processing' AND submission_state IN ('pending', 'waiting', 'retrying')"
+PURGE_PREDICATE = "purged_at IS NULL AND status IN ('completed', 'partial', 'failed')"
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -120,13 +126,29 @@ class Job(Base):
         UniqueConstraint("client_id", "idempotency_key", name="uq_jobs_client_idempotency_key"),
         # The worker's claim query: due submissions of open jobs.
         Index("ix_jobs_due", "submission_state", "next_attempt_at"),
-        Index("ix_jobs_status_created", "status", "created_at"),
+        # Support's status filter in its keyset order (migration 0007): the first page comes
+        # from the index, with no sort of every job in that status.
+        Index("ix_jobs_status_created_id", "status", "created_at", "id"),
         Index("ix_jobs_note_appointment", "clinic_id", "appointment_hash"),
         Index("ix_jobs_patient_mrn_hash", "patient_mrn_hash"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
         # Support's list: keyset pages on (created_at DESC, id DESC), and search by appointment.
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_appointment_hash", "appointment_hash"),
+        # The claim, in the order it takes jobs, whatever the backlog (migration 0006).
+        Index(
+            "ix_jobs_due_next",
+            "next_attempt_at",
+            postgresql_where=text(DUE_PREDICATE),
+            sqlite_where=text(DUE_PREDICATE),
+        ),
+        # The PHI purge: settled jobs not purged yet, oldest first (migration 0006).
+        Index(
+            "ix_jobs_purge_due",
+            "finished_at",
+            postgresql_where=text(PURGE_PREDICATE),
+            sqlite_where=text(PURGE_PREDICATE),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -134,7 +156,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16))
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
     client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
-    # PHI: encrypted at rest, erased after the retention period (purged_at).
+    # PHI: encrypted at rest, erased after the retention period (purged_at). Not deferred in
+    # the model (support's views read it from detached rows); the hot paths (poll, claim,
+    # webhook apply) leave it out of their queries instead.
     request_body: Mapped[dict[str, Any] | None] = mapped_column("request_body_enc", EncryptedJSON)
     request_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

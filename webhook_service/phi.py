@@ -116,6 +116,11 @@ class EncryptedText(TypeDecorator[str]):
         return None if value is None else _decrypt(value).decode("utf-8")
 
 
+def decrypt(token: bytes) -> bytes:
+    """Decrypt a stored value read as raw bytes (the encrypted column types do this too)."""
+    return _decrypt(token)
+
+
 def _decrypt(token: bytes) -> bytes:
     try:
         return keys().decrypt(bytes(token))

@@ -71,7 +71,13 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=300.0, validation_alias="RETRY_CAP_SECONDS")
     claim_ttl_seconds: int = Field(default=60, validation_alias="CLAIM_TTL_SECONDS")
     worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
-    worker_concurrency: int = Field(default=4, validation_alias="WORKER_CONCURRENCY")
+    # Threads per worker process; each makes one Cobalt call at a time, so a 200 ms Cobalt
+    # caps a process at WORKER_CONCURRENCY / 0.2 s submissions per second. The pool holds
+    # one connection per thread plus one.
+    worker_concurrency: int = Field(default=16, validation_alias="WORKER_CONCURRENCY")
+    # How long a web process trusts a bearer token it has checked: a revoked token stops
+    # working within this many seconds (0: look every token up on every request).
+    auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
 
     @field_validator(

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from flask import current_app
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from webhook_service.db import SessionFactory, transaction
@@ -28,6 +29,14 @@ def request_transaction() -> Iterator[Session]:
     """The request's one transaction: committed when the view's block ends."""
     with transaction(sessions()) as session:
         yield session
+
+
+@contextmanager
+def read_connection() -> Iterator[Connection]:
+    """A request that only reads: one pooled connection, no ORM session (rolled back at end)."""
+    engine: Engine = current_app.extensions["webhook_service"]["engine"]
+    with engine.connect() as connection:
+        yield connection
 
 
 def utcnow() -> datetime:

@@ -11,11 +11,15 @@ from webhook_service.services.clients import (
     revoke_client,
 )
 from webhook_service.services.jobs import (
+    Polled,
+    accept_job,
     can_see,
     clinic_for,
     default_clinic,
+    etag_of,
     get_job,
     job_view,
+    poll_job,
     submit_job,
 )
 from webhook_service.services.reconcile import (
@@ -68,8 +72,10 @@ __all__ = [
     "JobPage",
     "JobRow",
     "Lookup",
+    "Polled",
     "Recorded",
     "Staff",
+    "accept_job",
     "audit",
     "audit_staff",
     "authenticate",
@@ -82,6 +88,7 @@ __all__ = [
     "default_clinic",
     "delivery_view",
     "due_lookups",
+    "etag_of",
     "expire_claims",
     "fail_past_deadline",
     "filters_detail",
@@ -97,6 +104,7 @@ __all__ = [
     "list_jobs",
     "lookup_params",
     "match_parked",
+    "poll_job",
     "purge_expired_phi",
     "read_cobalt_log",
     "read_delivery",

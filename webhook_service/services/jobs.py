@@ -5,13 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    Table,
+    bindparam,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from webhook_service import phi
 from webhook_service.errors import IdempotencyKeyReused, NotFound
 from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
@@ -78,48 +89,103 @@ def submit_job(
     With an idempotency key, the same key and body return the first job; the same key with a
     different body is refused. The unique constraint, not the lookup, is the guard.
     """
-    body = request.model_dump(mode="json", exclude_none=True)
-    body_hash = _hash_body(body)
-    client_id = client.id if client is not None else None
+    values = _new_job_values(request, clinic.id, client, idempotency_key, now)
+    client_id = values["client_id"]
     if idempotency_key is not None:
         existing = _job_for_key(session, client_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, body_hash), False
-    kind = JobKind.NOTE if isinstance(request, NoteRequest) else JobKind.TELEPHONE_ENCOUNTER
-    job = Job(
-        id=uuid.uuid4(),
-        kind=kind,
-        status=JobStatus.PROCESSING,
-        clinic_id=clinic.id,
-        request_body=body,
-        request_hash=body_hash,
-        idempotency_key=idempotency_key,
-        client_id=client.id if client is not None else None,
-        appointment_hash=search_hash(
-            request.appointment_id if isinstance(request, NoteRequest) else None
-        ),
-        patient_mrn_hash=search_hash(
-            request.patient_mrn if isinstance(request, TelephoneEncounterRequest) else None
-        ),
-        submission_state=Submission.PENDING,
-        submit_attempts=0,
-        next_attempt_at=now,
-        flagged=False,
-        created_at=now,
-        updated_at=now,
-    )
+            return _replay(existing, values["request_hash"]), False
+    job = Job(**values)
     try:
         with session.begin_nested():
             session.add(job)
-            add_event(session, job, "created", now, kind=kind)
+            add_event(session, job, "created", now, kind=job.kind)
     except IntegrityError:
         if idempotency_key is None:
             raise
         existing = _job_for_key(session, client_id, idempotency_key)
         if existing is None:
             raise
-        return _replay(existing, body_hash), False
+        return _replay(existing, values["request_hash"]), False
     return job, True
+
+
+def accept_job(
+    session: Session,
+    *,
+    request: NoteRequest | TelephoneEncounterRequest,
+    clinic_id: int,
+    client: ApiClient,
+    idempotency_key: str | None,
+    now: datetime,
+) -> tuple[Job, bool]:
+    """A front end's submission: `submit_job`, in two INSERTs when there is no key.
+
+    Without an `Idempotency-Key` there is no unique violation to catch, so no savepoint and
+    no unit-of-work flush: the job and its `created` line are written with Core, and the job
+    returned is transient (for the answer only).
+    """
+    if idempotency_key is not None:
+        clinic = session.get(Clinic, clinic_id)
+        assert clinic is not None  # the caller found it
+        return submit_job(
+            session,
+            request=request,
+            clinic=clinic,
+            client=client,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
+    values = _new_job_values(request, clinic_id, client, None, now)
+    # Statements built once, parameters per call: no per-request statement construction,
+    # and SQLAlchemy's compiled cache is hit by the same object every time.
+    connection = session.connection()
+    connection.execute(_INSERT_JOB, {_COLUMN_OF.get(k, k): v for k, v in values.items()})
+    connection.execute(
+        INSERT_EVENT,
+        {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
+    )
+    return Job(**values), True
+
+
+_COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where they differ
+_JOBS = cast(Table, Job.__table__)
+_JOB_EVENTS = cast(Table, JobEvent.__table__)
+_INSERT_JOB = insert(_JOBS)
+INSERT_EVENT = insert(_JOB_EVENTS)
+
+
+def _new_job_values(
+    request: NoteRequest | TelephoneEncounterRequest,
+    clinic_id: int,
+    client: ApiClient | None,
+    idempotency_key: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    body = request.model_dump(mode="json", exclude_none=True)
+    kind = JobKind.NOTE if isinstance(request, NoteRequest) else JobKind.TELEPHONE_ENCOUNTER
+    return {
+        "id": uuid.uuid4(),
+        "kind": str(kind),
+        "status": str(JobStatus.PROCESSING),
+        "clinic_id": clinic_id,
+        "request_body": body,
+        "request_hash": _hash_body(body),
+        "idempotency_key": idempotency_key,
+        "client_id": client.id if client is not None else None,
+        "appointment_hash": search_hash(
+            request.appointment_id if isinstance(request, NoteRequest) else None
+        ),
+        "patient_mrn_hash": search_hash(
+            request.patient_mrn if isinstance(request, TelephoneEncounterRequest) else None
+        ),
+        "submission_state": str(Submission.PENDING),
+        "submit_attempts": 0,
+        "next_attempt_at": now,
+        "flagged": False,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _job_for_key(session: Session, client_id: int | None, key: str) -> Job | None:
@@ -154,6 +220,88 @@ def get_job(session: Session, job_id: str, client: ApiClient | None = None) -> J
     if job is None or (client is not None and not can_see(client, job)):
         raise NotFound(f"No job with id {job_id!r}.")
     return job
+
+
+# What a poll renders: every column of the job resource, nothing else (no request body).
+# The two encrypted ones are read as stored and decrypted only for a 200.
+_POLL_COLUMNS = (
+    Job.id,
+    Job.client_id,
+    Job.kind,
+    Job.status,
+    Job.created_at,
+    Job.updated_at,
+    Job.finished_at,
+    Job.cobalt_job_id,
+    Job.cobalt_telephone_encounter_id,
+    Job.error_code,
+    Job.submission_state,
+    Job.submit_attempts,
+    Job.next_attempt_at,
+    Job.purged_at,
+)
+_RAW_OUTCOME = type_coerce(_JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
+_RAW_ERROR = type_coerce(_JOBS.c.error_message_enc, LargeBinary).label("error_raw")
+# Built once: a poll runs it on the session's connection (Core), with only the id bound.
+_POLL_QUERY = select(*_POLL_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
+_ETAG_VERSION = "1"  # bump when the job resource's shape changes
+
+
+@dataclass(frozen=True)
+class Polled:
+    """A job as a poll reads it: its ETag, and what a 200 needs to render it."""
+
+    etag: str
+    status: str
+    row: Any  # a Row of _POLL_COLUMNS, outcome_raw, error_raw
+
+    def job(self) -> Job:
+        """The job to render (a transient object: decrypts the outcome and error here)."""
+        values = {column.key: getattr(self.row, column.key) for column in _POLL_COLUMNS}
+        outcome, error = self.row.outcome_raw, self.row.error_raw
+        return Job(
+            **values,
+            outcome=None if outcome is None else json.loads(phi.decrypt(outcome)),
+            error_message=None if error is None else phi.decrypt(error).decode("utf-8"),
+        )
+
+
+def poll_job(connection: Connection, job_id: str, client: ApiClient) -> Polled:
+    """Read a job for a poll in one indexed query, without decrypting anything yet.
+
+    Same visibility as `get_job`: another front end's job is "not found".
+    """
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"No job with id {job_id!r}.") from None
+    row = connection.execute(_POLL_QUERY, {"id": key}).one_or_none()
+    if row is None or (client.role != "support" and row.client_id != client.id):
+        raise NotFound(f"No job with id {job_id!r}.")
+    etag = job_etag(*(getattr(row, column.key) for column in _POLL_COLUMNS))
+    return Polled(etag=etag, status=row.status, row=row)
+
+
+def etag_of(job: Job) -> str:
+    """The ETag of a job resource; the same as `poll_job` gives for the stored job."""
+    return job_etag(*(getattr(job, column.key) for column in _POLL_COLUMNS))
+
+
+def job_etag(*values: object) -> str:
+    """An ETag from the job's plain columns, `updated_at` among them.
+
+    Every write to a job sets `updated_at`, and the encrypted columns (outcome, error message)
+    change only with `status` or `purged_at`, so equal plain columns mean an equal resource:
+    a 304 needs neither decryption nor rendering.
+    """
+    text = "|".join([_ETAG_VERSION, *(_etag_part(value) for value in values)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _etag_part(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return "" if value is None else str(value)
 
 
 def can_see(client: ApiClient, job: Job) -> bool:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import flag_modified
 
 from webhook_service import phi
-from webhook_service.lifecycle import TERMINAL
-from webhook_service.models import Job, WebhookDelivery
+from webhook_service.models import PURGE_PREDICATE, Job, WebhookDelivery
 from webhook_service.services.jobs import add_event
 
 PURGE_BATCH = 500
@@ -23,11 +22,15 @@ PURGE_BATCH = 500
 def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) -> int:
     """Erase PHI from jobs settled before `now - retention`, and from old deliveries."""
     cutoff = now - retention
+    # PURGE_PREDICATE is the partial index ix_jobs_purge_due's: settled, unpurged jobs are
+    # found oldest first without scanning `jobs` (a sequential scan took 250-420 ms at 1M).
     jobs = session.scalars(
         select(Job)
-        .where(Job.status.in_(list(TERMINAL)), Job.finished_at < cutoff, Job.purged_at.is_(None))
+        .where(text(PURGE_PREDICATE), Job.finished_at < cutoff)
+        .order_by(Job.finished_at)
         .limit(PURGE_BATCH)
         .with_for_update(skip_locked=True)
+        .options(defer(Job.request_body))  # erased unread
     ).all()
     for job in jobs:
         job.request_body = None

@@ -10,16 +10,28 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
-from webhook_service.lifecycle import LOGIN_REQUIRED, JobStatus, Outcome, Submission
-from webhook_service.models import Clinic, Job
-from webhook_service.services.jobs import add_event, note_slot, settle
+from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
+from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
+from webhook_service.services.jobs import INSERT_EVENT, add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
 
 WAIT_FOR_SIBLING = timedelta(seconds=5)
@@ -44,37 +56,130 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
     `FOR UPDATE SKIP LOCKED` lets several workers claim different rows at once on
     PostgreSQL; on SQLite the transaction itself is exclusive (BEGIN IMMEDIATE).
     """
+    if session.get_bind().dialect.name == "postgresql":
+        done, claimed = _claim_in_one_statement(session, now=now, lease=lease)
+        if done:
+            return claimed
     candidates = session.scalars(
         select(Job)
-        .where(
-            Job.submission_state.in_([Submission.PENDING, Submission.WAITING, Submission.RETRYING]),
-            Job.next_attempt_at <= now,
-            Job.status == JobStatus.PROCESSING,
-        )
-        .order_by(Job.next_attempt_at)
+        .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
+        .order_by(*_claim_order(session))
         .limit(5)
         .with_for_update(skip_locked=True)
+        # Only the claimed job's request body is read (and decrypted), below.
+        .options(defer(Job.request_body), defer(Job.outcome), defer(Job.error_message))
     ).all()
     for job in candidates:
         if not _take_note_slot(session, job, now):
             continue
-        clinic = session.get(Clinic, job.clinic_id)
-        assert clinic is not None  # foreign key
         job.submission_state = Submission.SENDING
         job.submit_attempts += 1
         job.claimed_until = now + lease
         job.next_attempt_at = None
         job.updated_at = now
-        return Claim(
-            job_id=job.id,
-            kind=job.kind,
-            attempt=job.submit_attempts,
-            clinic_id=clinic.id,
-            access_token=clinic.access_token,
-            knows_reference_id=clinic.access_token_reference_id is not None,
-            body=dict(job.request_body or {}),
+        return _claim(
+            session, job.id, job.kind, job.submit_attempts, job.clinic_id, job.request_body
         )
     return None
+
+
+_SLOW_PATH: Any = object()
+
+
+def _claim_order(session: Session) -> list[Any]:
+    """Due first; on SQLite, equally due jobs first come, first served.
+
+    SQLite (no planner statistics) may read the due jobs through another index and sort
+    them, and its sort leaves ties in no set order; its rowid is the arrival order.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return [Job.next_attempt_at, literal_column("jobs.rowid")]
+    return [Job.next_attempt_at]
+
+
+def _claim_in_one_statement(
+    session: Session, *, now: datetime, lease: timedelta
+) -> tuple[bool, Claim | None]:
+    """PostgreSQL: claim the next due job, and its note slot, with one UPDATE … RETURNING.
+
+    Returns (True, the claim or None when nothing is due), or (False, None) when the note's
+    slot is held by another note: the general path then makes this one wait its turn.
+    """
+    due = (
+        select(Job.id)
+        .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
+        .order_by(Job.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    slot = case(
+        (
+            and_(Job.kind == JobKind.NOTE, Job.appointment_hash.is_not(None)),
+            sa_cast(Job.clinic_id, String) + ":" + Job.appointment_hash,
+        ),
+        else_=Job.inflight_key,
+    )
+    statement = (
+        update(Job)
+        .where(Job.id == due, Clinic.id == Job.clinic_id)  # UPDATE … FROM clinics
+        .values(
+            submission_state=Submission.SENDING,
+            submit_attempts=Job.submit_attempts + 1,
+            claimed_until=now + lease,
+            next_attempt_at=None,
+            updated_at=now,
+            inflight_key=slot,
+        )
+        .returning(
+            Job.id,
+            Job.kind,
+            Job.submit_attempts,
+            Job.clinic_id,
+            Job.request_body,
+            Clinic.access_token,
+            Clinic.access_token_reference_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    try:
+        with session.begin_nested():
+            row = session.execute(statement).one_or_none()
+    except IntegrityError:  # the appointment's slot is held by another note
+        return False, None
+    if row is None:
+        return True, None
+    claim = Claim(
+        job_id=row.id,
+        kind=row.kind,
+        attempt=row.submit_attempts,
+        clinic_id=row.clinic_id,
+        access_token=row.access_token,
+        knows_reference_id=row.access_token_reference_id is not None,
+        body=dict(row.request_body or {}),
+    )
+    return True, claim
+
+
+def _claim(
+    session: Session,
+    job_id: uuid.UUID,
+    kind: str,
+    attempt: int,
+    clinic_id: int,
+    body: dict[str, Any] | None,
+) -> Claim:
+    clinic = session.get(Clinic, clinic_id)
+    assert clinic is not None  # foreign key
+    return Claim(
+        job_id=job_id,
+        kind=kind,
+        attempt=attempt,
+        clinic_id=clinic.id,
+        access_token=clinic.access_token,
+        knows_reference_id=clinic.access_token_reference_id is not None,
+        body=dict(body or {}),
+    )
 
 
 def _take_note_slot(session: Session, job: Job, now: datetime) -> bool:
@@ -99,30 +204,64 @@ def _take_note_slot(session: Session, job: Job, now: datetime) -> bool:
 
 
 def _locked_job(session: Session, job_id: uuid.UUID) -> Job:
-    return session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one()
+    # Recording an answer never reads the request body: leave it encrypted and unread.
+    query = select(Job).where(Job.id == job_id).with_for_update().options(defer(Job.request_body))
+    return session.scalars(query).one()
 
 
 def record_accepted(session: Session, claim: Claim, reply: Accepted, now: datetime) -> None:
     """Cobalt took the request: keep its ids and apply any webhook that arrived first."""
-    job = _locked_job(session, claim.job_id)
-    job.submission_state = Submission.ACCEPTED
-    job.claimed_until = None
-    job.cobalt_job_id = job.cobalt_job_id or reply.job_id
-    job.cobalt_telephone_encounter_id = (
-        job.cobalt_telephone_encounter_id or reply.telephone_encounter_id
+    # One UPDATE … RETURNING and one INSERT (Core): the row lock is the UPDATE's own, and no
+    # ORM object is loaded or flushed. Ids already learned (from an early webhook) are kept.
+    connection = session.connection()
+    row = connection.execute(
+        _ACCEPTED,
+        {
+            "job": claim.job_id,
+            "reply_job_id": reply.job_id,
+            "reply_encounter_id": reply.telephone_encounter_id,
+            "now": now,
+        },
+    ).one()
+    connection.execute(
+        INSERT_EVENT,
+        {
+            "job_id": claim.job_id,
+            "at": now,
+            "type": "submission_accepted",
+            "detail": {
+                "attempt": claim.attempt,
+                "status_code": reply.status_code,
+                "cobalt_job_id": reply.job_id,
+                "telephone_encounter_id": reply.telephone_encounter_id,
+            },
+        },
     )
-    job.updated_at = now
-    add_event(
-        session,
-        job,
-        "submission_accepted",
-        now,
-        attempt=claim.attempt,
-        status_code=reply.status_code,
-        cobalt_job_id=reply.job_id,
-        telephone_encounter_id=reply.telephone_encounter_id,
+    # Only the ids are read from the job here (to find parked deliveries for it).
+    ids = Job(
+        id=claim.job_id,
+        cobalt_job_id=row.cobalt_job_id,
+        cobalt_telephone_encounter_id=row.cobalt_telephone_encounter_id,
     )
-    apply_parked_for(session, job, now)
+    apply_parked_for(session, ids, now)
+
+
+_JOBS = cast(Table, Job.__table__)
+_ACCEPTED = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job"))
+    .values(
+        submission_state=Submission.ACCEPTED,
+        claimed_until=None,
+        cobalt_job_id=func.coalesce(_JOBS.c.cobalt_job_id, bindparam("reply_job_id", type_=String)),
+        cobalt_telephone_encounter_id=func.coalesce(
+            _JOBS.c.cobalt_telephone_encounter_id,
+            bindparam("reply_encounter_id", type_=String),
+        ),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(_JOBS.c.cobalt_job_id, _JOBS.c.cobalt_telephone_encounter_id)
+)
 
 
 def record_rejected(session: Session, claim: Claim, error: CobaltRejected, now: datetime) -> None:

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, and_, bindparam, exists, inspect, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from webhook_service.lifecycle import (
@@ -96,16 +96,58 @@ def record_webhook(
         received_at=now,
         state=DeliveryState.RECEIVED,
     )
-    try:
-        with session.begin_nested():
-            session.add(delivery)
-    except IntegrityError:
-        existing = session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.dedup_key == delivery.dedup_key)
+    delivery_id = _insert_once(session, delivery)
+    if delivery_id is None:
+        existing = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.state).where(
+                WebhookDelivery.dedup_key == delivery.dedup_key
+            )
         ).one()
         return Recorded(existing.id, duplicate=True, state=existing.state)
+    # The delivery stays a plain (transient) object: applying sets its state, job and detail,
+    # and one UPDATE writes them. The row itself is committed whatever applying does.
+    delivery.id = delivery_id
     _apply_safely(session, delivery, payload, now)
-    return Recorded(delivery.id, duplicate=False, state=delivery.state)
+    session.connection().execute(
+        _SETTLE_DELIVERY,
+        {
+            "delivery_id": delivery_id,
+            "state": delivery.state,
+            "state_detail": delivery.state_detail,
+            "job_id": delivery.job_id,
+        },
+    )
+    return Recorded(delivery_id, duplicate=False, state=delivery.state)
+
+
+_DELIVERIES = cast(Table, WebhookDelivery.__table__)
+_SETTLE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id"))
+
+
+def _insert_once(session: Session, delivery: WebhookDelivery) -> int | None:
+    """Insert the delivery unless its dedup key is already stored; return its id, or None.
+
+    One `INSERT … ON CONFLICT DO NOTHING RETURNING id` (PostgreSQL and SQLite alike): the
+    unique key is still the guard, without a savepoint and a caught IntegrityError.
+    """
+    values = {
+        prop.columns[0].name: getattr(delivery, prop.key)
+        for prop in inspect(WebhookDelivery).column_attrs
+        if prop.key != "id"
+    }
+    connection = session.connection()
+    statement = _INSERT_ONCE[connection.dialect.name == "postgresql"]
+    inserted: int | None = connection.execute(statement, values).scalar_one_or_none()
+    return inserted
+
+
+# Built once per dialect (PostgreSQL, SQLite); the row's values are bound per call.
+_INSERT_ONCE = {
+    postgres: (postgresql.insert if postgres else sqlite.insert)(_DELIVERIES)
+    .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.dedup_key])
+    .returning(_DELIVERIES.c.id)
+    for postgres in (True, False)
+}
 
 
 def _apply_safely(
@@ -284,21 +326,19 @@ def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
 
     Closes the race where a webhook is parked in the instant a worker records the ids.
     """
+    # Driven from the (few) parked deliveries, each checked against the jobs' unique-ish id
+    # indexes: `IN (SELECT … FROM jobs)` read every job's ids (375 ms at 1M jobs, with
+    # nothing parked).
+    has_job = exists().where(
+        Job.cobalt_job_id.is_not(None), Job.cobalt_job_id == WebhookDelivery.cobalt_job_id
+    )
+    has_encounter = exists().where(
+        Job.cobalt_telephone_encounter_id.is_not(None),
+        Job.cobalt_telephone_encounter_id == WebhookDelivery.telephone_encounter_id,
+    )
     parked = session.scalars(
         select(WebhookDelivery)
-        .where(
-            WebhookDelivery.state == DeliveryState.PARKED,
-            or_(
-                WebhookDelivery.cobalt_job_id.in_(
-                    select(Job.cobalt_job_id).where(Job.cobalt_job_id.is_not(None))
-                ),
-                WebhookDelivery.telephone_encounter_id.in_(
-                    select(Job.cobalt_telephone_encounter_id).where(
-                        Job.cobalt_telephone_encounter_id.is_not(None)
-                    )
-                ),
-            ),
-        )
+        .where(WebhookDelivery.state == DeliveryState.PARKED, or_(has_job, has_encounter))
         .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
