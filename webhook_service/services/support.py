@@ -157,8 +157,12 @@ def find_jobs(
         conditions.append(Job.appointment_hash == search_hash(appointment_id))
     if after is not None:
         conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
-    query = _job_rows().where(*conditions)
-    if not with_phi:
+    query = _JOB_ROWS.where(*conditions)
+    if with_phi:
+        # A list shows the outcome and error, never the request: leave it unread (lazily
+        # loaded if a caller in the same session asks for it).
+        query = query.options(defer(Job.request_body))
+    else:
         encrypted = (Job.request_body, Job.outcome, Job.error_message)
         query = query.options(*(defer(column, raiseload=True) for column in encrypted))
     rows = _fetch(session, query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
@@ -170,7 +174,7 @@ def find_jobs(
 
 def job_row(session: Session, job_id: uuid.UUID) -> JobRow:
     """One job with the facts support sees beside it (flagged, retried as)."""
-    rows = _fetch(session, _job_rows().where(Job.id == job_id))
+    rows = _fetch(session, _JOB_ROWS.where(Job.id == job_id))
     if not rows:
         raise NotFound(f"No job with id {str(job_id)!r}.")
     return rows[0]
@@ -219,12 +223,6 @@ def csv_cell(value: object) -> str:
     else:
         text = str(value)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _job_rows() -> Select[Job, bool, uuid.UUID]:
-    retry = aliased(Job)
-    retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
-    return select(Job, attention_condition().label("flagged"), retried_as.label("retried_as"))
 
 
 def _fetch(session: Session, query: Select[Job, bool, uuid.UUID]) -> list[JobRow]:
@@ -289,6 +287,17 @@ def attention_condition() -> ColumnElement[bool]:
             Job.cobalt_telephone_encounter_id.in_(stuck_encounter_ids),
         ),
     )
+
+
+def _build_job_rows() -> Select[Job, bool, uuid.UUID]:
+    retry = aliased(Job)
+    retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
+    return select(Job, attention_condition().label("flagged"), retried_as.label("retried_as"))
+
+
+# Built once: a job with the facts support sees beside it. Statements are immutable, and one
+# shared object lets SQLAlchemy's compiled cache serve every list, search and job page.
+_JOB_ROWS = _build_job_rows()
 
 
 # --- Timeline, deliveries, inbox ---------------------------------------------------------------
