@@ -310,28 +310,33 @@ def can_see(client: ApiClient, job: Job) -> bool:
 
 def job_view(job: Job) -> JobOut:
     """The job resource front ends poll."""
+    return JobOut(**job_fields(job))
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """The job resource's fields, for `JobOut` and the resources that extend it."""
     error = None
     if job.error_code is not None:
         error = JobError(code=job.error_code, message=job.error_message or "")
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        finished_at=job.finished_at,
-        cobalt=CobaltIds(
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "cobalt": CobaltIds(
             job_id=job.cobalt_job_id, telephone_encounter_id=job.cobalt_telephone_encounter_id
         ),
-        outcome=job.outcome,
-        error=error,
-        submission=SubmissionOut(
+        "outcome": job.outcome,
+        "error": error,
+        "submission": SubmissionOut(
             state=job.submission_state,
             attempts=job.submit_attempts,
             next_attempt_at=job.next_attempt_at if job.submission_state in _DUE_STATES else None,
         ),
-        purged_at=job.purged_at,
-    )
+        "purged_at": job.purged_at,
+    }
 
 
 _DUE_STATES = {Submission.PENDING, Submission.WAITING, Submission.RETRYING}

@@ -30,7 +30,7 @@ from webhook_service.schemas import (
     TimelineOut,
 )
 from webhook_service.services.clients import audit
-from webhook_service.services.jobs import get_job, job_view
+from webhook_service.services.jobs import get_job, job_fields
 from webhook_service.services.webhooks import DeliveryState
 
 # Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
@@ -183,7 +183,7 @@ def job_row(session: Session, job_id: uuid.UUID) -> JobRow:
 def support_job_view(row: JobRow) -> SupportJobOut:
     job = row.job
     return SupportJobOut(
-        **dict(job_view(job)),
+        **job_fields(job),
         clinic_id=job.clinic_id,
         flagged=row.flagged,
         retry_of=job.retry_of,
