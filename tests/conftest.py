@@ -17,15 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import responses
 from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, delete, text
-from sqlalchemy.engine import make_url
 
+from tests.processes import throwaway_postgres_database
 from webhook_service import create_app, phi
 from webhook_service.cobalt import CobaltClient
 from webhook_service.db import SessionFactory, make_engine, make_session_factory
@@ -104,18 +103,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh database on the server, migrated to head, dropped at the end."""
-    name = f"webhook_service_test_{uuid.uuid4().hex[:10]}"
-    server = make_url(postgres_server_url)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
-    )
-    upgrade(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres_database(postgres_server_url, "test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -124,11 +124,11 @@ class StartupFailed(RuntimeError):
 
 
 @contextmanager
-def throwaway_postgres_database(server_url: str) -> Iterator[str]:
-    """An empty database on the server at `server_url` (the harness migrates it), then dropped."""
+def throwaway_postgres_database(server_url: str, prefix: str = "e2e") -> Iterator[str]:
+    """An empty database on the server at `server_url` (the caller migrates it), then dropped."""
     server = make_url(server_url)
     admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"webhook_service_e2e_{uuid.uuid4().hex[:8]}"
+    name = f"webhook_service_{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:

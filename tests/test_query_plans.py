@@ -8,7 +8,6 @@ A sequential scan of `jobs` here is what would make these requests slow at a mil
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from tests.conftest import START, BearerClient, make_settings, new_token
+from tests.processes import throwaway_postgres_database
 from webhook_service import create_app, phi, services
 from webhook_service.db import make_session_factory
 from webhook_service.migrations import upgrade
@@ -31,20 +31,9 @@ MRN = "MRN-PLAN-1"
 @pytest.fixture(scope="module")
 def planned_url(postgres_server_url: str) -> Iterator[str]:
     """A database of its own, migrated to head, with JOBS jobs like the bench's, analyzed."""
-    name = f"webhook_service_plans_{uuid.uuid4().hex[:10]}"
-    server = make_url(postgres_server_url)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
-    )
-    try:
+    with throwaway_postgres_database(postgres_server_url, "plans") as url:
         upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
