@@ -6,16 +6,17 @@ import json
 import threading
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 import responses
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url, select, update
 
 from tests.conftest import COBALT, FakeClock, event, make_settings
 from tests.processes import throwaway_postgres_database
 from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_note, poll, submit
+from webhook_service import services
 from webhook_service.cobalt import CobaltClient
 from webhook_service.db import make_engine, make_session_factory, transaction
 from webhook_service.migrations import upgrade
@@ -219,3 +220,85 @@ def test_cobalts_answer_is_recorded_when_the_database_comes_back(postgres_server
 def _allow_connections(admin: str, name: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+@pytest.mark.postgres_only
+def test_claiming_a_waiting_note_never_deadlocks_with_settling_its_predecessor(
+    postgres_server_url: str,
+):
+    """A webhook settles note 1 (freeing the appointment's slot and waking note 2) while a
+    worker claims note 2: the claim must not wait on note 1's slot inside its row lock on
+    note 2, or PostgreSQL kills one of them as a deadlock (the webhook answered 503)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with throwaway_postgres_database(postgres_server_url) as url:
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_session_factory(engine)
+        with transaction(sessions) as session:
+            clinic = Clinic(name="c", access_token="t", created_at=start, updated_at=start)
+            session.add(clinic)
+            session.flush()
+            common = {
+                "kind": "note",
+                "status": "processing",
+                "clinic_id": clinic.id,
+                "request_body": {},
+                "request_hash": "h",
+                "appointment_hash": "appt",
+                "created_at": start,
+                "updated_at": start,
+            }
+            first = Job(
+                id=uuid.uuid4(),
+                submission_state="accepted",
+                submit_attempts=1,
+                inflight_key=f"{clinic.id}:appt",
+                **common,
+            )
+            second = Job(
+                id=uuid.uuid4(),
+                submission_state="waiting",
+                submit_attempts=0,
+                next_attempt_at=start,
+                **common,
+            )
+            session.add_all([first, second])
+            clinic_id = clinic.id
+        outcome: dict[str, str] = {}
+
+        def claim() -> None:
+            try:
+                with transaction(sessions) as session:
+                    services.claim_due_job(
+                        session, now=start + timedelta(seconds=1), lease=timedelta(seconds=60)
+                    )
+                outcome["claim"] = "ok"
+            except Exception as exc:
+                outcome["claim"] = type(getattr(exc, "orig", exc)).__name__
+
+        settling = sessions()
+        settling.begin()
+        # What settling note 1 does: free its slot, then wake the notes waiting for it.
+        held = settling.get(Job, first.id, with_for_update=True)
+        assert held is not None
+        held.inflight_key = None
+        settling.flush()
+        worker = threading.Thread(target=claim)
+        worker.start()
+        worker.join(0.5)  # the claim runs while the settling transaction is open
+        try:
+            settling.execute(
+                update(Job)
+                .where(Job.submission_state == "waiting", Job.clinic_id == clinic_id)
+                .values(next_attempt_at=start)
+            )
+            settling.commit()
+            outcome["settle"] = "ok"
+        except Exception as exc:
+            settling.rollback()
+            outcome["settle"] = type(getattr(exc, "orig", exc)).__name__
+        finally:
+            settling.close()
+        worker.join(30)
+        engine.dispose()
+    assert outcome == {"claim": "ok", "settle": "ok"}

@@ -18,15 +18,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal_column,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
 from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
@@ -83,9 +85,6 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
     return None
 
 
-_SLOW_PATH: Any = object()
-
-
 def _claim_order(session: Session) -> list[Any]:
     """Due first; on SQLite, equally due jobs first come, first served.
 
@@ -102,15 +101,29 @@ def _claim_in_one_statement(
 ) -> tuple[bool, Claim | None]:
     """PostgreSQL: claim the next due job, and its note slot, with one UPDATE … RETURNING.
 
-    Returns (True, the claim or None when nothing is due), or (False, None) when the note's
-    slot is held by another note: the general path then makes this one wait its turn.
+    Returns (True, the claim), or (False, None) when the general path must decide: nothing
+    was free to take here, or a note's slot turned out to be held by another note (the
+    general path makes such a note wait its turn).
+
+    A note whose slot is visibly held is never taken here: writing its slot would wait on
+    the unique index for the holder's transaction, and if that transaction settles the
+    holder and then wakes the waiting notes (whose row this claim has locked), the two
+    would deadlock. The general path reads the holder instead of waiting for it.
     """
+    candidate, holder = aliased(Job), aliased(Job)
+    slot_of = sa_cast(candidate.clinic_id, String) + ":" + candidate.appointment_hash
+    slot_free = or_(
+        candidate.kind != JobKind.NOTE,
+        candidate.appointment_hash.is_(None),
+        candidate.inflight_key.is_not(None),
+        ~exists().where(holder.inflight_key == slot_of).correlate(candidate),
+    )
     due = (
-        select(Job.id)
-        .where(text(DUE_PREDICATE), Job.next_attempt_at <= now)
-        .order_by(Job.next_attempt_at)
+        select(candidate.id)
+        .where(text(DUE_PREDICATE), candidate.next_attempt_at <= now, slot_free)
+        .order_by(candidate.next_attempt_at)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=candidate)
         .scalar_subquery()
     )
     slot = case(
@@ -148,7 +161,7 @@ def _claim_in_one_statement(
     except IntegrityError:  # the appointment's slot is held by another note
         return False, None
     if row is None:
-        return True, None
+        return False, None
     claim = Claim(
         job_id=row.id,
         kind=row.kind,
