@@ -59,8 +59,8 @@ def claim_due_job(session: Session, *, now: datetime, lease: timedelta) -> Claim
     PostgreSQL; on SQLite the transaction itself is exclusive (BEGIN IMMEDIATE).
     """
     if session.get_bind().dialect.name == "postgresql":
-        done, claimed = _claim_in_one_statement(session, now=now, lease=lease)
-        if done:
+        claimed = _claim_in_one_statement(session, now=now, lease=lease)
+        if claimed is not None:
             return claimed
     candidates = session.scalars(
         select(Job)
@@ -96,14 +96,12 @@ def _claim_order(session: Session) -> list[Any]:
     return [Job.next_attempt_at]
 
 
-def _claim_in_one_statement(
-    session: Session, *, now: datetime, lease: timedelta
-) -> tuple[bool, Claim | None]:
+def _claim_in_one_statement(session: Session, *, now: datetime, lease: timedelta) -> Claim | None:
     """PostgreSQL: claim the next due job, and its note slot, with one UPDATE … RETURNING.
 
-    Returns (True, the claim), or (False, None) when the general path must decide: nothing
-    was free to take here, or a note's slot turned out to be held by another note (the
-    general path makes such a note wait its turn).
+    Returns the claim, or None when the general path must decide: nothing was free to take
+    here, or a note's slot turned out to be held by another note (the general path makes
+    such a note wait its turn).
 
     A note whose slot is visibly held is never taken here: writing its slot would wait on
     the unique index for the holder's transaction, and if that transaction settles the
@@ -159,9 +157,9 @@ def _claim_in_one_statement(
         with session.begin_nested():
             row = session.execute(statement).one_or_none()
     except IntegrityError:  # the appointment's slot is held by another note
-        return False, None
+        return None
     if row is None:
-        return False, None
+        return None
     claim = Claim(
         job_id=row.id,
         kind=row.kind,
@@ -171,7 +169,7 @@ def _claim_in_one_statement(
         knows_reference_id=row.access_token_reference_id is not None,
         body=dict(row.request_body or {}),
     )
-    return True, claim
+    return claim
 
 
 def _claim(
