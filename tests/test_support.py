@@ -231,6 +231,33 @@ def test_cursor_pages_stay_stable_when_jobs_are_created_between_pages(
 # --- Search -----------------------------------------------------------------------------------
 
 
+def test_a_status_filter_pages_through_every_job_in_that_status_and_no_other(
+    client, support, worker, cobalt, clock: FakeClock
+):
+    # Failed and processing jobs interleaved in time, two of them in the same microsecond.
+    reject_notes(cobalt)
+    failed, processing = [], []
+    for n in range(5):
+        failed.append(note(client, f"f{n}"))
+        while worker.run_once():  # the note is rejected
+            pass
+        processing.append(encounter(client, f"MRN-{n}"))  # not sent yet
+        if n != 2:
+            clock.advance(seconds=1)
+    for status, expected in (("failed", failed), ("processing", processing)):
+        seen, cursor = [], ""
+        while True:
+            body = support.get(f"/v1/jobs?status={status}&limit=2{cursor}").json
+            seen += [job["id"] for job in body["jobs"]]
+            assert {job["status"] for job in body["jobs"]} <= {status}
+            if body["next_cursor"] is None:
+                break
+            cursor = f"&cursor={body['next_cursor']}"
+        assert sorted(seen) == sorted(expected)
+        assert len(seen) == len(set(seen))
+        assert seen[0] == expected[-1]  # newest first
+
+
 def test_search_by_mrn_or_appointment_finds_the_right_jobs_and_never_records_the_value(
     client, support, sessions, caplog, capsys
 ):

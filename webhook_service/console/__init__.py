@@ -11,8 +11,9 @@ from datetime import timedelta
 from typing import Final
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, g, redirect, request, session, url_for
+from flask import Blueprint, Flask, Request, flash, g, redirect, request, session, url_for
 from flask.sansio.blueprints import BlueprintSetupState
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import (  # type: ignore[import-untyped]  # ships no type hints
     CSRFError,
     CSRFProtect,
@@ -66,7 +67,24 @@ def _configure(state: BlueprintSetupState) -> None:
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session: a form left open still posts
     )
+    assert isinstance(app, Flask)
+    app.session_interface = ConsoleSessions()
     csrf.init_app(app)
+
+
+class ConsoleSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, opened for console URLs only.
+
+    Anywhere else (the API, webhooks, health checks) the session is Flask's null session:
+    no cookie is read, verified or written there, which saves every poll and webhook the
+    cost of setting up the cookie's signer. A write to it raises, so nothing can start to
+    rely on a cookie outside the console by accident.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.path.startswith(f"{bp.url_prefix}/") and request.path != bp.url_prefix:
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 # --- The check every request passes -----------------------------------------------------------

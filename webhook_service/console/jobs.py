@@ -211,7 +211,9 @@ def _job_page(job_id: str, *, status: int = 200, reveal: bool = False, **context
     with request_transaction() as db:
         timeline = services.job_timeline(db, by, job_id, now)
         row = services.job_row(db, timeline.job_id)
-        outlook = console_services.retry_outlook(row.job, timeline.events)
+        # The job as `job_timeline` loaded it (the session's identity map: no second read).
+        job = services.get_job(db, str(timeline.job_id))
+        outlook = console_services.retry_outlook(job, timeline.events)
         details, bodies = None, {}
         if reveal:
             details = console_services.read_job_details(db, by, job_id, now)

@@ -11,9 +11,9 @@ import hmac
 import secrets
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -96,14 +96,22 @@ def audit(
     actor: str | None = None,
     **detail: Any,
 ) -> None:
-    """Append one audit entry (who, what, when, which job). Nothing edits or deletes these."""
-    session.add(
-        AuditEvent(
-            at=now,
-            client_id=client.id if client is not None else None,
-            actor=actor or (client.name if client is not None else "system"),
-            action=action,
-            job_id=job_id,
-            detail=detail,
-        )
+    """Append one audit entry (who, what, when, which job). Nothing edits or deletes these.
+
+    Written at once with one Core INSERT on the session's transaction (an entry is never
+    read back in the request that writes it, so it needs no place in the unit of work).
+    """
+    session.execute(
+        _INSERT_AUDIT,
+        {
+            "at": now,
+            "client_id": client.id if client is not None else None,
+            "actor": actor or (client.name if client is not None else "system"),
+            "action": action,
+            "job_id": job_id,
+            "detail": detail,
+        },
     )
+
+
+_INSERT_AUDIT = insert(cast(Table, AuditEvent.__table__))

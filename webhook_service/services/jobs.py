@@ -7,7 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     Connection,
@@ -313,7 +313,27 @@ def job_view(job: Job) -> JobOut:
     return JobOut(**job_fields(job))
 
 
-def job_fields(job: Job) -> dict[str, Any]:
+class JobColumns(Protocol):
+    """The columns the job resource is rendered from: a `Job`, or a row that selected them."""
+
+    id: uuid.UUID
+    kind: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    cobalt_job_id: str | None
+    cobalt_telephone_encounter_id: str | None
+    outcome: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    submission_state: str
+    submit_attempts: int
+    next_attempt_at: datetime | None
+    purged_at: datetime | None
+
+
+def job_fields(job: JobColumns) -> dict[str, Any]:
     """The job resource's fields, for `JobOut` and the resources that extend it."""
     error = None
     if job.error_code is not None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
 from sqlalchemy import ColumnElement, Select, and_, not_, or_, select, tuple_
-from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from webhook_service.errors import NotFound
 from webhook_service.lifecycle import JobStatus
@@ -30,7 +30,7 @@ from webhook_service.schemas import (
     TimelineOut,
 )
 from webhook_service.services.clients import audit
-from webhook_service.services.jobs import get_job, job_fields
+from webhook_service.services.jobs import JobColumns, get_job, job_fields
 from webhook_service.services.webhooks import DeliveryState
 
 # Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
@@ -71,9 +71,20 @@ class Staff:
         return cls(name=client.name, client=client)
 
 
+class JobSummary(JobColumns, Protocol):
+    """A job as support's lists and job pages read it: a row of `_SUMMARY_COLUMNS`.
+
+    The request body is never read, and nothing is loaded into the session: a page of 50
+    jobs is 50 plain rows.
+    """
+
+    clinic_id: int
+    retry_of: uuid.UUID | None
+
+
 @dataclass(frozen=True)
 class JobRow:
-    job: Job
+    job: JobSummary
     flagged: bool
     retried_as: uuid.UUID | None
 
@@ -155,17 +166,26 @@ def find_jobs(
         conditions.append(Job.patient_mrn_hash == search_hash(patient_mrn))
     if appointment_id is not None:
         conditions.append(Job.appointment_hash == search_hash(appointment_id))
-    if after is not None:
-        conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
-    query = _JOB_ROWS.where(*conditions)
-    if with_phi:
-        # A list shows the outcome and error, never the request: leave it unread (lazily
-        # loaded if a caller in the same session asks for it).
-        query = query.options(defer(Job.request_body))
+    key: list[InstrumentedAttribute[Any]] = [Job.created_at, Job.id]
+    if filters.status is None:
+        if after is not None:
+            conditions.append(tuple_(*key) < tuple_(*after))
     else:
-        encrypted = (Job.request_body, Job.outcome, Job.error_message)
-        query = query.options(*(defer(column, raiseload=True) for column in encrypted))
-    rows = _fetch(session, query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+        # One status, written as a range over the (status, created_at, id) index and ordered
+        # by status too, so that the page is read straight from that index. Written as
+        # `status = s`, PostgreSQL drops the constant status from the order, may prefer the
+        # created index, and then walks it past every job in other statuses (thousands of
+        # open jobs on top of a "completed" page during a batch).
+        status = str(filters.status)
+        conditions.append(Job.status >= status)
+        if after is None:
+            conditions.append(Job.status <= status)
+        else:
+            conditions.append(tuple_(Job.status, *key) < tuple_(status, *after))
+        key.insert(0, Job.status)
+    query = (_JOB_ROWS if with_phi else _JOB_ROWS_WITHOUT_PHI).where(*conditions)
+    order = [column.desc() for column in key]
+    rows = _fetch(session, query.order_by(*order).limit(limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
     last = rows[-1].job if rows and more else None
@@ -225,19 +245,17 @@ def csv_cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _fetch(session: Session, query: Select[Job, bool, uuid.UUID]) -> list[JobRow]:
+def _fetch(session: Session, query: Select[Any]) -> list[JobRow]:
     return [
-        JobRow(job, bool(flagged), retried_as)
-        for job, flagged, retried_as in session.execute(query)
+        JobRow(cast(JobSummary, row), bool(row.flagged), row.retried_as)
+        for row in session.connection().execute(query)
     ]
 
 
 def _conditions(
     filters: JobFilters, now: datetime, expected: dict[str, timedelta]
 ) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if filters.status is not None:
-        conditions.append(Job.status == filters.status)
+    conditions: list[ColumnElement[bool]] = []  # the status filter is find_jobs's
     if filters.kind is not None:
         conditions.append(Job.kind == filters.kind)
     if filters.clinic is not None:
@@ -256,9 +274,15 @@ def _conditions(
 
 
 def overdue_condition(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
-    """Processing past the kind's expected time (the worker's reconcile threshold)."""
+    """Processing past the kind's expected time (the worker's reconcile threshold).
+
+    The bound on `created_at` by the shortest wait repeats what the kinds' conditions imply,
+    so that the (status, created_at, id) index starts at the first job old enough to be
+    late instead of walking every open job from the newest.
+    """
     late = [and_(Job.kind == kind, Job.created_at < now - wait) for kind, wait in expected.items()]
-    return and_(Job.status == JobStatus.PROCESSING, or_(*late))
+    oldest_young = now - min(expected.values())
+    return and_(Job.status == JobStatus.PROCESSING, Job.created_at < oldest_young, or_(*late))
 
 
 def attention_condition() -> ColumnElement[bool]:
@@ -289,15 +313,39 @@ def attention_condition() -> ColumnElement[bool]:
     )
 
 
-def _build_job_rows() -> Select[Job, bool, uuid.UUID]:
+# Every column of `JobSummary`, labelled with its attribute's name (the encrypted ones are
+# stored under other column names), decrypted by their column types as rows are read.
+_SUMMARY_COLUMNS = (
+    Job.id,
+    Job.kind,
+    Job.status,
+    Job.clinic_id,
+    Job.retry_of,
+    Job.created_at,
+    Job.updated_at,
+    Job.finished_at,
+    Job.cobalt_job_id,
+    Job.cobalt_telephone_encounter_id,
+    Job.error_code,
+    Job.submission_state,
+    Job.submit_attempts,
+    Job.next_attempt_at,
+    Job.purged_at,
+)
+_ENCRYPTED_COLUMNS = (Job.outcome.label("outcome"), Job.error_message.label("error_message"))
+
+
+def _build_job_rows(*columns: Any) -> Select[Any]:
     retry = aliased(Job)
     retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
-    return select(Job, attention_condition().label("flagged"), retried_as.label("retried_as"))
+    return select(*columns, attention_condition().label("flagged"), retried_as.label("retried_as"))
 
 
-# Built once: a job with the facts support sees beside it. Statements are immutable, and one
-# shared object lets SQLAlchemy's compiled cache serve every list, search and job page.
-_JOB_ROWS = _build_job_rows()
+# Built once: a job with the facts support sees beside it (and, for the CSV export, without
+# its PHI). Statements are immutable, and shared objects let SQLAlchemy's compiled cache
+# serve every list, search and job page. Run with Core on the session's connection.
+_JOB_ROWS = _build_job_rows(*_SUMMARY_COLUMNS, *_ENCRYPTED_COLUMNS)
+_JOB_ROWS_WITHOUT_PHI = _build_job_rows(*_SUMMARY_COLUMNS)
 
 
 # --- Timeline, deliveries, inbox ---------------------------------------------------------------
