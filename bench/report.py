@@ -216,14 +216,16 @@ def format_table(results: dict[str, Any]) -> str:
     if worker:
         lines += [
             "",
-            "| worker | Cobalt delay | concurrency | jobs/s left pending | RSS peak MB |",
-            "|---|---:|---|---:|---:|",
+            "| worker | Cobalt delay | concurrency | processes | jobs/s left pending "
+            "| RSS peak MB (per process) |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         for case in worker:
             label = "what-if" if case.get("what_if") else "as configured"
             lines.append(
                 f"| {label} | {case['cobalt_delay_ms']:.0f} ms | {case['concurrency']} "
-                f"| {case['jobs_per_s']:.1f} | {case['rss_peak_mb']:.0f} |"
+                f"| {case.get('processes', 1)} | {case['jobs_per_s']:.1f} "
+                f"| {case['rss_peak_mb']:.0f} |"
             )
     found = results.get("targets", [])
     if found:

@@ -592,15 +592,17 @@ class WorkerCase:
     delay_ms: float
     concurrency: int | None  # None: WORKER_CONCURRENCY unset (the service's default)
     what_if: bool
+    processes: int | None = None  # None: WORKER_PROCESSES unset (one process)
 
 
-# The two targets as the service is configured, then two what-ifs: the worker as it was
-# (one call at a time), and enough threads for a 200 ms Cobalt.
+# The two targets as the service is configured, then what-ifs: the worker as it was (one
+# call at a time), enough threads for a 200 ms Cobalt, and one process per core.
 WORKER_CASES = (
     WorkerCase(0, None, False),
     WorkerCase(200, None, False),
     WorkerCase(0, 1, True),
     WorkerCase(200, 16, True),
+    WorkerCase(0, None, True, processes=2),
 )
 
 
@@ -650,6 +652,8 @@ def worker_throughput(bench: Bench, clinic_id: int, client_id: int) -> None:
             }
             if case.concurrency is not None:
                 env["WORKER_CONCURRENCY"] = str(case.concurrency)
+            if case.processes is not None:
+                env["WORKER_PROCESSES"] = str(case.processes)
             row = _run_worker(bench, env, batch, case, profile_path)
         finally:
             bench.processes.stop(stub, timeout=5)
@@ -659,6 +663,7 @@ def worker_throughput(bench: Bench, clinic_id: int, client_id: int) -> None:
         bench.results["worker"].append(row)
         print(
             f"  worker Cobalt {case.delay_ms:>3.0f} ms, concurrency {row['concurrency']:<10} "
+            f"processes {row['processes']} "
             f"{row['jobs_per_s']:>7.1f} jobs/s  RSS {row['rss_peak_mb']:.0f} MB",
             flush=True,
         )
@@ -673,7 +678,7 @@ def _run_worker(
 ) -> dict[str, Any]:
     """Start `webhook-service worker`, count pending jobs until drained or time is up."""
     assert bench.database is not None
-    name = f"worker-{case.delay_ms:.0f}ms-{case.concurrency or 'default'}"
+    name = f"worker-{case.delay_ms:.0f}ms-{case.concurrency or 'default'}-{case.processes or 1}p"
     proc = bench.processes.start(name, [venv_tool("webhook-service"), "worker"], env)
     spies = _start_worker_profiles(bench, proc.pid, profile_path) if profile_path else []
     samples: list[tuple[float, int]] = []
@@ -713,11 +718,15 @@ def _run_worker(
     return {
         "cobalt_delay_ms": case.delay_ms,
         "concurrency": str(case.concurrency) if case.concurrency is not None else "default",
+        "processes": case.processes or 1,
         "what_if": case.what_if,
         "batch": batch,
         "jobs_per_s": round(rate, 1),
         "left_pending": samples[-1][1] if samples else batch,
-        "rss_peak_mb": round(sampler.peaks.root_peak_kib / 1024, 1),
+        # Each worker process's: the command itself, or each of the processes it forks.
+        "rss_peak_mb": round(
+            max([sampler.peaks.root_peak_kib, *sampler.peaks.child_peaks_kib.values()]) / 1024, 1
+        ),
     }
 
 

@@ -7,6 +7,8 @@ submission per job.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -18,7 +20,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.processes import RunningSystem, running_system, throwaway_postgres_database
+from tests.processes import (
+    RunningSystem,
+    child_pids,
+    restart_worker,
+    running_system,
+    throwaway_postgres_database,
+)
 from webhook_service.sandbox.data import DEMO_IDS, PATIENTS
 
 pytestmark = pytest.mark.e2e
@@ -253,3 +261,54 @@ def test_sigterm_lets_the_worker_record_the_call_in_hand(
             time.sleep(POLL_SECONDS)
             job = api.get(url, timeout=10).json()
         assert job["status"] == "completed"
+
+
+def test_worker_processes_share_the_work_and_stop_together(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    """`WORKER_PROCESSES=2`: two forked processes submit side by side, each job once; SIGTERM
+    to the command stops both cleanly (exit 0)."""
+    wanted = {"note-completed", "note-failed", "encounter-unknown-medication"}
+    cases = [case for case in all_outcomes() if case.name in wanted]
+    with running_system(throwaway_postgres, tmp_path, env={"WORKER_PROCESSES": "2"}) as system:
+        worker = system.processes["worker"]
+        processes = child_pids(worker.popen.pid)
+        assert len(processes) == 2, system.tails()
+        check_flow(system, cases)
+        worker.popen.terminate()
+        assert worker.popen.wait(30) == 0, system.tails()
+        assert not any(_alive(pid) for pid in processes)
+
+
+def test_worker_processes_stop_together_when_one_dies(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    """A process that dies takes the command down (exit 1) so the platform restarts it whole;
+    a killed supervisor's processes stop on their own."""
+    with running_system(throwaway_postgres, tmp_path, env={"WORKER_PROCESSES": "2"}) as system:
+        worker = system.processes["worker"]
+        first, second = child_pids(worker.popen.pid)
+        os.kill(first, signal.SIGKILL)
+        assert worker.popen.wait(30) == 1, system.tails()
+        deadline = time.monotonic() + 10
+        while _alive(second):
+            assert time.monotonic() < deadline, system.tails()
+            time.sleep(0.1)
+
+        orphaned = restart_worker(system)
+        children = child_pids(orphaned.popen.pid)
+        assert len(children) == 2, system.tails()
+        os.kill(orphaned.popen.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() < deadline, system.tails()
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"

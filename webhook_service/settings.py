@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # caps a process at WORKER_CONCURRENCY / 0.2 s submissions per second. The pool holds
     # one connection per thread plus one.
     worker_concurrency: int = Field(default=16, validation_alias="WORKER_CONCURRENCY")
+    # Processes the worker command runs, each with WORKER_CONCURRENCY threads: one process
+    # is bound by its interpreter lock, so a dyno with more cores takes one per core.
+    worker_processes: int = Field(default=1, ge=1, le=64, validation_alias="WORKER_PROCESSES")
     # How long a web process trusts a bearer token it has checked: a revoked token stops
     # working within this many seconds (0: look every token up on every request).
     auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")

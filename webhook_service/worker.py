@@ -6,6 +6,7 @@ Cobalt, so a slow Cobalt never holds row locks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -252,14 +253,25 @@ class Worker:
 
 
 def run_worker(settings: Settings) -> None:
-    """Entry point of the `worker` process: runs until SIGTERM or SIGINT.
+    """Entry point of the `worker` command: runs until SIGTERM or SIGINT.
+
+    With `WORKER_PROCESSES` above 1, the command forks that many worker processes and
+    supervises them (see `_supervise`); each is what one process alone would be.
+    """
+    configure_logging(settings.log_level)
+    if settings.worker_processes > 1:
+        raise SystemExit(_supervise(settings))
+    _run_process(settings)
+
+
+def _run_process(settings: Settings, parent: int | None = None) -> None:
+    """One worker process: runs until SIGTERM or SIGINT (or, forked, its parent is gone).
 
     `WORKER_CONCURRENCY` threads each claim and submit jobs, so a slow Cobalt (each call
     waits on a headless browser's queue) does not cap throughput at one call at a time.
     One of them also does the housekeeping. On SIGTERM every thread finishes and records
     the call in hand, then exits: well inside Heroku's 30 s when Cobalt answers normally.
     """
-    configure_logging(settings.log_level)
     phi.configure(settings.phi_keys())
     threads = max(1, settings.worker_concurrency)
     engine = make_engine(
@@ -286,8 +298,58 @@ def run_worker(settings: Settings) -> None:
         for thread in running:
             thread.start()
         while any(thread.is_alive() for thread in running):
-            for thread in running:
-                thread.join(timeout=0.5)
+            if parent is not None and os.getppid() != parent:
+                log.warning("supervisor gone: stopping")
+                stop.set()
+            next(thread for thread in running if thread.is_alive()).join(timeout=0.5)
     finally:
         stop.set()
         engine.dispose()
+
+
+def _supervise(settings: Settings) -> int:
+    """Fork `WORKER_PROCESSES` worker processes and wait for them; return the exit status.
+
+    SIGTERM and SIGINT are passed on, and each process finishes the calls in hand. If one
+    process dies on its own, the others are stopped too and the command exits non-zero, so
+    the platform restarts the whole worker (as it would restart a single process). A
+    process whose supervisor is killed outright stops within a second. Several processes
+    are safe together: a claim skips rows another process holds.
+    """
+    supervisor = os.getpid()
+    children: set[int] = set()
+    for _ in range(settings.worker_processes):
+        pid = os.fork()
+        if pid == 0:  # the child: a worker process of its own
+            code = 0
+            try:
+                _run_process(settings, parent=supervisor)
+            except BaseException:
+                log.exception("worker process failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.add(pid)
+    log.info("worker processes started", extra={"processes": len(children)})
+    stopping = False
+
+    def pass_on(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0 or not stopping:
+            log.error("worker process exited", extra={"pid": pid, "exit_code": code})
+            status = status or 1
+            if not stopping:
+                pass_on(signal.SIGTERM, None)
+    return status
