@@ -272,8 +272,7 @@ def test_worker_processes_share_the_work_and_stop_together(
     cases = [case for case in all_outcomes() if case.name in wanted]
     with running_system(throwaway_postgres, tmp_path, env={"WORKER_PROCESSES": "2"}) as system:
         worker = system.processes["worker"]
-        processes = child_pids(worker.popen.pid)
-        assert len(processes) == 2, system.tails()
+        processes = forked(system, worker.popen.pid)
         check_flow(system, cases)
         worker.popen.terminate()
         assert worker.popen.wait(30) == 0, system.tails()
@@ -287,7 +286,7 @@ def test_worker_processes_stop_together_when_one_dies(
     a killed supervisor's processes stop on their own."""
     with running_system(throwaway_postgres, tmp_path, env={"WORKER_PROCESSES": "2"}) as system:
         worker = system.processes["worker"]
-        first, second = child_pids(worker.popen.pid)
+        first, second = forked(system, worker.popen.pid)
         os.kill(first, signal.SIGKILL)
         assert worker.popen.wait(30) == 1, system.tails()
         deadline = time.monotonic() + 10
@@ -296,13 +295,22 @@ def test_worker_processes_stop_together_when_one_dies(
             time.sleep(0.1)
 
         orphaned = restart_worker(system)
-        children = child_pids(orphaned.popen.pid)
-        assert len(children) == 2, system.tails()
+        children = forked(system, orphaned.popen.pid)
         os.kill(orphaned.popen.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in children):
             assert time.monotonic() < deadline, system.tails()
             time.sleep(0.1)
+
+
+def forked(system: RunningSystem, supervisor: int, count: int = 2) -> list[int]:
+    """The worker processes a supervisor forked, once all `count` of them are there."""
+    deadline = time.monotonic() + 10
+    while len(found := child_pids(supervisor)) < count:
+        assert time.monotonic() < deadline, system.tails()
+        time.sleep(0.05)
+    assert len(found) == count, system.tails()
+    return found
 
 
 def _alive(pid: int) -> bool:

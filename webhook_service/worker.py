@@ -286,6 +286,8 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Forked: the supervisor blocked these until this process could handle them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     workers = [
         Worker(settings, sessions, cobalt_client(settings), housekeeping=(n == 0))
         for n in range(threads)
@@ -297,14 +299,17 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     try:
         for thread in running:
             thread.start()
-        while any(thread.is_alive() for thread in running):
-            if parent is not None and os.getppid() != parent:
+        while alive := [thread for thread in running if thread.is_alive()]:
+            if parent is not None and os.getppid() != parent and not stop.is_set():
                 log.warning("supervisor gone: stopping")
                 stop.set()
-            next(thread for thread in running if thread.is_alive()).join(timeout=0.5)
+            alive[0].join(timeout=0.5)
     finally:
         stop.set()
         engine.dispose()
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _supervise(settings: Settings) -> int:
@@ -318,14 +323,17 @@ def _supervise(settings: Settings) -> int:
     """
     supervisor = os.getpid()
     children: set[int] = set()
+    # Until each process has its handlers, a stop signal waits (blocked) instead of killing
+    # it half-started; the children inherit the mask and unblock in `_run_process`.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     for _ in range(settings.worker_processes):
         pid = os.fork()
         if pid == 0:  # the child: a worker process of its own
             code = 0
             try:
                 _run_process(settings, parent=supervisor)
-            except BaseException:
-                log.exception("worker process failed")
+            except BaseException as exc:
+                log_failure(log, "worker process failed", exc)
                 code = 1
             finally:
                 os._exit(code)
@@ -342,6 +350,7 @@ def _supervise(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     status = 0
     while children:
         pid, wait_status = os.wait()

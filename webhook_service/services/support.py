@@ -248,7 +248,7 @@ def csv_cell(value: object) -> str:
 def _fetch(session: Session, query: Select[Any]) -> list[JobRow]:
     return [
         JobRow(cast(JobSummary, row), bool(row.flagged), row.retried_as)
-        for row in session.connection().execute(query)
+        for row in session.execute(query)
     ]
 
 
@@ -343,7 +343,7 @@ def _build_job_rows(*columns: Any) -> Select[Any]:
 
 # Built once: a job with the facts support sees beside it (and, for the CSV export, without
 # its PHI). Statements are immutable, and shared objects let SQLAlchemy's compiled cache
-# serve every list, search and job page. Run with Core on the session's connection.
+# serve every list, search and job page. They select columns, so rows are plain rows.
 _JOB_ROWS = _build_job_rows(*_SUMMARY_COLUMNS, *_ENCRYPTED_COLUMNS)
 _JOB_ROWS_WITHOUT_PHI = _build_job_rows(*_SUMMARY_COLUMNS)
 
