@@ -224,7 +224,7 @@ def get_job(session: Session, job_id: str, client: ApiClient | None = None) -> J
 
 # What a poll renders: every column of the job resource, nothing else (no request body).
 # The two encrypted ones are read as stored and decrypted only for a 200.
-_POLL_COLUMNS = (
+RESOURCE_COLUMNS = (
     Job.id,
     Job.client_id,
     Job.kind,
@@ -243,7 +243,7 @@ _POLL_COLUMNS = (
 _RAW_OUTCOME = type_coerce(_JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
 _RAW_ERROR = type_coerce(_JOBS.c.error_message_enc, LargeBinary).label("error_raw")
 # Built once: a poll runs it on the session's connection (Core), with only the id bound.
-_POLL_QUERY = select(*_POLL_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
+_POLL_QUERY = select(*RESOURCE_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
 _ETAG_VERSION = "1"  # bump when the job resource's shape changes
 
 
@@ -253,11 +253,11 @@ class Polled:
 
     etag: str
     status: str
-    row: Any  # a Row of _POLL_COLUMNS, outcome_raw, error_raw
+    row: Any  # a Row of RESOURCE_COLUMNS, outcome_raw, error_raw
 
     def job(self) -> Job:
         """The job to render (a transient object: decrypts the outcome and error here)."""
-        values = {column.key: getattr(self.row, column.key) for column in _POLL_COLUMNS}
+        values = {column.key: getattr(self.row, column.key) for column in RESOURCE_COLUMNS}
         outcome, error = self.row.outcome_raw, self.row.error_raw
         return Job(
             **values,
@@ -278,13 +278,13 @@ def poll_job(connection: Connection, job_id: str, client: ApiClient) -> Polled:
     row = connection.execute(_POLL_QUERY, {"id": key}).one_or_none()
     if row is None or (client.role != "support" and row.client_id != client.id):
         raise NotFound(f"No job with id {job_id!r}.")
-    etag = job_etag(*(getattr(row, column.key) for column in _POLL_COLUMNS))
+    etag = job_etag(*(getattr(row, column.key) for column in RESOURCE_COLUMNS))
     return Polled(etag=etag, status=row.status, row=row)
 
 
 def etag_of(job: Job) -> str:
     """The ETag of a job resource; the same as `poll_job` gives for the stored job."""
-    return job_etag(*(getattr(job, column.key) for column in _POLL_COLUMNS))
+    return job_etag(*(getattr(job, column.key) for column in RESOURCE_COLUMNS))
 
 
 def job_etag(*values: object) -> str:

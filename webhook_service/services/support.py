@@ -30,7 +30,7 @@ from webhook_service.schemas import (
     TimelineOut,
 )
 from webhook_service.services.clients import audit
-from webhook_service.services.jobs import JobColumns, get_job, job_fields
+from webhook_service.services.jobs import RESOURCE_COLUMNS, JobColumns, get_job, job_fields
 from webhook_service.services.webhooks import DeliveryState
 
 # Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
@@ -313,25 +313,10 @@ def attention_condition() -> ColumnElement[bool]:
     )
 
 
-# Every column of `JobSummary`, labelled with its attribute's name (the encrypted ones are
-# stored under other column names), decrypted by their column types as rows are read.
-_SUMMARY_COLUMNS = (
-    Job.id,
-    Job.kind,
-    Job.status,
-    Job.clinic_id,
-    Job.retry_of,
-    Job.created_at,
-    Job.updated_at,
-    Job.finished_at,
-    Job.cobalt_job_id,
-    Job.cobalt_telephone_encounter_id,
-    Job.error_code,
-    Job.submission_state,
-    Job.submit_attempts,
-    Job.next_attempt_at,
-    Job.purged_at,
-)
+# Every column of `JobSummary`: the job resource's plain columns and support's two; the
+# encrypted ones labelled with their attributes' names (stored under other column names),
+# decrypted by their column types as rows are read.
+_SUMMARY_COLUMNS = (*RESOURCE_COLUMNS, Job.clinic_id, Job.retry_of)
 _ENCRYPTED_COLUMNS = (Job.outcome.label("outcome"), Job.error_message.label("error_message"))
 
 
