@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
@@ -302,3 +303,36 @@ def test_claiming_a_waiting_note_never_deadlocks_with_settling_its_predecessor(
         worker.join(30)
         engine.dispose()
     assert outcome == {"claim": "ok", "settle": "ok"}
+
+
+def test_cobalt_calls_go_through_the_proxy_the_environment_names(monkeypatch):
+    """Deployments that reach Cobalt through an egress proxy name it in HTTP(S)_PROXY; the
+    client reads the environment once, when it is made, and every call goes through it."""
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.path)  # a proxy is sent the absolute URL
+            body = json.dumps({"job_id": "cj_proxied"}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        client = CobaltClient("http://cobalt.invalid/v1", "ci", "cs", connect_timeout=2)
+        monkeypatch.delenv("HTTP_PROXY")  # read when the client was made, not per call
+        first = client.create_note("token", {"note": "x"})
+        second = client.create_note("token", {"note": "y"})
+        proxy.shutdown()
+    assert first.job_id == second.job_id == "cj_proxied"
+    assert seen == ["http://cobalt.invalid/v1/notes"] * 2

@@ -108,6 +108,33 @@ def _claim_in_one_statement(session: Session, *, now: datetime, lease: timedelta
     holder and then wakes the waiting notes (whose row this claim has locked), the two
     would deadlock. The general path reads the holder instead of waiting for it.
     """
+    try:
+        with session.begin_nested():
+            # On the session's connection: a Core statement, not the ORM's bulk-update path.
+            row = (
+                session.connection()
+                .execute(_CLAIM_NEXT, {"now": now, "claimed_until": now + lease})
+                .one_or_none()
+            )
+    except IntegrityError:  # the appointment's slot is held by another note
+        return None
+    if row is None:
+        return None
+    claim = Claim(
+        job_id=row.id,
+        kind=row.kind,
+        attempt=row.submit_attempts,
+        clinic_id=row.clinic_id,
+        access_token=row.access_token,
+        knows_reference_id=row.access_token_reference_id is not None,
+        body=dict(row.request_body or {}),
+    )
+    return claim
+
+
+def _claim_next_statement() -> Any:
+    """The statement `_claim_in_one_statement` runs, built once: its two aliases of `jobs`
+    cost more to build than the claim costs to run."""
     candidate, holder = aliased(Job), aliased(Job)
     slot_of = sa_cast(candidate.clinic_id, String) + ":" + candidate.appointment_hash
     slot_free = or_(
@@ -116,6 +143,7 @@ def _claim_in_one_statement(session: Session, *, now: datetime, lease: timedelta
         candidate.inflight_key.is_not(None),
         ~exists().where(holder.inflight_key == slot_of).correlate(candidate),
     )
+    now = bindparam("now", type_=UTCDateTime())
     due = (
         select(candidate.id)
         .where(text(DUE_PREDICATE), candidate.next_attempt_at <= now, slot_free)
@@ -131,13 +159,13 @@ def _claim_in_one_statement(session: Session, *, now: datetime, lease: timedelta
         ),
         else_=Job.inflight_key,
     )
-    statement = (
+    return (
         update(Job)
         .where(Job.id == due, Clinic.id == Job.clinic_id)  # UPDATE … FROM clinics
         .values(
             submission_state=Submission.SENDING,
             submit_attempts=Job.submit_attempts + 1,
-            claimed_until=now + lease,
+            claimed_until=bindparam("claimed_until", type_=UTCDateTime()),
             next_attempt_at=None,
             updated_at=now,
             inflight_key=slot,
@@ -147,29 +175,14 @@ def _claim_in_one_statement(session: Session, *, now: datetime, lease: timedelta
             Job.kind,
             Job.submit_attempts,
             Job.clinic_id,
-            Job.request_body,
-            Clinic.access_token,
+            Job.request_body.label("request_body"),  # column names differ: *_enc
+            Clinic.access_token.label("access_token"),
             Clinic.access_token_reference_id,
         )
-        .execution_options(synchronize_session=False)
     )
-    try:
-        with session.begin_nested():
-            row = session.execute(statement).one_or_none()
-    except IntegrityError:  # the appointment's slot is held by another note
-        return None
-    if row is None:
-        return None
-    claim = Claim(
-        job_id=row.id,
-        kind=row.kind,
-        attempt=row.submit_attempts,
-        clinic_id=row.clinic_id,
-        access_token=row.access_token,
-        knows_reference_id=row.access_token_reference_id is not None,
-        body=dict(row.request_body or {}),
-    )
-    return claim
+
+
+_CLAIM_NEXT = _claim_next_statement()
 
 
 def _claim(
