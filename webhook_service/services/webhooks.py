@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from webhook_service.lifecycle import (
     LOGIN_REQUIRED,
@@ -213,6 +213,9 @@ def apply_delivery(
 
 
 _LOCKED: dict[str, Any] = {"populate_existing": True}
+# Matching reads what deciding and settling need: the note's body, and the outcome and error
+# a settled job already has, stay encrypted and unread (a later read loads them if needed).
+_UNREAD = (defer(Job.request_body), defer(Job.outcome), defer(Job.error_message))
 
 
 def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
@@ -226,6 +229,7 @@ def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
             select(Job)
             .where(Job.cobalt_job_id == delivery.cobalt_job_id)
             .with_for_update()
+            .options(*_UNREAD)
             .execution_options(**_LOCKED)
         )
         if job is not None:
@@ -235,6 +239,7 @@ def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
             select(Job)
             .where(Job.cobalt_telephone_encounter_id == delivery.telephone_encounter_id)
             .with_for_update()
+            .options(*_UNREAD)
             .execution_options(**_LOCKED)
         )
         if job is not None:
@@ -265,6 +270,7 @@ def _note_for_appointment(session: Session, delivery: WebhookDelivery) -> Job | 
         .order_by(Job.inflight_key.is_(None), Job.created_at.desc())
         .limit(1)
         .with_for_update()
+        .options(*_UNREAD)
         .execution_options(**_LOCKED)
     )
     clinic_ids = _clinics_for(session, delivery.access_token_reference_id)
