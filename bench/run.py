@@ -539,7 +539,9 @@ def profile(
         for mode, flags in PROFILE_MODES.items():
             raw = out_dir / f"{name}-{mode}.txt"
             _record_profile(bench, served, py_spy, scenario, raw, flags)
-            summary = report.summarize_profile(raw) if raw.exists() else {"samples": 0}
+            summary: dict[str, Any] = (
+                report.summarize_profile(raw) if raw.exists() else {"samples": 0}
+            )
             key = f"{name}-{mode}"
             bench.results["profiles"][key] = {"file": str(raw.relative_to(ROOT)), **summary}
             print(f"profile {key}: {summary.get('samples', 0)} samples -> {raw.relative_to(ROOT)}")
@@ -703,13 +705,14 @@ def _run_worker(
                 spy.popen.wait(timeout=15)
             bench.processes.stop(spy, timeout=5)
         bench.processes.stop(proc)
-    for mode in PROFILE_MODES if profile_path is not None else ():
-        output = profile_path.with_name(f"{profile_path.stem}-{mode}.txt")
-        if output.exists():
-            bench.results.setdefault("profiles", {})[output.stem] = {
-                "file": str(output.relative_to(ROOT)),
-                **report.summarize_profile(output),
-            }
+    if profile_path is not None:
+        for mode in PROFILE_MODES:
+            output = profile_path.with_name(f"{profile_path.stem}-{mode}.txt")
+            if output.exists():
+                bench.results.setdefault("profiles", {})[output.stem] = {
+                    "file": str(output.relative_to(ROOT)),
+                    **report.summarize_profile(output),
+                }
     moving = [sample for sample in samples if sample[1] < batch]
     rate = 0.0
     if len(moving) >= 2:
