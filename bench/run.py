@@ -118,6 +118,7 @@ class Bench:
     database: db.BenchDatabase | None = None
     token: str = ""
     support_token: str = ""
+    wrk_runs: int = 0  # wrk processes started so far: each gets its own nonce
     postmaster: int | None = None  # PostgreSQL's main pid, for CPU accounting
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -267,6 +268,11 @@ class Bench:
         seconds: float,
         env: Mapping[str, str],
     ) -> load.WrkResult:
+        # The scripts' ids are (nonce, thread, counter) and the counter restarts with each
+        # wrk: with one nonce per bench run, every run re-sent the previous runs' webhook-ids,
+        # so most webhooks after the first run were duplicates (stored once, never applied).
+        self.wrk_runs += 1
+        run_env = {**env, "BENCH_NONCE": f"{env.get('BENCH_NONCE', self.nonce)}r{self.wrk_runs}"}
         return load.run_wrk(
             self.processes,
             name=name,
@@ -274,7 +280,7 @@ class Bench:
             port=port,
             connections=connections,
             seconds=seconds,
-            env=env,
+            env=run_env,
             threads=self.options.wrk_threads,
             expected=scenario.expected,
         )
