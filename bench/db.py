@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -319,6 +319,28 @@ def settle_open_jobs(conn: psycopg.Connection) -> int:
         WHERE status = 'processing'
         """
     )
+    return cursor.rowcount
+
+
+def reopen_jobs(conn: psycopg.Connection, numbers: Sequence[int]) -> int:
+    """Put the seed's open jobs back as seeded: processing, no outcome, unflagged, untouched.
+
+    The service's webhook scenario settles them; the webhook floor, measured after it, must
+    find what the service found. Only rows that changed are written, then vacuumed, so the
+    floor does not wade through the dead versions the service never saw.
+    """
+    cursor = conn.execute(
+        """
+        UPDATE jobs SET status = 'processing', outcome_enc = NULL, error_code = NULL,
+               error_message_enc = NULL, finished_at = NULL, flagged = false,
+               next_attempt_at = NULL, claimed_until = NULL, inflight_key = NULL,
+               updated_at = created_at
+        WHERE cobalt_job_id = ANY(%s)
+          AND (status <> 'processing' OR flagged OR updated_at <> created_at)
+        """,
+        ([f"cj_{n}" for n in numbers],),
+    )
+    conn.execute("VACUUM jobs")
     return cursor.rowcount
 
 

@@ -51,6 +51,7 @@ BENCH_SUPPORT = "bench-support"
 SUPPORT_SEARCHES = 5_000  # distinct MRN searches drawn at random
 SMALL_JOBS = 10_000  # the growth check's "before" size
 POLL_SAMPLE = 100_000  # distinct job ids polled at random
+ETAGS, ETAGS_QUICK = 5_000, 2_000  # jobs whose ETags the 304 scenarios send
 CONNECTIONS = (8, 32, 128)
 # A run is "unbalanced" when one gunicorn worker did more than this share of an even split's
 # double (with 2 workers: more than 80 % of the CPU): wrk's keep-alive connections all landed
@@ -428,32 +429,37 @@ def baselines(bench: Bench, bodies_file: Path) -> None:
         bench.results["memory"][app_name] = served.sampler.peaks.summary()
 
 
-def service(bench: Bench, bodies_file: Path) -> None:
+def webhook_scenario(bodies_file: Path) -> Scenario:
+    return Scenario(
+        "webhook", "webhook", "/webhooks/cobalt", (200,), {"BENCH_BODIES_FILE": str(bodies_file)}
+    )
+
+
+def submit_scenario() -> Scenario:
+    return Scenario("submit", "submit", "/v1/notes", (202,))
+
+
+def etags_of(bench: Bench, port: int, ids: list[str], path: Path) -> Path:
+    """The ETags of the first jobs in `ids` as the app on `port` answers them, for poll_304."""
+    etag_count = ETAGS_QUICK if bench.options.quick else ETAGS
+    etags = load.fetch_etags(port, ids[:etag_count], token=bench.token)
+    if len(etags) < etag_count // 2:
+        raise RuntimeError(f"only {len(etags)} of {etag_count} jobs answered 200 with an ETag")
+    return load.write_ids(path, etags)
+
+
+def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> None:
     """The service's four scenarios at every connection count; then profiles if asked."""
     assert bench.database is not None
     opts = bench.options
-    with db.connect(bench.database) as conn:
-        ids = db.sample_job_ids(conn, POLL_SAMPLE)
-    ids_file = load.write_ids(bench.work_dir / "ids.txt", ids)
-    etag_count = 2_000 if opts.quick else 5_000
     print(f"service at {opts.jobs:,} jobs")
     with bench.gunicorn("service", SERVICE_APP) as served:
-        port = served.port
-        etags = load.fetch_etags(port, ids[:etag_count], token=bench.token)
-        if len(etags) < etag_count // 2:
-            raise RuntimeError(f"only {len(etags)} of {etag_count} jobs answered 200 with an ETag")
-        etags_file = load.write_ids(bench.work_dir / "etags.txt", etags)
+        etags_file = etags_of(bench, served.port, ids, bench.work_dir / "etags.txt")
         scenarios = {
             "poll_200": poll_scenario(bench, "poll_200", ids_file),
             "poll_304": poll_scenario(bench, "poll_304", etags_file, conditional=True),
-            "webhook": Scenario(
-                "webhook",
-                "webhook",
-                "/webhooks/cobalt",
-                (200,),
-                {"BENCH_BODIES_FILE": str(bodies_file)},
-            ),
-            "submit": Scenario("submit", "submit", "/v1/notes", (202,)),
+            "webhook": webhook_scenario(bodies_file),
+            "submit": submit_scenario(),
         }
         if bench.support_token:
             scenarios.update(support_scenarios(bench))
@@ -464,7 +470,39 @@ def service(bench: Bench, bodies_file: Path) -> None:
             bench.measure(served, "service", scenario, auth=True, connections=conns)
         bench.results["memory"]["service"] = served.sampler.peaks.summary()
         if opts.profile != "none":
+            etag_count = ETAGS_QUICK if opts.quick else ETAGS
             profile(bench, served, scenarios, ids[:etag_count])
+
+
+def floors(
+    bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path, open_jobs: list[int]
+) -> None:
+    """The contract floors (bench/baselines.py), each mirroring service scenarios exactly.
+
+    Measured after the service, so nothing they write changes what the service measured.
+    The open jobs the service's webhooks settled are first put back as seeded, so the poll
+    floor reads and the webhook floor settles what the service read and settled; the poll
+    floor's ETags are fetched from the floor itself (its formula is the service's).
+    """
+    assert bench.database is not None
+    with db.connect(bench.database) as conn:
+        reopened = db.reopen_jobs(conn, open_jobs)
+    print(f"contract floors ({reopened:,} jobs the service's webhooks touched reopened)")
+    with bench.gunicorn("poll_floor", "bench.baselines:poll_floor") as served:
+        etags_file = etags_of(bench, served.port, ids, bench.work_dir / "etags-floor.txt")
+        for scenario in (
+            poll_scenario(bench, "poll_200", ids_file),
+            poll_scenario(bench, "poll_304", etags_file, conditional=True),
+        ):
+            bench.measure(served, "poll_floor", scenario, auth=True)
+    bench.results["memory"]["poll_floor"] = served.sampler.peaks.summary()
+    for app_name, scenario in (
+        ("webhook_floor", webhook_scenario(bodies_file)),
+        ("submit_floor", submit_scenario()),
+    ):
+        with bench.gunicorn(app_name, f"bench.baselines:{app_name}") as served:
+            bench.measure(served, app_name, scenario, auth=True)
+        bench.results["memory"][app_name] = served.sampler.peaks.summary()
 
 
 def support_scenarios(bench: Bench) -> dict[str, Scenario]:
@@ -859,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
                     db.drop_database(bench.database)
     bench.results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
     report.add_ratios(bench.results["runs"])
+    bench.results["contract_floor"] = report.contract_floor(bench.results)
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
     report.write_results(bench.results, opts.output)
@@ -904,7 +943,11 @@ def run_all(bench: Bench) -> None:
         job_numbers=open_jobs,
     )
     baselines(bench, bodies_file)
-    service(bench, bodies_file)
+    with db.connect(bench.database) as conn:
+        ids = db.sample_job_ids(conn, POLL_SAMPLE)
+    ids_file = load.write_ids(bench.work_dir / "ids.txt", ids)
+    service(bench, bodies_file, ids, ids_file)
+    floors(bench, bodies_file, ids, ids_file, open_jobs)
     if not opts.skip_worker:
         print("worker throughput (Cobalt stub)")
         worker_throughput(bench, clinic_id, client_id)
