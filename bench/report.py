@@ -32,6 +32,7 @@ FLOORS: dict[str, str] = {
     "submit": "submit_floor",
 }
 BASELINE_OF_BASELINES = "constant"
+SUPPORT_FILTER = "support_filter"  # one support filter alone (label: the filter)
 WEBHOOK_P99_MS = 100.0
 WEBHOOK_P99_CONNECTIONS = 32
 SUPPORT_SCENARIOS = ("support_filters", "support_mrn")
@@ -66,7 +67,11 @@ class Verdict:
 
 def _by_key(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Runs by (target, scenario, connections); a bare baseline's scenario is its own name."""
-    return {(r["target"], r["scenario"], r["connections"]): r for r in runs}
+    return {
+        (r["target"], r["scenario"], r["connections"]): r
+        for r in runs
+        if r["scenario"] != SUPPORT_FILTER
+    }
 
 
 def add_ratios(runs: list[dict[str, Any]]) -> None:
@@ -265,6 +270,8 @@ def format_table(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in results["runs"]:
+        if run["scenario"] == SUPPORT_FILTER:
+            continue  # in their own table below
         ratio = f"{run['ratio']:.2f} x {run['baseline']}" if "ratio" in run else ""
         errors = str(run["errors"])
         if run.get("unexpected_status") and run["unexpected_status"] != run["errors"]:
@@ -275,6 +282,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"| {run['p99_ms']:.1f} | {errors} | {ratio} |"
         )
     lines += _floor_lines(results.get("contract_floor", []))
+    lines += _support_filter_lines(results["runs"])
     growth = results.get("growth")
     if growth:
         lines += [
@@ -352,6 +360,24 @@ def _floor_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row['baseline']} {row['baseline_rps']:.0f} | {row['floor_rps']:.0f} "
             f"| {service} | {row['floor_over_baseline']:.2f} | {over_floor} | {over_base} "
             f"| {cpu} |"
+        )
+    return lines
+
+
+def _support_filter_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Each support filter alone at 1 connection: which filter makes the mix's p95."""
+    mine = [r for r in runs if r["scenario"] == SUPPORT_FILTER]
+    if not mine:
+        return []
+    lines = [
+        "",
+        "| support filter (alone, 1 conn) | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in mine:
+        lines.append(
+            f"| {run.get('label', '')} | {run['rps']:.0f} | {run['p50_ms']:.1f} "
+            f"| {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {run['errors']} |"
         )
     return lines
 

@@ -52,6 +52,10 @@ SUPPORT_SEARCHES = 5_000  # distinct MRN searches drawn at random
 SMALL_JOBS = 10_000  # the growth check's "before" size
 POLL_SAMPLE = 100_000  # distinct job ids polled at random
 ETAGS, ETAGS_QUICK = 5_000, 2_000  # jobs whose ETags the 304 scenarios send
+BREAKDOWN_SECONDS = 2.0  # each support filter alone, at 1 connection (--quick: 1 s)
+# Before the breakdown: gunicorn is still answering the mix's 128 connections for up to a
+# second after wrk stops, and the first filter (no warm-up) would queue behind them.
+BREAKDOWN_SETTLE_SECONDS = 2.0
 CONNECTIONS = (8, 32, 128)
 # A run is "unbalanced" when one gunicorn worker did more than this share of an even split's
 # double (with 2 workers: more than 80 % of the CPU): wrk's keep-alive connections all landed
@@ -194,12 +198,12 @@ class Bench:
             self._wrk(served.port, name, scenario, 32, self.options.warmup, env)
         measured = []
         for conns in connections or self.options.connections:
-            row = self._measure_once(served, target, scenario, conns, env, label)
+            row = self.measure_once(served, target, scenario, conns, env, label=label)
             tries = [row]
             while row["unbalanced"] and len(tries) <= MAX_RETRIES:
                 # wrk's keep-alive connections all landed on one gunicorn worker (see the
                 # README): try again with fresh connections; keep the most balanced try.
-                tries.append(self._measure_once(served, target, scenario, conns, env, label))
+                tries.append(self.measure_once(served, target, scenario, conns, env, label=label))
                 row = min(tries, key=lambda t: t["worker_cpu_share"][:1] or [0.0])
             if len(tries) > 1:
                 row["tries"] = [
@@ -219,22 +223,30 @@ class Bench:
             )
         return measured
 
-    def _measure_once(
+    def measure_once(
         self,
         served: Served,
         target: str,
         scenario: Scenario,
         conns: int,
         env: Mapping[str, str],
-        label: str | None,
+        *,
+        label: str | None = None,
+        seconds: float | None = None,
     ) -> dict[str, Any]:
+        """One wrk run after a checkpoint, with the CPU it cost (not recorded: the caller's)."""
         self._quiesce()
         workers = children(served.pid)
         before = self._cpu(served)
         worker_before = {pid: cpu_seconds(pid) for pid in workers}
         load_before = os.getloadavg()[0]
         result = self._wrk(
-            served.port, f"{target}-{scenario.name}", scenario, conns, self.options.seconds, env
+            served.port,
+            f"{target}-{scenario.name}",
+            scenario,
+            conns,
+            seconds or self.options.seconds,
+            env,
         )
         after = self._cpu(served)
         worker_used = {pid: cpu_seconds(pid) - worker_before[pid] for pid in workers}
@@ -256,7 +268,10 @@ class Bench:
             else []
         )
         row["worker_cpu_share"] = shares
-        row["unbalanced"] = len(shares) >= 2 and shares[0] > UNBALANCED_SHARE * 2 / len(shares)
+        # Fewer connections than workers cannot be spread (1 connection is one worker's):
+        # nothing to retry there.
+        spread = conns >= len(shares) >= 2
+        row["unbalanced"] = spread and shares[0] > UNBALANCED_SHARE * 2 / len(shares)
         row["loadavg_1m_before"] = round(load_before, 2)
         return row
 
@@ -468,6 +483,8 @@ def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> 
             support = scenario.name.startswith("support")
             conns = (1, *opts.connections) if support else None
             bench.measure(served, "service", scenario, auth=True, connections=conns)
+            if scenario.name == "support_filters":
+                support_breakdown(bench, served, scenario)
         bench.results["memory"]["service"] = served.sampler.peaks.summary()
         if opts.profile != "none":
             etag_count = ETAGS_QUICK if opts.quick else ETAGS
@@ -512,20 +529,8 @@ def support_scenarios(bench: Bench) -> dict[str, Scenario]:
     (`MRN<n>` for the telephone encounters, n = 1 mod 4), each matching one job.
     """
     opts = bench.options
-    newest = datetime.now(UTC)
-    month = [(newest.replace(day=1) - _months(k)).date().isoformat() for k in range(0, 13, 3)]
-    filters = [
-        "",
-        "?status=failed",
-        "?status=processing",
-        "?status=completed",
-        "?kind=telephone_encounter",
-        "?status=failed&kind=note",
-        "?overdue=true",
-        *(f"?created_from={a}&created_to={b}" for b, a in itertools.pairwise(month)),
-    ]
     filters_file = bench.work_dir / "support-filters.txt"
-    filters_file.write_text("".join(f"GET\t{query}\n" for query in filters))
+    filters_file.write_text("".join(f"GET\t{query}\n" for query in support_filter_queries()))
     rng = random.Random(7)
     encounters = max(1, opts.jobs // 4)
     mrns = [4 * rng.randrange(encounters) + 1 for _ in range(SUPPORT_SEARCHES)]
@@ -548,6 +553,52 @@ def support_scenarios(bench: Bench) -> dict[str, Scenario]:
             {**env, "BENCH_QUERIES_FILE": str(mrn_file)},
         ),
     }
+
+
+def support_filter_queries() -> list[str]:
+    """Support's list filters: rare and common statuses, kinds, overdue, created ranges."""
+    newest = datetime.now(UTC)
+    month = [(newest.replace(day=1) - _months(k)).date().isoformat() for k in range(0, 13, 3)]
+    return [
+        "",
+        "?status=failed",
+        "?status=processing",
+        "?status=completed",
+        "?kind=telephone_encounter",
+        "?status=failed&kind=note",
+        "?overdue=true",
+        *(f"?created_from={a}&created_to={b}" for b, a in itertools.pairwise(month)),
+    ]
+
+
+def support_breakdown(bench: Bench, served: Served, mix: Scenario) -> None:
+    """Each support filter alone, at 1 connection, briefly: one slow filter cannot hide.
+
+    The mix's p95 is the target; this says which filter makes it. No warm-up (the mix just
+    ran) and one short run each, so it adds about 11 x (BREAKDOWN_SECONDS + 1) s.
+    """
+    seconds = min(bench.options.seconds, 1.0 if bench.options.quick else BREAKDOWN_SECONDS)
+    time.sleep(BREAKDOWN_SETTLE_SECONDS)
+    for index, query in enumerate(support_filter_queries()):
+        queries_file = bench.work_dir / f"support-filter-{index}.txt"
+        queries_file.write_text(f"GET\t{query}\n")
+        scenario = Scenario(
+            "support_filter",
+            mix.script,
+            mix.path,
+            mix.expected,
+            {**mix.env, "BENCH_QUERIES_FILE": str(queries_file)},
+        )
+        env = bench.wrk_env(scenario, auth=True)
+        row = bench.measure_once(served, "service", scenario, 1, env, seconds=seconds)
+        row["label"] = query.removeprefix("?") or "(no filter)"
+        bench.results["runs"].append(row)
+        print(
+            f"  {'service':<12} {'support_filter':<14} c=1    {row['rps']:>7.0f} req/s  "
+            f"p50 {row['p50_ms']:>6.1f} p95 {row['p95_ms']:>6.1f} "
+            f"p99 {row['p99_ms']:>6.1f} ms  errors {row['errors']}  {row['label']}",
+            flush=True,
+        )
 
 
 def _months(count: int) -> timedelta:
