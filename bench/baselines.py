@@ -1,6 +1,13 @@
 """Bare baselines for the bench's ratios, served by gunicorn with the service's own config:
 `constant`, `pk_read` (one primary-key read as JSON), `verify_write` (HMAC check, then one
 transaction that inserts a row and updates another). No ORM, auth, validation or logging.
+
+Then the contract floors: `poll_floor`, `webhook_floor` and `submit_floor` do, on the service's
+own tables, the work the service's contract requires for a poll, a webhook and a submission
+(bearer token, ownership, PHI encrypted at rest, keyed search hash, timeline line, ETag),
+written the cheapest way: a plain Flask view and Core `text()` statements, no ORM, pydantic,
+hooks or logging. A target a floor misses against its bare baseline cannot be met by any
+implementation of the same contract on this stack.
 """
 
 from __future__ import annotations
@@ -10,10 +17,26 @@ import hashlib
 import hmac
 import json
 import os
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from cryptography.fernet import Fernet, MultiFernet
 from flask import Flask, Response, jsonify, request
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, Row, create_engine, text
+
+# The contract's own pure rules (which events settle a job, and how): stdlib-only functions,
+# so the webhook floor decides exactly as the service does without any of its machinery.
+from webhook_service.lifecycle import (
+    NO_OUTCOME,
+    JobStatus,
+    Outcome,
+    Verdict,
+    judge_outcome,
+    outcome_from_event,
+)
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 
@@ -114,3 +137,491 @@ def verify_write_view() -> Response | tuple[Response, int]:
             {"n": number % ROWS + 1},
         )
     return jsonify(received=True)
+
+
+# --- contract floors ----------------------------------------------------------------------
+#
+# Each floor does what the service's contract requires for its request and nothing else,
+# on the service's tables, with the service's environment (keys, secrets, database).
+
+AUTH_CACHE_SECONDS = 5.0  # the service's AUTH_CACHE_SECONDS default: revocation bound
+AUTH_CACHE_SIZE = 10_000
+RETRY_AFTER_SECONDS = "2"  # the service's POLL_RETRY_AFTER_SECONDS default
+ETAG_VERSION = "1"  # webhook_service.services.jobs._ETAG_VERSION
+DUE_STATES = ("pending", "waiting", "retrying")
+KEPT_HEADERS = (  # webhook_service.services.webhooks.KEPT_HEADERS
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-attempt",
+    "content-type",
+    "user-agent",
+    "x-request-id",
+)
+MAX_ID_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class _Client:
+    id: int
+    role: str
+    clinic_id: int | None
+
+
+_clients: dict[str, tuple[_Client, float]] = {}
+_default_clinic: list[int] = []  # the default clinic's id, once read (per process)
+
+
+@functools.cache
+def _fernet() -> MultiFernet:
+    """The service's PHI keys (newest first encrypts, all decrypt), built once per process."""
+    keys = [key.strip() for key in os.environ["PHI_ENCRYPTION_KEYS"].split(",") if key.strip()]
+    return MultiFernet([Fernet(key.encode()) for key in keys])
+
+
+@functools.cache
+def _search_key() -> bytes:
+    return os.environ["PHI_SEARCH_KEY"].encode("utf-8")
+
+
+def _search_hash(value: str) -> str:
+    """HMAC-SHA256 hex under the search key, as `phi.search_hash` makes it."""
+    return hmac.new(_search_key(), value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_CLIENT = text(
+    "SELECT id, role, clinic_id FROM api_clients WHERE token_hash = :digest AND revoked_at IS NULL"
+)
+
+
+def _client(roles: tuple[str, ...]) -> _Client | tuple[Response, int]:
+    """The bearer token's client, or the 401/403 answer.
+
+    Tokens are stored as their SHA-256 hex digest (`services.clients.hash_token`); a checked
+    token is trusted for AUTH_CACHE_SECONDS per process, as the service's cache does, so a
+    revoked token stops working within that bound.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return jsonify(error="unauthenticated"), 401
+    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    now = time.monotonic()
+    cached = _clients.get(digest)
+    if cached is not None and cached[1] > now:
+        client = cached[0]
+    else:
+        with _engine().connect() as conn:
+            row = conn.execute(_CLIENT, {"digest": digest}).one_or_none()
+        if row is None:
+            _clients.pop(digest, None)
+            return jsonify(error="unauthenticated"), 401
+        client = _Client(row.id, row.role, row.clinic_id)
+        if len(_clients) >= AUTH_CACHE_SIZE:
+            _clients.clear()
+        _clients[digest] = (client, now + AUTH_CACHE_SECONDS)
+    if client.role not in roles:
+        return jsonify(error="forbidden"), 403
+    return client
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _etag(values: tuple[Any, ...]) -> str:
+    """`services.jobs.job_etag`, the same formula: the service's and the floor's ETags agree.
+
+    `values` are the job resource's plain columns in `services.jobs.RESOURCE_COLUMNS` order.
+    """
+    parts = [ETAG_VERSION]
+    for value in values:
+        if isinstance(value, datetime):
+            parts.append(value.astimezone(UTC).isoformat())
+        else:
+            parts.append("" if value is None else str(value))
+    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def _job_resource(
+    columns: Any, outcome: Any, error_message: str | None, etag: str, status: int
+) -> Response:
+    """The job resource front ends poll (JobOut's fields), as JSON, with its cache headers."""
+    error = None
+    if columns.error_code is not None:
+        error = {"code": columns.error_code, "message": error_message or ""}
+    due = columns.submission_state in DUE_STATES
+    resource = {
+        "id": str(columns.id),
+        "kind": columns.kind,
+        "status": columns.status,
+        "created_at": _iso(columns.created_at),
+        "updated_at": _iso(columns.updated_at),
+        "finished_at": _iso(columns.finished_at),
+        "cobalt": {
+            "job_id": columns.cobalt_job_id,
+            "telephone_encounter_id": columns.cobalt_telephone_encounter_id,
+        },
+        "outcome": outcome,
+        "error": error,
+        "submission": {
+            "state": columns.submission_state,
+            "attempts": columns.submit_attempts,
+            "next_attempt_at": _iso(columns.next_attempt_at) if due else None,
+        },
+        "purged_at": _iso(columns.purged_at),
+    }
+    response = Response(json.dumps(resource), status=status, mimetype="application/json")
+    _cache_headers(response, etag, columns.status)
+    return response
+
+
+def _cache_headers(response: Response, etag: str, job_status: str) -> None:
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, no-cache"
+    if job_status == "processing":
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+
+
+poll_floor = _app("poll_floor")
+
+# The resource's plain columns in RESOURCE_COLUMNS order (the ETag's input), then the two
+# encrypted ones, read as stored and decrypted only for a 200.
+_POLL = text(
+    "SELECT id, client_id, kind, status, created_at, updated_at, finished_at, cobalt_job_id, "
+    "cobalt_telephone_encounter_id, error_code, submission_state, submit_attempts, "
+    "next_attempt_at, purged_at, outcome_enc, error_message_enc FROM jobs WHERE id = :id"
+)
+_ETAG_COLUMNS = 14
+
+
+@poll_floor.get("/v1/jobs/<job_id>")
+def poll_floor_view(job_id: str) -> Response | tuple[Response, int]:
+    """A front end's poll: token, one primary-key read, ownership, ETag, 304 or decrypt."""
+    client = _client(("frontend",))
+    if not isinstance(client, _Client):
+        return client
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return jsonify(error="not found"), 404
+    with _engine().connect() as conn:
+        row = conn.execute(_POLL, {"id": key}).one_or_none()
+    if row is None or row.client_id != client.id:
+        return jsonify(error="not found"), 404
+    etag = _etag(tuple(row)[:_ETAG_COLUMNS])
+    if request.if_none_match.contains_weak(etag):
+        response = Response(status=304)
+        _cache_headers(response, etag, row.status)
+        return response
+    fernet = _fernet()
+    outcome = None if row.outcome_enc is None else json.loads(fernet.decrypt(row.outcome_enc))
+    error_message = (
+        None
+        if row.error_message_enc is None
+        else fernet.decrypt(row.error_message_enc).decode("utf-8")
+    )
+    return _job_resource(row, outcome, error_message, etag, 200)
+
+
+webhook_floor = _app("webhook_floor")
+
+_INSERT_DELIVERY = text(
+    "INSERT INTO webhook_deliveries (dedup_key, webhook_id, event_type, cobalt_job_id, "
+    "telephone_encounter_id, appointment_hash, headers, raw_body_enc, signature_match, "
+    "received_at, state) VALUES (:dedup_key, :webhook_id, :event_type, :cobalt_job_id, "
+    ":telephone_encounter_id, :appointment_hash, CAST(:headers AS jsonb), :raw_body_enc, "
+    ":signature_match, now(), 'received') "
+    "ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
+)
+_LOCK_JOB = text(
+    "SELECT id, status, error_code, inflight_key, clinic_id, appointment_hash "
+    "FROM jobs WHERE cobalt_job_id = :cobalt_job_id FOR UPDATE"
+)
+# `services.jobs.settle`: terminal status, outcome, finished; a submission still due is
+# rejected; the note's appointment slot is freed.
+_SETTLE_JOB = text(
+    "UPDATE jobs SET status = :status, outcome_enc = :outcome_enc, error_code = :error_code, "
+    "error_message_enc = :error_message_enc, finished_at = now(), updated_at = now(), "
+    "next_attempt_at = NULL, claimed_until = NULL, inflight_key = NULL, "
+    "cobalt_telephone_encounter_id = coalesce(cobalt_telephone_encounter_id, :encounter_id), "
+    "submission_state = CASE WHEN submission_state IN ('pending', 'waiting', 'retrying') "
+    "THEN 'rejected' ELSE submission_state END WHERE id = :id"
+)
+# `services.jobs.release_appointment`: wake the next note waiting for the freed slot (only
+# when the settled note held one).
+_WAKE_WAITING = text(
+    "UPDATE jobs SET next_attempt_at = now() WHERE submission_state = 'waiting' "
+    "AND clinic_id = :clinic_id AND appointment_hash = :appointment_hash"
+)
+# A repeat touches the job; a conflict also flags it for support.
+_TOUCH_JOB = text(
+    "UPDATE jobs SET updated_at = now(), flagged = flagged OR :conflict, "
+    "cobalt_telephone_encounter_id = coalesce(cobalt_telephone_encounter_id, :encounter_id) "
+    "WHERE id = :id"
+)
+_INSERT_EVENT = text(
+    "INSERT INTO job_events (job_id, at, type, detail) "
+    "VALUES (:job_id, now(), :type, CAST(:detail AS jsonb))"
+)
+_SETTLE_DELIVERY = text(
+    "UPDATE webhook_deliveries SET state = :state, state_detail = :state_detail, "
+    "job_id = :job_id WHERE id = :id"
+)
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """What applying needs from a stored delivery: its id, event and Cobalt ids."""
+
+    id: int
+    event_type: str | None
+    cobalt_job_id: str | None
+    encounter_id: str | None
+
+
+def _clean_id(value: object) -> str | None:
+    """An id from outside, kept only if it is a short printable string or integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    cleaned = str(value).strip()
+    if not cleaned or len(cleaned) > MAX_ID_LENGTH or not cleaned.isprintable():
+        return None
+    return cleaned
+
+
+def _matching_secret(body: bytes, signature: str) -> int | None:
+    """The index of the configured secret that signed `body` (as `verify_write` checks)."""
+    for index, secret in enumerate(_secrets()):
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected, signature):
+            return index
+    return None
+
+
+@webhook_floor.post("/webhooks/cobalt")
+def webhook_floor_view() -> Response | tuple[Response, int]:
+    """Verify, then in one transaction: store once (encrypted), lock the job, settle, log."""
+    body = request.get_data(cache=False)
+    secret_index = _matching_secret(body, request.headers.get("cobalt-verification", ""))
+    if secret_index is None:
+        return jsonify(error="bad signature"), 401
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    payload: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    data = payload.get("data")
+    data = data if isinstance(data, dict) else {}
+    webhook_id = _clean_id(request.headers.get("webhook-id"))
+    event_type = _clean_id(payload.get("type"))
+    cobalt_job_id = _clean_id(payload.get("job_id")) or _clean_id(data.get("job_id"))
+    encounter_id = _clean_id(data.get("telephone_encounter_id"))
+    appointment_id = _clean_id(data.get("appointment_id"))
+    event_id = _clean_id(payload.get("id"))
+    if webhook_id is not None:
+        dedup_key = "webhook-id:" + webhook_id
+    elif event_id is not None:
+        dedup_key = "event-id:" + event_id
+    else:
+        dedup_key = "sha256:" + hashlib.sha256(body).hexdigest()
+    headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+    outcome = outcome_from_event(event_type, data) if event_type else None
+    with _engine().begin() as conn:
+        delivery_id = conn.execute(
+            _INSERT_DELIVERY,
+            {
+                "dedup_key": dedup_key,
+                "webhook_id": webhook_id,
+                "event_type": event_type,
+                "cobalt_job_id": cobalt_job_id,
+                "telephone_encounter_id": encounter_id,
+                "appointment_hash": _search_hash(appointment_id) if appointment_id else None,
+                "headers": json.dumps(headers),
+                "raw_body_enc": _fernet().encrypt(body),
+                "signature_match": f"raw:secret[{secret_index}]",
+            },
+        ).scalar_one_or_none()
+        if delivery_id is not None:  # None: a repeat of a stored delivery, acknowledged
+            delivery = _Delivery(delivery_id, event_type, cobalt_job_id, encounter_id)
+            state, state_detail, job_id = _apply(conn, delivery, outcome)
+            conn.execute(
+                _SETTLE_DELIVERY,
+                {"id": delivery_id, "state": state, "state_detail": state_detail, "job_id": job_id},
+            )
+    return jsonify(received=True)
+
+
+def _apply(
+    conn: Connection, delivery: _Delivery, outcome: Outcome | None
+) -> tuple[str, str | None, uuid.UUID | None]:
+    """Match the delivery's job by Cobalt job id and apply the outcome as the service does.
+
+    Returns the delivery's (state, detail, job id). The service's fallbacks (encounter id,
+    then the note's appointment) run only when no job has the Cobalt job id; every bench
+    webhook names an open job's, so they are not on the measured path and left out here.
+    """
+    if outcome is None:
+        return "unknown_type", "not an outcome event this service acts on", None
+    job = None
+    if delivery.cobalt_job_id is not None:
+        job = conn.execute(_LOCK_JOB, {"cobalt_job_id": delivery.cobalt_job_id}).first()
+    if job is None:
+        return "parked", "no job matches yet", None
+    verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
+    facts = {
+        "delivery_id": delivery.id,
+        "event_type": delivery.event_type,
+        "status": str(outcome.status),
+    }
+    if verdict == Verdict.APPLY:
+        _settle(conn, job, outcome, delivery.encounter_id)
+        late = job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
+        _event(conn, job.id, "webhook_applied", {"settled_late": late, **facts})
+        return "applied", None, job.id
+    conflict = verdict == Verdict.CONFLICT
+    conn.execute(
+        _TOUCH_JOB, {"id": job.id, "conflict": conflict, "encounter_id": delivery.encounter_id}
+    )
+    if conflict:
+        _event(conn, job.id, "outcome_conflict", {"kept": job.status, **facts})
+        return "conflict", f"job is {job.status}; this delivery says {outcome.status}", job.id
+    _event(conn, job.id, "webhook_repeat", facts)
+    return "repeat", f"job already {job.status}", job.id
+
+
+def _settle(conn: Connection, job: Row[Any], outcome: Outcome, encounter_id: str | None) -> None:
+    """Write the outcome (encrypted) onto the job and free its appointment slot if it held one."""
+    fernet = _fernet()
+    error = outcome.error
+    conn.execute(
+        _SETTLE_JOB,
+        {
+            "id": job.id,
+            "status": str(outcome.status),
+            "outcome_enc": fernet.encrypt(json.dumps(outcome.detail).encode("utf-8")),
+            "error_code": error["code"] if error else None,
+            "error_message_enc": fernet.encrypt(error["message"].encode("utf-8"))
+            if error
+            else None,
+            "encounter_id": encounter_id,
+        },
+    )
+    if job.inflight_key is not None:
+        conn.execute(
+            _WAKE_WAITING, {"clinic_id": job.clinic_id, "appointment_hash": job.appointment_hash}
+        )
+
+
+def _event(conn: Connection, job_id: uuid.UUID, type_: str, detail: dict[str, Any]) -> None:
+    """One line of the job's timeline (ids and statuses only)."""
+    conn.execute(_INSERT_EVENT, {"job_id": job_id, "type": type_, "detail": json.dumps(detail)})
+
+
+submit_floor = _app("submit_floor")
+
+_DEFAULT_CLINIC = text("SELECT id FROM clinics WHERE name = 'default'")
+_INSERT_JOB = text(
+    "INSERT INTO jobs (id, kind, status, clinic_id, client_id, request_body_enc, request_hash, "
+    "appointment_hash, submission_state, submit_attempts, next_attempt_at, flagged, "
+    "created_at, updated_at) VALUES (:id, 'note', 'processing', :clinic_id, :client_id, "
+    ":request_body_enc, :request_hash, :appointment_hash, 'pending', 0, :now, false, :now, :now)"
+)
+_CREATED_EVENT = json.dumps({"kind": "note"})
+
+
+def _clinic_id(conn: Connection, client: _Client) -> int:
+    """The client's clinic, or the default clinic (read once per process, as the service does)."""
+    if client.clinic_id is not None:
+        return client.clinic_id
+    if not _default_clinic:
+        _default_clinic.append(conn.execute(_DEFAULT_CLINIC).scalar_one())
+    return _default_clinic[0]
+
+
+@submit_floor.post("/v1/notes")
+def submit_floor_view() -> Response | tuple[Response, int]:
+    """A note without an Idempotency-Key: token, JSON with its two required fields, then
+    the job (body encrypted, appointment hashed) and its `created` line in one transaction.
+    """
+    client = _client(("frontend",))
+    if not isinstance(client, _Client):
+        return client
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        return jsonify(error="send application/json"), 415
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except ValueError:
+        return jsonify(error="malformed JSON"), 400
+    if not isinstance(body, dict) or "appointment_id" not in body or "note" not in body:
+        return jsonify(error="appointment_id and note are required"), 422
+    # One canonical serialisation is both what is stored (encrypted) and what is hashed.
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        encoded = canonical.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud83d"): cannot be stored or sent on
+        return jsonify(error="a field contains an incomplete character"), 422
+    job_id, now = uuid.uuid4(), datetime.now(UTC)
+    with _engine().begin() as conn:
+        conn.execute(
+            _INSERT_JOB,
+            {
+                "id": job_id,
+                "clinic_id": _clinic_id(conn, client),
+                "client_id": client.id,
+                "request_body_enc": _fernet().encrypt(encoded),
+                "request_hash": hashlib.sha256(encoded).hexdigest(),
+                "appointment_hash": _search_hash(str(body["appointment_id"])),
+                "now": now,
+            },
+        )
+        conn.execute(_INSERT_EVENT, {"job_id": job_id, "type": "created", "detail": _CREATED_EVENT})
+    job = _NewJob(job_id, client.id, now)
+    response = _job_resource(job, None, None, _etag(job.etag_values()), 202)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return response
+
+
+@dataclass(frozen=True)
+class _NewJob:
+    """A just-accepted note's resource columns (the 202 renders them, as the service does)."""
+
+    id: uuid.UUID
+    client_id: int
+    created_at: datetime
+    kind: str = "note"
+    status: str = "processing"
+    finished_at: None = None
+    cobalt_job_id: None = None
+    cobalt_telephone_encounter_id: None = None
+    error_code: None = None
+    submission_state: str = "pending"
+    submit_attempts: int = 0
+    purged_at: None = None
+
+    @property
+    def updated_at(self) -> datetime:
+        return self.created_at
+
+    @property
+    def next_attempt_at(self) -> datetime:
+        return self.created_at
+
+    def etag_values(self) -> tuple[Any, ...]:
+        """The plain columns in RESOURCE_COLUMNS order, for the ETag."""
+        return (
+            self.id,
+            self.client_id,
+            self.kind,
+            self.status,
+            self.created_at,
+            self.updated_at,
+            self.finished_at,
+            self.cobalt_job_id,
+            self.cobalt_telephone_encounter_id,
+            self.error_code,
+            self.submission_state,
+            self.submit_attempts,
+            self.next_attempt_at,
+            self.purged_at,
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +29,19 @@ REFERENCE_ID = "atr_bench_clinic"
 # One seeded job in OPEN_EVERY is still processing (accepted by Cobalt, awaiting its
 # webhook); the rest are settled. Webhooks in the bench target the open ones.
 OPEN_EVERY = 50
+# Job n is a telephone encounter when n = 1 mod 4 (one in four; support's MRN searches draw
+# these), and also when n = OPEN_EVERY mod OPEN_ENCOUNTER_EVERY: a quarter of the open jobs,
+# which the first rule never reaches (open jobs are even), so both kinds are in flight.
+ENCOUNTER_EVERY = 4
+OPEN_ENCOUNTER_EVERY = 4 * OPEN_EVERY
 # Settled jobs older than this are seeded already purged (the service's default retention).
 RETENTION_DAYS = 30
 BASELINE_ROWS = 10_000
+
+
+def is_telephone_encounter(n: int) -> bool:
+    """Job n's kind as `seed_jobs` makes it (the bench's webhooks must name the right event)."""
+    return n % ENCOUNTER_EVERY == 1 or n % OPEN_ENCOUNTER_EVERY == OPEN_EVERY
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,8 @@ def seed_jobs(
     rest (including nullable columns added by later migrations) to their defaults.
     Job n has Cobalt job id `cj_n`. With `pending=False`, one job in OPEN_EVERY is open
     (processing, accepted by Cobalt, created seconds ago) and the rest are settled (one in
-    twenty failed), one in four a telephone encounter; created times go back 30 s per job
+    twenty failed); one in four is a telephone encounter, and so is a quarter of the open
+    jobs (`is_telephone_encounter`); created times go back 30 s per job
     (1M jobs is about a year), and jobs settled more than RETENTION_DAYS ago are already
     purged, as the worker leaves them. With `pending=True` every job is a note waiting for
     the worker, each for its own appointment so none waits behind another.
@@ -246,7 +257,8 @@ def seed_jobs(
         FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
         CROSS JOIN LATERAL (
             SELECT
-                CASE WHEN NOT %(pending)s AND n %% 4 = 1
+                CASE WHEN NOT %(pending)s AND (n %% %(encounter_every)s = 1
+                        OR n %% %(open_encounter_every)s = %(open_every)s)
                     THEN 'telephone_encounter' ELSE 'note' END AS kind,
                 CASE WHEN %(pending)s OR n %% %(open_every)s = 0 THEN 'processing'
                      WHEN n %% 20 = 3 THEN 'failed'
@@ -271,6 +283,8 @@ def seed_jobs(
             "client_id": client_id,
             "pending": pending,
             "open_every": OPEN_EVERY,
+            "encounter_every": ENCOUNTER_EVERY,
+            "open_encounter_every": OPEN_ENCOUNTER_EVERY,
             "retention": RETENTION_DAYS,
             "search_key": values.search_key,
             "note_body": values.note_body,
@@ -305,6 +319,28 @@ def settle_open_jobs(conn: psycopg.Connection) -> int:
         WHERE status = 'processing'
         """
     )
+    return cursor.rowcount
+
+
+def reopen_jobs(conn: psycopg.Connection, numbers: Sequence[int]) -> int:
+    """Put the seed's open jobs back as seeded: processing, no outcome, unflagged, untouched.
+
+    The service's webhook scenario settles them; the webhook floor, measured after it, must
+    find what the service found. Only rows that changed are written, then vacuumed, so the
+    floor does not wade through the dead versions the service never saw.
+    """
+    cursor = conn.execute(
+        """
+        UPDATE jobs SET status = 'processing', outcome_enc = NULL, error_code = NULL,
+               error_message_enc = NULL, finished_at = NULL, flagged = false,
+               next_attempt_at = NULL, claimed_until = NULL, inflight_key = NULL,
+               updated_at = created_at
+        WHERE cobalt_job_id = ANY(%s)
+          AND (status <> 'processing' OR flagged OR updated_at <> created_at)
+        """,
+        ([f"cj_{n}" for n in numbers],),
+    )
+    conn.execute("VACUUM jobs")
     return cursor.rowcount
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.db import is_telephone_encounter
 from bench.procs import Processes
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -166,10 +167,12 @@ def write_ids(path: Path, rows: Sequence[str] | Sequence[tuple[str, str]]) -> Pa
 def write_webhook_bodies(
     path: Path, *, count: int, secret: str, job_numbers: Sequence[int], seed: int = 7
 ) -> Path:
-    """Signed Cobalt `note.created` events for the given jobs, one `signature<TAB>body` a line.
+    """Signed Cobalt outcome events for the given jobs, one `signature<TAB>body` a line.
 
-    Compact JSON, as Cobalt's `JSON.stringify` sends it; the signature is the lowercase hex
-    HMAC-SHA256 of exactly these bytes.
+    `telephone_encounter.created` (with the encounter id) for a seeded telephone encounter,
+    `note.created` (with the appointment id) for a note: the event Cobalt sends for that
+    kind. Compact JSON, as Cobalt's `JSON.stringify` sends it; the signature is the
+    lowercase hex HMAC-SHA256 of exactly these bytes.
     """
     rng = random.Random(seed)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
@@ -177,19 +180,27 @@ def write_webhook_bodies(
     lines = []
     for index in range(count):
         number = rng.choice(job_numbers)
+        event_type, data = _outcome_event(number)
         event = {
             "id": f"evt_bench_{seed}_{index}",
             "object": "event",
             "created": created,
-            "type": "note.created",
+            "type": event_type,
             "job_id": f"cj_{number}",
-            "data": {"appointment_id": f"appt-{number}"},
+            "data": data,
         }
         body = json.dumps(event, separators=(",", ":"))
         signature = hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
         lines.append(f"{signature}\t{body}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _outcome_event(number: int) -> tuple[str, dict[str, str]]:
+    """The success event Cobalt sends for seeded job `number`, by its kind, and its data."""
+    if is_telephone_encounter(number):
+        return "telephone_encounter.created", {"telephone_encounter_id": f"te_{number}"}
+    return "note.created", {"appointment_id": f"appt-{number}"}
 
 
 def fetch_etags(

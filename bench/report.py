@@ -1,6 +1,12 @@
 """Turn measurements into ratios (service over its bare baseline, same run, same connection
 count), verdicts on issue 7's targets, a Markdown table, results JSON, and summaries of
 py-spy profiles.
+
+The contract floors (bench/baselines.py) get two more ratios: the floor over the bare
+baseline (how much of the target the contract's own work leaves), and the service over its
+floor (how much of the gap is the service's own overhead). The targets are still judged
+against the bare baselines, as issue 7 sets them; a floor below a target is named in that
+target's note, so a structural miss reads as one.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ RATIO_TARGETS: dict[str, tuple[str, float]] = {
     "webhook": ("verify_write", 0.8),
     "submit": ("verify_write", 0.8),
 }
+# scenario -> the contract floor that mirrors it (same wrk script, data and connections)
+FLOORS: dict[str, str] = {
+    "poll_200": "poll_floor",
+    "poll_304": "poll_floor",
+    "webhook": "webhook_floor",
+    "submit": "submit_floor",
+}
 BASELINE_OF_BASELINES = "constant"
+SUPPORT_FILTER = "support_filter"  # one support filter alone (label: the filter)
 WEBHOOK_P99_MS = 100.0
 WEBHOOK_P99_CONNECTIONS = 32
 SUPPORT_SCENARIOS = ("support_filters", "support_mrn")
@@ -51,25 +65,99 @@ class Verdict:
         }
 
 
-def add_ratios(runs: list[dict[str, Any]]) -> None:
-    """Give each run `baseline` and `ratio` (its requests/s over the baseline's)."""
-    by_key = {(r["target"], r["scenario"], r["connections"]): r for r in runs}
-    baseline_scenarios = {
-        "constant": "constant",
-        "pk_read": "pk_read",
-        "verify_write": "verify_write",
+def _by_key(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Runs by (target, scenario, connections); a bare baseline's scenario is its own name."""
+    return {
+        (r["target"], r["scenario"], r["connections"]): r
+        for r in runs
+        if r["scenario"] != SUPPORT_FILTER
     }
+
+
+def add_ratios(runs: list[dict[str, Any]]) -> None:
+    """Give each run `baseline` and `ratio` (its requests/s over the baseline's).
+
+    A contract floor's baseline is its scenario's bare baseline; a service run that has a
+    floor also gets `floor` and `floor_ratio` (its requests/s over the floor's).
+    """
+    by_key = _by_key(runs)
+    floors = set(FLOORS.values())
     for run in runs:
         if run["target"] == "service":
             baseline = RATIO_TARGETS.get(run["scenario"], (BASELINE_OF_BASELINES, 0.0))[0]
         elif run["target"] == BASELINE_OF_BASELINES:
             continue
+        elif run["target"] in floors and run["scenario"] in RATIO_TARGETS:
+            baseline = RATIO_TARGETS[run["scenario"]][0]
         else:
             baseline = BASELINE_OF_BASELINES
-        other = by_key.get((baseline, baseline_scenarios[baseline], run["connections"]))
+        other = by_key.get((baseline, baseline, run["connections"]))
         if other and other["rps"]:
             run["baseline"] = baseline
             run["ratio"] = round(run["rps"] / other["rps"], 3)
+        floor = by_key.get((FLOORS.get(run["scenario"], ""), run["scenario"], run["connections"]))
+        if run["target"] == "service" and floor and floor["rps"]:
+            run["floor"] = floor["target"]
+            run["floor_ratio"] = round(run["rps"] / floor["rps"], 3)
+
+
+def contract_floor(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per scenario with a floor and per connection count: floor/baseline, service/floor.
+
+    Informational: floor/baseline below the target means no implementation of this contract
+    on this stack reaches it; service/floor is what is left to win in the service itself.
+    """
+    by_key = _by_key(results["runs"])
+    rows = []
+    for scenario, (baseline, minimum) in RATIO_TARGETS.items():
+        floor = FLOORS[scenario]
+        for conns in sorted({key[2] for key in by_key if key[:2] == (floor, scenario)}):
+            floor_run = by_key[floor, scenario, conns]
+            base = by_key.get((baseline, baseline, conns))
+            service = by_key.get(("service", scenario, conns))
+            if base is None or not base["rps"] or not floor_run["rps"]:
+                continue
+            row: dict[str, Any] = {
+                "scenario": scenario,
+                "connections": conns,
+                "baseline": baseline,
+                "floor": floor,
+                "target": minimum,
+                "baseline_rps": base["rps"],
+                "floor_rps": floor_run["rps"],
+                "floor_over_baseline": round(floor_run["rps"] / base["rps"], 3),
+                # gunicorn's CPU per request: steadier than req/s on a shared machine.
+                "baseline_cpu_ms": _app_cpu_ms(base),
+                "floor_cpu_ms": _app_cpu_ms(floor_run),
+            }
+            if service is not None:
+                row["service_cpu_ms"] = _app_cpu_ms(service)
+                row["service_rps"] = service["rps"]
+                row["service_over_floor"] = round(service["rps"] / floor_run["rps"], 3)
+                row["service_over_baseline"] = round(service["rps"] / base["rps"], 3)
+            rows.append(row)
+    return rows
+
+
+def _app_cpu_ms(run: dict[str, Any]) -> float | None:
+    value = run.get("cpu_ms_per_request", {}).get("app")
+    return None if value is None else float(value)
+
+
+def _floor_note(runs: list[dict[str, Any]], scenario: str, minimum: float) -> str:
+    """The floor's worst ratio to the bare baseline, and whether the target is reachable."""
+    mine = [
+        r
+        for r in runs
+        if r["target"] == FLOORS.get(scenario) and r["scenario"] == scenario and "ratio" in r
+    ]
+    if not mine:
+        return ""
+    worst = min(mine, key=lambda r: r["ratio"])
+    figure = f"contract floor {worst['ratio']:.2f} x {worst['baseline']}"
+    if worst["ratio"] < minimum:
+        return f"{figure} at {worst['connections']}: target out of reach for this contract"
+    return f"{figure} at worst: within reach"
 
 
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
@@ -82,16 +170,17 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             continue
         worst = min(r["ratio"] for r in mine)
         ratios = ", ".join(f"{r['ratio']:.2f}@{r['connections']}" for r in mine)
-        note = ""
+        notes = []
         if scenario == "poll_200":
-            note = "with bearer auth" if results["meta"].get("auth") else "without auth"
+            notes.append("with bearer auth" if results["meta"].get("auth") else "without auth")
+        notes.append(_floor_note(results["runs"], scenario, minimum))
         found.append(
             Verdict(
                 f"{scenario} vs {baseline}",
                 f">= {minimum} x baseline req/s at every connection count",
                 ratios,
                 worst >= minimum,
-                note,
+                "; ".join(note for note in notes if note),
             )
         )
     webhook32 = [
@@ -181,6 +270,8 @@ def format_table(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in results["runs"]:
+        if run["scenario"] == SUPPORT_FILTER:
+            continue  # in their own table below
         ratio = f"{run['ratio']:.2f} x {run['baseline']}" if "ratio" in run else ""
         errors = str(run["errors"])
         if run.get("unexpected_status") and run["unexpected_status"] != run["errors"]:
@@ -190,6 +281,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"| {run['p50_ms']:.1f} | {run.get('p95_ms', float('nan')):.1f} "
             f"| {run['p99_ms']:.1f} | {errors} | {ratio} |"
         )
+    lines += _floor_lines(results.get("contract_floor", []))
+    lines += _support_filter_lines(results["runs"])
     growth = results.get("growth")
     if growth:
         lines += [
@@ -237,6 +330,56 @@ def format_table(results: dict[str, Any]) -> str:
                 f"| {item['name']}{note} | {item['target']} | {item['value']} | {verdict} |"
             )
     return "\n".join(lines)
+
+
+def _floor_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The contract-floor table: how far the contract itself lets each scenario go."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| contract floor | conns | baseline req/s | floor req/s | service req/s "
+        "| floor / baseline | service / floor | service / baseline (target) "
+        "| app CPU ms/req: baseline / floor / service |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cpu = " / ".join(
+            "" if row.get(key) is None else f"{row[key]:.2f}"
+            for key in ("baseline_cpu_ms", "floor_cpu_ms", "service_cpu_ms")
+        )
+        service = f"{row['service_rps']:.0f}" if "service_rps" in row else ""
+        over_floor = f"{row['service_over_floor']:.2f}" if "service_over_floor" in row else ""
+        over_base = (
+            f"{row['service_over_baseline']:.2f} (>= {row['target']})"
+            if "service_over_baseline" in row
+            else f"(>= {row['target']})"
+        )
+        lines.append(
+            f"| {row['scenario']} vs {row['floor']} | {row['connections']} "
+            f"| {row['baseline']} {row['baseline_rps']:.0f} | {row['floor_rps']:.0f} "
+            f"| {service} | {row['floor_over_baseline']:.2f} | {over_floor} | {over_base} "
+            f"| {cpu} |"
+        )
+    return lines
+
+
+def _support_filter_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Each support filter alone at 1 connection: which filter makes the mix's p95."""
+    mine = [r for r in runs if r["scenario"] == SUPPORT_FILTER]
+    if not mine:
+        return []
+    lines = [
+        "",
+        "| support filter (alone, 1 conn) | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in mine:
+        lines.append(
+            f"| {run.get('label', '')} | {run['rps']:.0f} | {run['p50_ms']:.1f} "
+            f"| {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {run['errors']} |"
+        )
+    return lines
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

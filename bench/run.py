@@ -51,6 +51,11 @@ BENCH_SUPPORT = "bench-support"
 SUPPORT_SEARCHES = 5_000  # distinct MRN searches drawn at random
 SMALL_JOBS = 10_000  # the growth check's "before" size
 POLL_SAMPLE = 100_000  # distinct job ids polled at random
+ETAGS, ETAGS_QUICK = 5_000, 2_000  # jobs whose ETags the 304 scenarios send
+BREAKDOWN_SECONDS = 2.0  # each support filter alone, at 1 connection (--quick: 1 s)
+# Before the breakdown: gunicorn is still answering the mix's 128 connections for up to a
+# second after wrk stops, and the first filter (no warm-up) would queue behind them.
+BREAKDOWN_SETTLE_SECONDS = 2.0
 CONNECTIONS = (8, 32, 128)
 # A run is "unbalanced" when one gunicorn worker did more than this share of an even split's
 # double (with 2 workers: more than 80 % of the CPU): wrk's keep-alive connections all landed
@@ -118,6 +123,7 @@ class Bench:
     database: db.BenchDatabase | None = None
     token: str = ""
     support_token: str = ""
+    wrk_runs: int = 0  # wrk processes started so far: each gets its own nonce
     postmaster: int | None = None  # PostgreSQL's main pid, for CPU accounting
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -192,12 +198,12 @@ class Bench:
             self._wrk(served.port, name, scenario, 32, self.options.warmup, env)
         measured = []
         for conns in connections or self.options.connections:
-            row = self._measure_once(served, target, scenario, conns, env, label)
+            row = self.measure_once(served, target, scenario, conns, env, label=label)
             tries = [row]
             while row["unbalanced"] and len(tries) <= MAX_RETRIES:
                 # wrk's keep-alive connections all landed on one gunicorn worker (see the
                 # README): try again with fresh connections; keep the most balanced try.
-                tries.append(self._measure_once(served, target, scenario, conns, env, label))
+                tries.append(self.measure_once(served, target, scenario, conns, env, label=label))
                 row = min(tries, key=lambda t: t["worker_cpu_share"][:1] or [0.0])
             if len(tries) > 1:
                 row["tries"] = [
@@ -217,22 +223,30 @@ class Bench:
             )
         return measured
 
-    def _measure_once(
+    def measure_once(
         self,
         served: Served,
         target: str,
         scenario: Scenario,
         conns: int,
         env: Mapping[str, str],
-        label: str | None,
+        *,
+        label: str | None = None,
+        seconds: float | None = None,
     ) -> dict[str, Any]:
+        """One wrk run after a checkpoint, with the CPU it cost (not recorded: the caller's)."""
         self._quiesce()
         workers = children(served.pid)
         before = self._cpu(served)
         worker_before = {pid: cpu_seconds(pid) for pid in workers}
         load_before = os.getloadavg()[0]
         result = self._wrk(
-            served.port, f"{target}-{scenario.name}", scenario, conns, self.options.seconds, env
+            served.port,
+            f"{target}-{scenario.name}",
+            scenario,
+            conns,
+            seconds or self.options.seconds,
+            env,
         )
         after = self._cpu(served)
         worker_used = {pid: cpu_seconds(pid) - worker_before[pid] for pid in workers}
@@ -254,7 +268,10 @@ class Bench:
             else []
         )
         row["worker_cpu_share"] = shares
-        row["unbalanced"] = len(shares) >= 2 and shares[0] > UNBALANCED_SHARE * 2 / len(shares)
+        # Fewer connections than workers cannot be spread (1 connection is one worker's):
+        # nothing to retry there.
+        spread = conns >= len(shares) >= 2
+        row["unbalanced"] = spread and shares[0] > UNBALANCED_SHARE * 2 / len(shares)
         row["loadavg_1m_before"] = round(load_before, 2)
         return row
 
@@ -267,6 +284,11 @@ class Bench:
         seconds: float,
         env: Mapping[str, str],
     ) -> load.WrkResult:
+        # The scripts' ids are (nonce, thread, counter) and the counter restarts with each
+        # wrk: with one nonce per bench run, every run re-sent the previous runs' webhook-ids,
+        # so most webhooks after the first run were duplicates (stored once, never applied).
+        self.wrk_runs += 1
+        run_env = {**env, "BENCH_NONCE": f"{env.get('BENCH_NONCE', self.nonce)}r{self.wrk_runs}"}
         return load.run_wrk(
             self.processes,
             name=name,
@@ -274,7 +296,7 @@ class Bench:
             port=port,
             connections=connections,
             seconds=seconds,
-            env=env,
+            env=run_env,
             threads=self.options.wrk_threads,
             expected=scenario.expected,
         )
@@ -422,32 +444,37 @@ def baselines(bench: Bench, bodies_file: Path) -> None:
         bench.results["memory"][app_name] = served.sampler.peaks.summary()
 
 
-def service(bench: Bench, bodies_file: Path) -> None:
+def webhook_scenario(bodies_file: Path) -> Scenario:
+    return Scenario(
+        "webhook", "webhook", "/webhooks/cobalt", (200,), {"BENCH_BODIES_FILE": str(bodies_file)}
+    )
+
+
+def submit_scenario() -> Scenario:
+    return Scenario("submit", "submit", "/v1/notes", (202,))
+
+
+def etags_of(bench: Bench, port: int, ids: list[str], path: Path) -> Path:
+    """The ETags of the first jobs in `ids` as the app on `port` answers them, for poll_304."""
+    etag_count = ETAGS_QUICK if bench.options.quick else ETAGS
+    etags = load.fetch_etags(port, ids[:etag_count], token=bench.token)
+    if len(etags) < etag_count // 2:
+        raise RuntimeError(f"only {len(etags)} of {etag_count} jobs answered 200 with an ETag")
+    return load.write_ids(path, etags)
+
+
+def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> None:
     """The service's four scenarios at every connection count; then profiles if asked."""
     assert bench.database is not None
     opts = bench.options
-    with db.connect(bench.database) as conn:
-        ids = db.sample_job_ids(conn, POLL_SAMPLE)
-    ids_file = load.write_ids(bench.work_dir / "ids.txt", ids)
-    etag_count = 2_000 if opts.quick else 5_000
     print(f"service at {opts.jobs:,} jobs")
     with bench.gunicorn("service", SERVICE_APP) as served:
-        port = served.port
-        etags = load.fetch_etags(port, ids[:etag_count], token=bench.token)
-        if len(etags) < etag_count // 2:
-            raise RuntimeError(f"only {len(etags)} of {etag_count} jobs answered 200 with an ETag")
-        etags_file = load.write_ids(bench.work_dir / "etags.txt", etags)
+        etags_file = etags_of(bench, served.port, ids, bench.work_dir / "etags.txt")
         scenarios = {
             "poll_200": poll_scenario(bench, "poll_200", ids_file),
             "poll_304": poll_scenario(bench, "poll_304", etags_file, conditional=True),
-            "webhook": Scenario(
-                "webhook",
-                "webhook",
-                "/webhooks/cobalt",
-                (200,),
-                {"BENCH_BODIES_FILE": str(bodies_file)},
-            ),
-            "submit": Scenario("submit", "submit", "/v1/notes", (202,)),
+            "webhook": webhook_scenario(bodies_file),
+            "submit": submit_scenario(),
         }
         if bench.support_token:
             scenarios.update(support_scenarios(bench))
@@ -456,9 +483,43 @@ def service(bench: Bench, bodies_file: Path) -> None:
             support = scenario.name.startswith("support")
             conns = (1, *opts.connections) if support else None
             bench.measure(served, "service", scenario, auth=True, connections=conns)
+            if scenario.name == "support_filters":
+                support_breakdown(bench, served, scenario)
         bench.results["memory"]["service"] = served.sampler.peaks.summary()
         if opts.profile != "none":
+            etag_count = ETAGS_QUICK if opts.quick else ETAGS
             profile(bench, served, scenarios, ids[:etag_count])
+
+
+def floors(
+    bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path, open_jobs: list[int]
+) -> None:
+    """The contract floors (bench/baselines.py), each mirroring service scenarios exactly.
+
+    Measured after the service, so nothing they write changes what the service measured.
+    The open jobs the service's webhooks settled are first put back as seeded, so the poll
+    floor reads and the webhook floor settles what the service read and settled; the poll
+    floor's ETags are fetched from the floor itself (its formula is the service's).
+    """
+    assert bench.database is not None
+    with db.connect(bench.database) as conn:
+        reopened = db.reopen_jobs(conn, open_jobs)
+    print(f"contract floors ({reopened:,} jobs the service's webhooks touched reopened)")
+    with bench.gunicorn("poll_floor", "bench.baselines:poll_floor") as served:
+        etags_file = etags_of(bench, served.port, ids, bench.work_dir / "etags-floor.txt")
+        for scenario in (
+            poll_scenario(bench, "poll_200", ids_file),
+            poll_scenario(bench, "poll_304", etags_file, conditional=True),
+        ):
+            bench.measure(served, "poll_floor", scenario, auth=True)
+    bench.results["memory"]["poll_floor"] = served.sampler.peaks.summary()
+    for app_name, scenario in (
+        ("webhook_floor", webhook_scenario(bodies_file)),
+        ("submit_floor", submit_scenario()),
+    ):
+        with bench.gunicorn(app_name, f"bench.baselines:{app_name}") as served:
+            bench.measure(served, app_name, scenario, auth=True)
+        bench.results["memory"][app_name] = served.sampler.peaks.summary()
 
 
 def support_scenarios(bench: Bench) -> dict[str, Scenario]:
@@ -468,20 +529,8 @@ def support_scenarios(bench: Bench) -> dict[str, Scenario]:
     (`MRN<n>` for the telephone encounters, n = 1 mod 4), each matching one job.
     """
     opts = bench.options
-    newest = datetime.now(UTC)
-    month = [(newest.replace(day=1) - _months(k)).date().isoformat() for k in range(0, 13, 3)]
-    filters = [
-        "",
-        "?status=failed",
-        "?status=processing",
-        "?status=completed",
-        "?kind=telephone_encounter",
-        "?status=failed&kind=note",
-        "?overdue=true",
-        *(f"?created_from={a}&created_to={b}" for b, a in itertools.pairwise(month)),
-    ]
     filters_file = bench.work_dir / "support-filters.txt"
-    filters_file.write_text("".join(f"GET\t{query}\n" for query in filters))
+    filters_file.write_text("".join(f"GET\t{query}\n" for query in support_filter_queries()))
     rng = random.Random(7)
     encounters = max(1, opts.jobs // 4)
     mrns = [4 * rng.randrange(encounters) + 1 for _ in range(SUPPORT_SEARCHES)]
@@ -504,6 +553,52 @@ def support_scenarios(bench: Bench) -> dict[str, Scenario]:
             {**env, "BENCH_QUERIES_FILE": str(mrn_file)},
         ),
     }
+
+
+def support_filter_queries() -> list[str]:
+    """Support's list filters: rare and common statuses, kinds, overdue, created ranges."""
+    newest = datetime.now(UTC)
+    month = [(newest.replace(day=1) - _months(k)).date().isoformat() for k in range(0, 13, 3)]
+    return [
+        "",
+        "?status=failed",
+        "?status=processing",
+        "?status=completed",
+        "?kind=telephone_encounter",
+        "?status=failed&kind=note",
+        "?overdue=true",
+        *(f"?created_from={a}&created_to={b}" for b, a in itertools.pairwise(month)),
+    ]
+
+
+def support_breakdown(bench: Bench, served: Served, mix: Scenario) -> None:
+    """Each support filter alone, at 1 connection, briefly: one slow filter cannot hide.
+
+    The mix's p95 is the target; this says which filter makes it. No warm-up (the mix just
+    ran) and one short run each, so it adds about 11 x (BREAKDOWN_SECONDS + 1) s.
+    """
+    seconds = min(bench.options.seconds, 1.0 if bench.options.quick else BREAKDOWN_SECONDS)
+    time.sleep(BREAKDOWN_SETTLE_SECONDS)
+    for index, query in enumerate(support_filter_queries()):
+        queries_file = bench.work_dir / f"support-filter-{index}.txt"
+        queries_file.write_text(f"GET\t{query}\n")
+        scenario = Scenario(
+            "support_filter",
+            mix.script,
+            mix.path,
+            mix.expected,
+            {**mix.env, "BENCH_QUERIES_FILE": str(queries_file)},
+        )
+        env = bench.wrk_env(scenario, auth=True)
+        row = bench.measure_once(served, "service", scenario, 1, env, seconds=seconds)
+        row["label"] = query.removeprefix("?") or "(no filter)"
+        bench.results["runs"].append(row)
+        print(
+            f"  {'service':<12} {'support_filter':<14} c=1    {row['rps']:>7.0f} req/s  "
+            f"p50 {row['p50_ms']:>6.1f} p95 {row['p95_ms']:>6.1f} "
+            f"p99 {row['p99_ms']:>6.1f} ms  errors {row['errors']}  {row['label']}",
+            flush=True,
+        )
 
 
 def _months(count: int) -> timedelta:
@@ -539,7 +634,9 @@ def profile(
         for mode, flags in PROFILE_MODES.items():
             raw = out_dir / f"{name}-{mode}.txt"
             _record_profile(bench, served, py_spy, scenario, raw, flags)
-            summary = report.summarize_profile(raw) if raw.exists() else {"samples": 0}
+            summary: dict[str, Any] = (
+                report.summarize_profile(raw) if raw.exists() else {"samples": 0}
+            )
             key = f"{name}-{mode}"
             bench.results["profiles"][key] = {"file": str(raw.relative_to(ROOT)), **summary}
             print(f"profile {key}: {summary.get('samples', 0)} samples -> {raw.relative_to(ROOT)}")
@@ -703,13 +800,14 @@ def _run_worker(
                 spy.popen.wait(timeout=15)
             bench.processes.stop(spy, timeout=5)
         bench.processes.stop(proc)
-    for mode in PROFILE_MODES if profile_path is not None else ():
-        output = profile_path.with_name(f"{profile_path.stem}-{mode}.txt")
-        if output.exists():
-            bench.results.setdefault("profiles", {})[output.stem] = {
-                "file": str(output.relative_to(ROOT)),
-                **report.summarize_profile(output),
-            }
+    if profile_path is not None:
+        for mode in PROFILE_MODES:
+            output = profile_path.with_name(f"{profile_path.stem}-{mode}.txt")
+            if output.exists():
+                bench.results.setdefault("profiles", {})[output.stem] = {
+                    "file": str(output.relative_to(ROOT)),
+                    **report.summarize_profile(output),
+                }
     moving = [sample for sample in samples if sample[1] < batch]
     rate = 0.0
     if len(moving) >= 2:
@@ -850,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
                     db.drop_database(bench.database)
     bench.results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
     report.add_ratios(bench.results["runs"])
+    bench.results["contract_floor"] = report.contract_floor(bench.results)
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
     report.write_results(bench.results, opts.output)
@@ -895,7 +994,11 @@ def run_all(bench: Bench) -> None:
         job_numbers=open_jobs,
     )
     baselines(bench, bodies_file)
-    service(bench, bodies_file)
+    with db.connect(bench.database) as conn:
+        ids = db.sample_job_ids(conn, POLL_SAMPLE)
+    ids_file = load.write_ids(bench.work_dir / "ids.txt", ids)
+    service(bench, bodies_file, ids, ids_file)
+    floors(bench, bodies_file, ids, ids_file, open_jobs)
     if not opts.skip_worker:
         print("worker throughput (Cobalt stub)")
         worker_throughput(bench, clinic_id, client_id)

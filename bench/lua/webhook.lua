@@ -1,6 +1,7 @@
 -- POST BENCH_PATH with Cobalt-style signed webhooks. Bodies and their signatures
 -- (HMAC-SHA256 hex of the exact bytes) come from BENCH_BODIES_FILE ("signature<TAB>body");
--- every request gets its own `webhook-id` (nonce, thread, counter), so none is a repeat.
+-- every request gets its own `webhook-id` (nonce, thread, counter; the bench gives each wrk
+-- run its own nonce), so none is a repeat, within a run or across runs.
 local bench = dofile((os.getenv("BENCH_LUA_DIR") or ".") .. "/common.lua")
 
 local bodies, signatures = {}, {}
