@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from webhook_service import phi
 from webhook_service.errors import IdempotencyKeyReused, NotFound
 from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
-from webhook_service.models import ApiClient, Clinic, Job, JobEvent
+from webhook_service.models import ApiClient, Clinic, Job, JobEvent, UTCDateTime
 from webhook_service.phi import search_hash
 from webhook_service.schemas import (
     CobaltIds,
@@ -369,18 +369,27 @@ def add_event(session: Session, job: Job, type_: str, now: datetime, **detail: A
 
 def settle(session: Session, job: Job, outcome: Outcome, now: datetime) -> None:
     """Move a job to its terminal status and let a waiting note for its appointment go."""
-    job.status = outcome.status
-    job.outcome = outcome.detail
-    job.error_code = outcome.error["code"] if outcome.error else None
-    job.error_message = outcome.error["message"] if outcome.error else None
-    job.finished_at = now
-    job.updated_at = now
-    job.next_attempt_at = None
-    job.claimed_until = None
-    if job.submission_state in _DUE_STATES:
-        # Settled before it was ever sent (e.g. by staff): nothing will be sent now.
-        job.submission_state = Submission.REJECTED
+    for key, value in settled_values(outcome, now, job.submission_state).items():
+        setattr(job, key, value)
     release_appointment(session, job, now)
+
+
+def settled_values(outcome: Outcome, now: datetime, submission_state: str) -> dict[str, Any]:
+    """What settling writes to a job (by attribute), whether through the ORM or one UPDATE."""
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "outcome": outcome.detail,
+        "error_code": outcome.error["code"] if outcome.error else None,
+        "error_message": outcome.error["message"] if outcome.error else None,
+        "finished_at": now,
+        "updated_at": now,
+        "next_attempt_at": None,
+        "claimed_until": None,
+    }
+    if submission_state in _DUE_STATES:
+        # Settled before it was ever sent (e.g. by staff): nothing will be sent now.
+        values["submission_state"] = Submission.REJECTED
+    return values
 
 
 def release_appointment(session: Session, job: Job, now: datetime) -> None:
@@ -389,15 +398,28 @@ def release_appointment(session: Session, job: Job, now: datetime) -> None:
         return
     job.inflight_key = None
     session.flush()
-    session.execute(
-        update(Job)
-        .where(
-            Job.submission_state == Submission.WAITING,
-            Job.clinic_id == job.clinic_id,
-            Job.appointment_hash == job.appointment_hash,
-        )
-        .values(next_attempt_at=now)
+    wake_waiting_notes(session.connection(), job.clinic_id, job.appointment_hash, now)
+
+
+def wake_waiting_notes(
+    connection: Connection, clinic_id: int, appointment_hash: str | None, now: datetime
+) -> None:
+    """Make the notes waiting behind a settled note for (clinic, appointment) due now."""
+    connection.execute(
+        _WAKE_WAITING, {"clinic": clinic_id, "appointment": appointment_hash, "now": now}
     )
+
+
+_WAKE_WAITING = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.submission_state == Submission.WAITING,
+        # (A bound parameter may not be named after a column of the table it updates.)
+        _JOBS.c.clinic_id == bindparam("clinic"),
+        _JOBS.c.appointment_hash == bindparam("appointment"),
+    )
+    .values(next_attempt_at=bindparam("now", type_=UTCDateTime()))
+)
 
 
 def note_slot(job: Job) -> str | None:

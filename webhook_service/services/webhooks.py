@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, inspect, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -32,7 +32,13 @@ from webhook_service.lifecycle import (
 from webhook_service.logs import log_failure
 from webhook_service.models import Clinic, Job, WebhookDelivery
 from webhook_service.phi import search_hash
-from webhook_service.services.jobs import add_event, settle
+from webhook_service.services.jobs import (
+    INSERT_EVENT,
+    add_event,
+    settle,
+    settled_values,
+    wake_waiting_notes,
+)
 from webhook_service.signatures import SignatureMatch
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,7 @@ def record_webhook(
     # The delivery stays a plain (transient) object: applying sets its state, job and detail,
     # and one UPDATE writes them. The row itself is committed whatever applying does.
     delivery.id = delivery_id
-    _apply_safely(session, delivery, payload, now)
+    _apply_safely(session, delivery, payload, now, apply=_apply_received)
     session.connection().execute(
         _SETTLE_DELIVERY,
         {
@@ -151,11 +157,16 @@ _INSERT_ONCE = {
 
 
 def _apply_safely(
-    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+    session: Session,
+    delivery: WebhookDelivery,
+    payload: dict[str, Any],
+    now: datetime,
+    *,
+    apply: Callable[[Session, WebhookDelivery, dict[str, Any], datetime], None] | None = None,
 ) -> None:
     try:
         with session.begin_nested():
-            apply_delivery(session, delivery, payload, now)
+            (apply or apply_delivery)(session, delivery, payload, now)
     except Exception as exc:
         log_failure(log, "webhook apply failed", exc, delivery_id=delivery.id)
         delivery.state = DeliveryState.FAILED
@@ -210,6 +221,94 @@ def apply_delivery(
         add_event(session, job, "outcome_conflict", now, kept=job.status, **facts)
         delivery.state = DeliveryState.CONFLICT
         delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
+
+
+def _apply_received(
+    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+) -> None:
+    """`apply_delivery` for a delivery just received, in a session that holds no job yet.
+
+    The common case, an outcome for a job found by its Cobalt ids and still waiting for one,
+    is settled with plain statements on the job's row (read, then one UPDATE and one INSERT):
+    nothing encrypted is read, and no ORM object is loaded and flushed. Every other case
+    (parked, a repeat or a conflict, a note matched by its appointment, login_required)
+    is left to `apply_delivery`.
+    """
+    event_type = delivery.event_type
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    outcome = outcome_from_event(event_type, data) if event_type else None
+    if outcome is None or event_type == LOGIN_REQUIRED:
+        apply_delivery(session, delivery, payload, now)
+        return
+    row = match_row(session, delivery)
+    if row is None or judge_outcome(row.status, row.error_code, outcome.status) != Verdict.APPLY:
+        apply_delivery(session, delivery, payload, now)
+        return
+    values = settled_values(outcome, now, row.submission_state)
+    connection = session.connection()
+    connection.execute(
+        _UPDATE_JOB,
+        {
+            **{_JOB_COLUMN[key]: value for key, value in values.items()},
+            "inflight_key": None,
+            "cobalt_job_id": row.cobalt_job_id or delivery.cobalt_job_id,
+            "cobalt_telephone_encounter_id": (
+                row.cobalt_telephone_encounter_id or delivery.telephone_encounter_id
+            ),
+            "job_key": row.id,
+        },
+    )
+    if row.inflight_key is not None:
+        wake_waiting_notes(connection, row.clinic_id, row.appointment_hash, now)
+    late = row.status == JobStatus.FAILED and row.error_code == NO_OUTCOME
+    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
+    connection.execute(
+        INSERT_EVENT,
+        {
+            "job_id": row.id,
+            "at": now,
+            "type": "webhook_applied",
+            "detail": {"settled_late": late, **facts},
+        },
+    )
+    delivery.job_id = row.id
+    delivery.state = DeliveryState.APPLIED
+    delivery.state_detail = None
+
+
+def match_row(session: Session, delivery: WebhookDelivery) -> Row[*tuple[Any, ...]] | None:
+    """The job's plain columns, locked, when the delivery names its Cobalt job or encounter id
+    (what `match_job` finds first, without loading the job)."""
+    connection = session.connection()
+    row = None
+    if delivery.cobalt_job_id:
+        row = connection.execute(_ROW_BY_JOB_ID, {"value": delivery.cobalt_job_id}).first()
+    if row is None and delivery.telephone_encounter_id:
+        row = connection.execute(
+            _ROW_BY_ENCOUNTER_ID, {"value": delivery.telephone_encounter_id}
+        ).first()
+    return row
+
+
+_JOBS = cast(Table, Job.__table__)
+# The plain columns deciding and settling read, locked as `match_job` locks the job.
+_ROW = select(
+    _JOBS.c.id,
+    _JOBS.c.status,
+    _JOBS.c.error_code,
+    _JOBS.c.submission_state,
+    _JOBS.c.inflight_key,
+    _JOBS.c.clinic_id,
+    _JOBS.c.appointment_hash,
+    _JOBS.c.cobalt_job_id,
+    _JOBS.c.cobalt_telephone_encounter_id,
+).with_for_update()
+_ROW_BY_JOB_ID = _ROW.where(_JOBS.c.cobalt_job_id == bindparam("value"))
+_ROW_BY_ENCOUNTER_ID = _ROW.where(_JOBS.c.cobalt_telephone_encounter_id == bindparam("value"))
+# The columns to set are the parameters given (by column name), as in `_SETTLE_DELIVERY`.
+_UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_key"))
+_JOB_COLUMN = {key: column.name for key, column in Job.__mapper__.columns.items()}
 
 
 _LOCKED: dict[str, Any] = {"populate_existing": True}
