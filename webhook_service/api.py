@@ -99,7 +99,9 @@ def get_job(job_id: str) -> Response:
         response = Response(status=304)
         _cache_headers(response, polled.etag, polled.status)
         return response
-    return _job_response(polled.job(), status=200, etag=polled.etag)
+    response = Response(polled.view().model_dump_json(), status=200, mimetype="application/json")
+    _cache_headers(response, polled.etag, polled.status)
+    return response
 
 
 @bp.get("/openapi.json")
