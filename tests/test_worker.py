@@ -55,6 +55,24 @@ def test_second_note_for_same_appointment_waits_for_the_first(
     assert "submission_waiting" in timeline(sessions, second["id"])
 
 
+def test_a_note_settled_by_its_cobalt_job_id_lets_the_next_note_go(
+    client, worker: Worker, cobalt, post_webhook, sessions
+):
+    """The webhook names the note's Cobalt job (settled without loading the job): the
+    appointment's slot is freed and the note waiting behind it is sent next."""
+    accept_note(cobalt, job_id="cj_first")
+    first = submit(client, "/v1/notes", NOTE)
+    second = submit(client, "/v1/notes", {**NOTE, "note": "Addendum"})
+    assert worker.run_once()
+    assert not worker.run_once()
+    post_webhook(event("note.created", job_id="cj_first", appointment_id="728948"))
+    assert poll(client, first["id"])["status"] == "completed"
+    assert poll(client, first["id"])["cobalt"]["job_id"] == "cj_first"
+    assert worker.run_once(), "the first note settled by its job id, so the second goes now"
+    assert poll(client, second["id"])["submission"]["state"] == "accepted"
+    assert timeline(sessions, first["id"])[-1] == "webhook_applied"
+
+
 def test_notes_for_different_appointments_go_together(client, worker, cobalt):
     accept_note(cobalt)
     submit(client, "/v1/notes", NOTE)
