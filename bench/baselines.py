@@ -38,6 +38,11 @@ from webhook_service.lifecycle import (
     outcome_from_event,
 )
 
+# The service's ETag formula (the floor's ETags are the service's, as a 304 must match)
+# and which webhook headers and ids it keeps: pure functions and constants.
+from webhook_service.services.jobs import job_etag
+from webhook_service.services.webhooks import KEPT_HEADERS, MAX_ID_LENGTH
+
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 
 
@@ -147,17 +152,7 @@ def verify_write_view() -> Response | tuple[Response, int]:
 AUTH_CACHE_SECONDS = 5.0  # the service's AUTH_CACHE_SECONDS default: revocation bound
 AUTH_CACHE_SIZE = 10_000
 RETRY_AFTER_SECONDS = "2"  # the service's POLL_RETRY_AFTER_SECONDS default
-ETAG_VERSION = "1"  # webhook_service.services.jobs._ETAG_VERSION
 DUE_STATES = ("pending", "waiting", "retrying")
-KEPT_HEADERS = (  # webhook_service.services.webhooks.KEPT_HEADERS
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-attempt",
-    "content-type",
-    "user-agent",
-    "x-request-id",
-)
-MAX_ID_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -228,20 +223,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _etag(values: tuple[Any, ...]) -> str:
-    """`services.jobs.job_etag`, the same formula: the service's and the floor's ETags agree.
-
-    `values` are the job resource's plain columns in `services.jobs.RESOURCE_COLUMNS` order.
-    """
-    parts = [ETAG_VERSION]
-    for value in values:
-        if isinstance(value, datetime):
-            parts.append(value.astimezone(UTC).isoformat())
-        else:
-            parts.append("" if value is None else str(value))
-    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
-
-
 def _job_resource(
     columns: Any, outcome: Any, error_message: str | None, etag: str, status: int
 ) -> Response:
@@ -308,7 +289,7 @@ def poll_floor_view(job_id: str) -> Response | tuple[Response, int]:
         row = conn.execute(_POLL, {"id": key}).one_or_none()
     if row is None or row.client_id != client.id:
         return jsonify(error="not found"), 404
-    etag = _etag(tuple(row)[:_ETAG_COLUMNS])
+    etag = job_etag(*tuple(row)[:_ETAG_COLUMNS])
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
         _cache_headers(response, etag, row.status)
@@ -577,7 +558,7 @@ def submit_floor_view() -> Response | tuple[Response, int]:
         )
         conn.execute(_INSERT_EVENT, {"job_id": job_id, "type": "created", "detail": _CREATED_EVENT})
     job = _NewJob(job_id, client.id, now)
-    response = _job_resource(job, None, None, _etag(job.etag_values()), 202)
+    response = _job_resource(job, None, None, job_etag(*job.etag_values()), 202)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return response
 
