@@ -41,7 +41,7 @@ from webhook_service.lifecycle import (
 # The service's ETag formula (the floor's ETags are the service's, as a 304 must match)
 # and which webhook headers and ids it keeps: pure functions and constants.
 from webhook_service.services.jobs import job_etag
-from webhook_service.services.webhooks import KEPT_HEADERS, MAX_ID_LENGTH
+from webhook_service.services.webhooks import KEPT_HEADERS, _clean_id
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 
@@ -358,16 +358,6 @@ class _Delivery:
     event_type: str | None
     cobalt_job_id: str | None
     encounter_id: str | None
-
-
-def _clean_id(value: object) -> str | None:
-    """An id from outside, kept only if it is a short printable string or integer."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    cleaned = str(value).strip()
-    if not cleaned or len(cleaned) > MAX_ID_LENGTH or not cleaned.isprintable():
-        return None
-    return cleaned
 
 
 def _matching_secret(body: bytes, signature: str) -> int | None:
