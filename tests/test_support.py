@@ -76,8 +76,6 @@ def break_applying(monkeypatch) -> None:
     def boom(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("a bug while applying")
 
-    # Both ways a delivery is applied: a received one, and a stored one (replay, parked, …).
-    monkeypatch.setattr("webhook_service.services.webhooks._apply_received", boom)
     monkeypatch.setattr("webhook_service.services.webhooks.apply_delivery", boom)
 
 

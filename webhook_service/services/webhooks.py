@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -24,6 +24,7 @@ from webhook_service.lifecycle import (
     NO_OUTCOME,
     JobKind,
     JobStatus,
+    Outcome,
     Verdict,
     judge_outcome,
     kind_for_event,
@@ -113,7 +114,7 @@ def record_webhook(
     # The delivery stays a plain (transient) object: applying sets its state, job and detail,
     # and one UPDATE writes them. The row itself is committed whatever applying does.
     delivery.id = delivery_id
-    _apply_safely(session, delivery, payload, now, apply=_apply_received)
+    _apply_safely(session, delivery, payload, now, received=True)
     session.connection().execute(
         _SETTLE_DELIVERY,
         {
@@ -162,11 +163,11 @@ def _apply_safely(
     payload: dict[str, Any],
     now: datetime,
     *,
-    apply: Callable[[Session, WebhookDelivery, dict[str, Any], datetime], None] | None = None,
+    received: bool = False,
 ) -> None:
     try:
         with session.begin_nested():
-            (apply or apply_delivery)(session, delivery, payload, now)
+            apply_delivery(session, delivery, payload, now, received=received)
     except Exception as exc:
         log_failure(log, "webhook apply failed", exc, delivery_id=delivery.id)
         delivery.state = DeliveryState.FAILED
@@ -175,9 +176,21 @@ def _apply_safely(
 
 
 def apply_delivery(
-    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+    session: Session,
+    delivery: WebhookDelivery,
+    payload: dict[str, Any],
+    now: datetime,
+    *,
+    received: bool = False,
 ) -> None:
-    """Match a stored delivery to its job and apply the event (or park it)."""
+    """Match a stored delivery to its job and apply the event (or park it).
+
+    `received`: the delivery has just been received, in a session that holds no job yet.
+    Then the common case, an outcome for a job found by its Cobalt ids and still waiting for
+    one, is settled with plain statements on the job's row (`_settle_row`): nothing encrypted
+    is read, and no ORM object is loaded and flushed. Elsewhere (replay, parked deliveries,
+    reconcile) the session may hold the job, which those statements would leave stale.
+    """
     event_type = delivery.event_type
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     assert isinstance(data, dict)
@@ -192,6 +205,12 @@ def apply_delivery(
             else "the body is not a JSON object (or not UTF-8): nothing to apply"
         )
         return
+    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
+    row = match_row(session, delivery) if received else None
+    verdict = judge_outcome(row.status, row.error_code, outcome.status) if row else None
+    if row is not None and verdict == Verdict.APPLY:
+        _settle_row(session, row, delivery, outcome, now, facts)
+        return
     job = match_job(session, delivery)
     if job is None:
         delivery.state = DeliveryState.PARKED
@@ -203,9 +222,8 @@ def apply_delivery(
     if delivery.telephone_encounter_id and job.cobalt_telephone_encounter_id is None:
         job.cobalt_telephone_encounter_id = delivery.telephone_encounter_id
     verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
-    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
     if verdict == Verdict.APPLY:
-        late = job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
+        late = _settles_late(job.status, job.error_code)
         settle(session, job, outcome, now)
         add_event(session, job, "webhook_applied", now, settled_late=late, **facts)
         delivery.state = DeliveryState.APPLIED
@@ -223,34 +241,23 @@ def apply_delivery(
         delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
 
 
-def _apply_received(
-    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
+def _settle_row(
+    session: Session,
+    row: Row[*tuple[Any, ...]],
+    delivery: WebhookDelivery,
+    outcome: Outcome,
+    now: datetime,
+    facts: dict[str, Any],
 ) -> None:
-    """`apply_delivery` for a delivery just received, in a session that holds no job yet.
-
-    The common case, an outcome for a job found by its Cobalt ids and still waiting for one,
-    is settled with plain statements on the job's row (read, then one UPDATE and one INSERT):
-    nothing encrypted is read, and no ORM object is loaded and flushed. Every other case
-    (parked, a repeat or a conflict, a note matched by its appointment, login_required)
-    is left to `apply_delivery`.
-    """
-    event_type = delivery.event_type
-    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
-    assert isinstance(data, dict)
-    outcome = outcome_from_event(event_type, data) if event_type else None
-    if outcome is None or event_type == LOGIN_REQUIRED:
-        apply_delivery(session, delivery, payload, now)
-        return
-    row = match_row(session, delivery)
-    if row is None or judge_outcome(row.status, row.error_code, outcome.status) != Verdict.APPLY:
-        apply_delivery(session, delivery, payload, now)
-        return
-    values = settled_values(outcome, now, row.submission_state)
+    """`settle()` and the `webhook_applied` line, written as one UPDATE and one INSERT."""
     connection = session.connection()
     connection.execute(
         _UPDATE_JOB,
         {
-            **{_JOB_COLUMN[key]: value for key, value in values.items()},
+            **{
+                _JOB_COLUMN[key]: value
+                for key, value in settled_values(outcome, now, row.submission_state).items()
+            },
             "inflight_key": None,
             "cobalt_job_id": row.cobalt_job_id or delivery.cobalt_job_id,
             "cobalt_telephone_encounter_id": (
@@ -261,20 +268,18 @@ def _apply_received(
     )
     if row.inflight_key is not None:
         wake_waiting_notes(connection, row.clinic_id, row.appointment_hash, now)
-    late = row.status == JobStatus.FAILED and row.error_code == NO_OUTCOME
-    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
+    detail = {"settled_late": _settles_late(row.status, row.error_code), **facts}
     connection.execute(
-        INSERT_EVENT,
-        {
-            "job_id": row.id,
-            "at": now,
-            "type": "webhook_applied",
-            "detail": {"settled_late": late, **facts},
-        },
+        INSERT_EVENT, {"job_id": row.id, "at": now, "type": "webhook_applied", "detail": detail}
     )
     delivery.job_id = row.id
     delivery.state = DeliveryState.APPLIED
     delivery.state_detail = None
+
+
+def _settles_late(status: str, error_code: str | None) -> bool:
+    """A job the service failed for lack of news, now settled by its real outcome."""
+    return status == JobStatus.FAILED and error_code == NO_OUTCOME
 
 
 def match_row(session: Session, delivery: WebhookDelivery) -> Row[*tuple[Any, ...]] | None:
