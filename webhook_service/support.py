@@ -182,9 +182,11 @@ def _job_page(query: JobPageQuery) -> Response:
         page = services.list_jobs(
             session, _staff(), query, now=utcnow(), expected=expected_durations()
         )
-        body = JobListOut(
-            jobs=[services.support_job_view(row) for row in page.rows],
-            next_cursor=encode_cursor(*page.next_key) if page.next_key else None,
+        body = JobListOut.model_validate(
+            {
+                "jobs": [services.support_job_fields(row) for row in page.rows],
+                "next_cursor": encode_cursor(*page.next_key) if page.next_key else None,
+            }
         )
     return _json(body)
 

@@ -56,6 +56,7 @@ from webhook_service.services.support import (
     list_inbox,
     list_jobs,
     read_delivery,
+    support_job_fields,
     support_job_view,
 )
 from webhook_service.services.support_actions import (
@@ -119,5 +120,6 @@ __all__ = [
     "retry_job",
     "revoke_client",
     "submit_job",
+    "support_job_fields",
     "support_job_view",
 ]
