@@ -7,7 +7,7 @@ timeouts keep a migration from queueing behind live traffic indefinitely (Wareho
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from webhook_service.db import make_engine
 from webhook_service.models import Base
@@ -50,26 +50,35 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run(connection: object) -> None:
-    is_postgres = connection.dialect.name == "postgresql"  # type: ignore[attr-defined]
-    if connection.dialect.name == "sqlite":  # type: ignore[attr-defined]
+def _run(connection: Connection) -> None:
+    is_postgres = connection.dialect.name == "postgresql"
+    if connection.dialect.name == "sqlite":
         # Batch migrations rebuild tables (copy, drop, rename); with foreign keys enforced,
         # dropping a referenced table fails. The pragma only works outside a transaction,
         # so it goes straight to the driver before SQLAlchemy begins one.
-        connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[attr-defined]
+        connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
     context.configure(
-        connection=connection,  # type: ignore[arg-type]
+        connection=connection,
         target_metadata=target_metadata,
         render_as_batch=not is_postgres,
         compare_type=True,
     )
-    with context.begin_transaction():
-        if is_postgres:
-            connection.execute(text("SET LOCAL lock_timeout = '4s'"))  # type: ignore[attr-defined]
-            connection.execute(  # type: ignore[attr-defined]
-                text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
-            )
-        context.run_migrations()
+    if not is_postgres:
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    # One release migrates at a time. The lock is the session's, not the transaction's: a
+    # migration that builds an index CONCURRENTLY commits in the middle of the run.
+    lock = {"id": MIGRATION_LOCK_ID}
+    connection.execute(text("SELECT pg_advisory_lock(:id)"), lock)
+    connection.commit()
+    try:
+        with context.begin_transaction():
+            connection.execute(text("SET LOCAL lock_timeout = '4s'"))
+            context.run_migrations()
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:id)"), lock)
+        connection.commit()
 
 
 if context.is_offline_mode():

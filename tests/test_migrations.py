@@ -140,3 +140,18 @@ def test_existing_rows_are_encrypted_on_upgrade_and_restored_on_downgrade(
         assert token == "at_secret"
     finally:
         engine.dispose()
+
+
+def test_the_kind_index_migration_replaces_a_half_built_leftover(empty_database):
+    # A CONCURRENTLY build cut off half-way leaves an (invalid) index of the same name; the
+    # release must succeed when run again, with the index it was meant to build.
+    upgrade(empty_database, "0007")
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE INDEX ix_jobs_kind_created_id ON jobs (kind)")
+        upgrade(empty_database)
+        indexes = {index["name"]: index for index in inspect(engine).get_indexes("jobs")}
+    finally:
+        engine.dispose()
+    assert indexes["ix_jobs_kind_created_id"]["column_names"] == ["kind", "created_at", "id"]

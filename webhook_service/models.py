@@ -129,6 +129,8 @@ class Job(Base):
         # Support's status filter in its keyset order (migration 0007): the first page comes
         # from the index, with no sort of every job in that status.
         Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+        # And its kind filter, the same way (migration 0008).
+        Index("ix_jobs_kind_created_id", "kind", "created_at", "id"),
         Index("ix_jobs_note_appointment", "clinic_id", "appointment_hash"),
         Index("ix_jobs_patient_mrn_hash", "patient_mrn_hash"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
