@@ -2,12 +2,13 @@
 `constant`, `pk_read` (one primary-key read as JSON), `verify_write` (HMAC check, then one
 transaction that inserts a row and updates another). No ORM, auth, validation or logging.
 
-Then the contract floors: `poll_floor`, `webhook_floor` and `submit_floor` do, on the service's
-own tables, the work the service's contract requires for a poll, a webhook and a submission
-(bearer token, ownership, PHI encrypted at rest, keyed search hash, timeline line, ETag),
-written the cheapest way: a plain Flask view and Core `text()` statements, no ORM, pydantic,
-hooks or logging. A target a floor misses against its bare baseline cannot be met by any
-implementation of the same contract on this stack.
+Then the contract floors: `poll_floor`, `webhook_floor`, `submit_floor` and `support_floor` do,
+on the service's own tables, the work the service's contract requires for a poll, a webhook, a
+submission and a support list or search (bearer token, ownership, PHI encrypted at rest, keyed
+search hash, timeline line, ETag, audit entry), written the cheapest way: a plain Flask view and
+Core `text()` statements, no ORM, pydantic, hooks or logging. A target a floor misses (against
+its bare baseline, or the support latency) cannot be met by any implementation of the same
+contract on this stack.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet, MultiFernet
 from flask import Flask, Response, jsonify, request
-from sqlalchemy import Connection, Engine, Row, create_engine, text
+from sqlalchemy import Connection, Engine, Row, TextClause, create_engine, text
 
 # The contract's own pure rules (which events settle a job, and how): stdlib-only functions,
 # so the webhook floor decides exactly as the service does without any of its machinery.
@@ -38,8 +40,10 @@ from webhook_service.lifecycle import (
     outcome_from_event,
 )
 
-# The service's ETag formula (the floor's ETags are the service's, as a 304 must match)
-# and which webhook headers and ids it keeps: pure functions and constants.
+# The service's ETag formula (the floor's ETags are the service's, as a 304 must match),
+# which webhook headers and ids it keeps, and support's page bound and next-page cursor:
+# pure functions and constants.
+from webhook_service.schemas import MAX_PAGE, encode_cursor
 from webhook_service.services.jobs import job_etag
 from webhook_service.services.webhooks import KEPT_HEADERS, _clean_id
 
@@ -158,6 +162,7 @@ DUE_STATES = ("pending", "waiting", "retrying")
 @dataclass(frozen=True)
 class _Client:
     id: int
+    name: str
     role: str
     clinic_id: int | None
 
@@ -184,7 +189,8 @@ def _search_hash(value: str) -> str:
 
 
 _CLIENT = text(
-    "SELECT id, role, clinic_id FROM api_clients WHERE token_hash = :digest AND revoked_at IS NULL"
+    "SELECT id, name, role, clinic_id FROM api_clients "
+    "WHERE token_hash = :digest AND revoked_at IS NULL"
 )
 
 
@@ -210,7 +216,7 @@ def _client(roles: tuple[str, ...]) -> _Client | tuple[Response, int]:
         if row is None:
             _clients.pop(digest, None)
             return jsonify(error="unauthenticated"), 401
-        client = _Client(row.id, row.role, row.clinic_id)
+        client = _Client(row.id, row.name, row.role, row.clinic_id)
         if len(_clients) >= AUTH_CACHE_SIZE:
             _clients.clear()
         _clients[digest] = (client, now + AUTH_CACHE_SECONDS)
@@ -226,12 +232,20 @@ def _iso(value: datetime | None) -> str | None:
 def _job_resource(
     columns: Any, outcome: Any, error_message: str | None, etag: str, status: int
 ) -> Response:
-    """The job resource front ends poll (JobOut's fields), as JSON, with its cache headers."""
+    """The job resource front ends poll, as JSON, with its cache headers."""
+    resource = _job_fields(columns, outcome, error_message)
+    response = Response(json.dumps(resource), status=status, mimetype="application/json")
+    _cache_headers(response, etag, columns.status)
+    return response
+
+
+def _job_fields(columns: Any, outcome: Any, error_message: str | None) -> dict[str, Any]:
+    """JobOut's fields as JSON values, from a row of the job's columns."""
     error = None
     if columns.error_code is not None:
         error = {"code": columns.error_code, "message": error_message or ""}
     due = columns.submission_state in DUE_STATES
-    resource = {
+    return {
         "id": str(columns.id),
         "kind": columns.kind,
         "status": columns.status,
@@ -251,9 +265,6 @@ def _job_resource(
         },
         "purged_at": _iso(columns.purged_at),
     }
-    response = Response(json.dumps(resource), status=status, mimetype="application/json")
-    _cache_headers(response, etag, columns.status)
-    return response
 
 
 def _cache_headers(response: Response, etag: str, job_status: str) -> None:
@@ -294,6 +305,11 @@ def poll_floor_view(job_id: str) -> Response | tuple[Response, int]:
         response = Response(status=304)
         _cache_headers(response, etag, row.status)
         return response
+    return _job_resource(row, *_decrypted(row), etag, 200)
+
+
+def _decrypted(row: Any) -> tuple[Any, str | None]:
+    """A job row's outcome (JSON) and error message, decrypted with the PHI keys."""
     fernet = _fernet()
     outcome = None if row.outcome_enc is None else json.loads(fernet.decrypt(row.outcome_enc))
     error_message = (
@@ -301,7 +317,7 @@ def poll_floor_view(job_id: str) -> Response | tuple[Response, int]:
         if row.error_message_enc is None
         else fernet.decrypt(row.error_message_enc).decode("utf-8")
     )
-    return _job_resource(row, outcome, error_message, etag, 200)
+    return outcome, error_message
 
 
 webhook_floor = _app("webhook_floor")
@@ -596,3 +612,200 @@ class _NewJob:
             self.next_attempt_at,
             self.purged_at,
         )
+
+
+# Support's first page of a list or a search, for the filters the bench sends (status, kind,
+# overdue, a created range, limit): no cursor, clinic or flagged filter.
+support_floor = _app("support_floor")
+
+DEFAULT_PAGE = 50  # JobPageQuery's default limit
+SEARCH_TERM_MAX = 200  # schemas.SearchTerm's max_length
+_CHOICES = {
+    "status": frozenset({"processing", "completed", "partial", "failed"}),
+    "kind": frozenset({"note", "telephone_encounter"}),
+}
+_SEARCH_TERMS = {"patient_mrn": "patient_mrn_hash", "appointment_id": "appointment_hash"}
+_LIST_PARAMETERS = frozenset({"status", "kind", "overdue", "created_from", "created_to", "limit"})
+_SEARCH_PARAMETERS = _LIST_PARAMETERS | frozenset(_SEARCH_TERMS)
+# Support's job rows (`services.support._JOB_ROWS`): the resource's plain columns, the two
+# encrypted ones, `attention_condition()` as `flagged`, and the job that retried this one.
+_PAGE = (
+    "SELECT id, kind, status, created_at, updated_at, finished_at, cobalt_job_id, "
+    "cobalt_telephone_encounter_id, error_code, submission_state, submit_attempts, "
+    "next_attempt_at, purged_at, clinic_id, retry_of, outcome_enc, error_message_enc, "
+    "(jobs.flagged OR (jobs.status IN ('processing', 'failed') "
+    "AND jobs.clinic_id IN (SELECT clinics.id FROM clinics WHERE clinics.needs_relink)) "
+    "OR (jobs.cobalt_job_id IS NOT NULL AND jobs.cobalt_job_id IN (SELECT d.cobalt_job_id "
+    "FROM webhook_deliveries AS d WHERE d.state IN ('parked', 'failed') "
+    "AND d.cobalt_job_id IS NOT NULL)) "
+    "OR (jobs.cobalt_telephone_encounter_id IS NOT NULL AND jobs.cobalt_telephone_encounter_id "
+    "IN (SELECT d.telephone_encounter_id FROM webhook_deliveries AS d "
+    "WHERE d.state IN ('parked', 'failed') AND d.telephone_encounter_id IS NOT NULL))) "
+    "AS flagged, (SELECT retry.id FROM jobs AS retry WHERE retry.retry_of = jobs.id) "
+    "AS retried_as FROM jobs"
+)
+_CONDITIONS = {
+    "kind": "kind = :kind",
+    "created_from": "created_at >= :created_from",
+    "created_to": "created_at < :created_to",
+    "patient_mrn_hash": "patient_mrn_hash = :patient_mrn_hash",
+    "appointment_hash": "appointment_hash = :appointment_hash",
+}
+# `services.support._overdue`: processing past its kind's expected time, bounded by the
+# shortest wait (`oldest_young`) so that the status index starts at the first job old enough.
+_OVERDUE = (
+    "(status = 'processing' AND created_at < :oldest_young AND ((kind = 'note' AND "
+    "created_at < :late_note) OR (kind = 'telephone_encounter' AND "
+    "created_at < :late_telephone_encounter)))"
+)
+_INSERT_AUDIT = text(
+    "INSERT INTO audit_events (at, client_id, actor, action, detail) "
+    "VALUES (:at, :client_id, :actor, :action, CAST(:detail AS jsonb))"
+)
+
+
+@functools.cache
+def _page_statement(bound: frozenset[str], overdue: bool | None) -> TextClause:
+    """The page for the filters named in `bound`, built once per process, as the service's.
+
+    One status (else one kind) is a range over its (column, created_at, id) index and leads
+    the order, so the page is read straight from that index (`services.support._job_query`).
+    """
+    lead = next((name for name in ("status", "kind") if name in bound), None)
+    where = [f"{lead} >= :{lead} AND {lead} <= :{lead}"] if lead else []
+    where += [sql for name, sql in _CONDITIONS.items() if name in bound and name != lead]
+    if overdue is not None:
+        where.append(_OVERDUE if overdue else f"NOT {_OVERDUE}")
+    order = f"{lead} DESC, " if lead else ""
+    return text(
+        _PAGE  # fragments of this module only; every value is bound
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY {order}created_at DESC, id DESC LIMIT :limit"
+    )
+
+
+@functools.cache
+def _expected() -> dict[str, timedelta]:
+    """Each kind's expected time to an outcome: the service's settings, with its defaults."""
+    return {
+        "note": timedelta(seconds=int(os.environ.get("NOTE_EXPECTED_SECONDS", "180"))),
+        "telephone_encounter": timedelta(
+            seconds=int(os.environ.get("ENCOUNTER_EXPECTED_SECONDS", "120"))
+        ),
+    }
+
+
+@support_floor.get("/v1/jobs")
+def support_list_view() -> Response | tuple[Response, int]:
+    """Support's list: token and role, then the first page of the filtered jobs."""
+    client = _client(("support",))
+    if not isinstance(client, _Client):
+        return client
+    return _support_page(client, request.args.to_dict(), _LIST_PARAMETERS)
+
+
+@support_floor.post("/v1/jobs/search")
+def support_search_view() -> Response | tuple[Response, int]:
+    """Support's search: the same page, matched by the keyed hash of an MRN or appointment."""
+    client = _client(("support",))
+    if not isinstance(client, _Client):
+        return client
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        return jsonify(error="send application/json"), 415
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except ValueError:
+        return jsonify(error="malformed JSON"), 400
+    if not isinstance(body, dict) or not any(body.get(name) for name in _SEARCH_TERMS):
+        return jsonify(error="give patient_mrn or appointment_id"), 422
+    return _support_page(client, body, _SEARCH_PARAMETERS)
+
+
+def _support_page(
+    client: _Client, given: Mapping[str, Any], allowed: frozenset[str]
+) -> Response | tuple[Response, int]:
+    """One page newest first and its audit entry in one transaction, then decrypt and render
+    (`services.support.list_jobs`, `support._job_page`)."""
+    try:
+        values = _page_values(given, allowed)
+    except (ValueError, TypeError) as exc:  # TypeError: a JSON list or object as a value
+        return jsonify(error=str(exc)), 422
+    limit = values.pop("limit", DEFAULT_PAGE)
+    terms = {name: values.pop(name) for name in _SEARCH_TERMS if name in values}
+    # The audit entry names the filters and which fields were searched, never their values.
+    filters = {name: _iso(v) if isinstance(v, datetime) else v for name, v in values.items()}
+    detail: dict[str, Any] = {"filters": filters}
+    if terms:
+        detail["searched_by"] = sorted(terms)
+    overdue = values.pop("overdue", None)
+    params = {**values, **{_SEARCH_TERMS[name]: _search_hash(v) for name, v in terms.items()}}
+    statement = _page_statement(frozenset(params), overdue)
+    now = datetime.now(UTC)
+    if overdue is not None:
+        late = {f"late_{kind}": now - wait for kind, wait in _expected().items()}
+        params.update(late, oldest_young=now - min(_expected().values()))
+    with _engine().begin() as conn:
+        rows = conn.execute(statement, {**params, "limit": limit + 1}).all()
+        page = rows[:limit]
+        detail.update(count=len(page), job_ids=[str(row.id) for row in page])
+        conn.execute(
+            _INSERT_AUDIT,
+            {
+                "at": now,
+                "client_id": client.id,
+                "actor": client.name,
+                "action": "jobs.search" if terms else "jobs.list",
+                "detail": json.dumps(detail),
+            },
+        )
+    last = page[-1] if len(rows) > limit else None
+    body = {
+        "jobs": [_support_fields(row) for row in page],
+        "next_cursor": None if last is None else encode_cursor(last.created_at, last.id),
+    }
+    response = Response(json.dumps(body), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"  # support answers carry PHI
+    return response
+
+
+def _page_values(given: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """The request's filters, limit and search terms, checked and converted (ValueError)."""
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in allowed:
+            raise ValueError(f"{name}: not a parameter here")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"{name}: not one of {sorted(_CHOICES[name])}")
+        if name == "overdue":
+            if value not in (True, False, "true", "false"):
+                raise ValueError("overdue: true or false")
+            value = value in (True, "true")
+        elif name in ("created_from", "created_to"):
+            at = datetime.fromisoformat(str(value).strip())
+            value = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        elif name == "limit":
+            value = int(value)
+            if isinstance(given[name], bool) or not 1 <= value <= MAX_PAGE:
+                raise ValueError(f"limit: 1 to {MAX_PAGE}")
+        elif name in _SEARCH_TERMS and not (
+            isinstance(value, str) and value.strip() and len(value) <= SEARCH_TERM_MAX
+        ):
+            raise ValueError(f"{name}: a non-blank string of at most {SEARCH_TERM_MAX} characters")
+        values[name] = value
+    start, end = values.get("created_from"), values.get("created_to")
+    if start is not None and end is not None and end <= start:
+        raise ValueError("created_to: must be later than created_from")
+    return values
+
+
+def _support_fields(row: Any) -> dict[str, Any]:
+    """SupportJobOut's fields: the job resource, then what staff act on."""
+    fields = _job_fields(row, *_decrypted(row))
+    fields["clinic_id"] = row.clinic_id
+    fields["flagged"] = row.flagged
+    fields["retry_of"] = None if row.retry_of is None else str(row.retry_of)
+    fields["retried_as"] = None if row.retried_as is None else str(row.retried_as)
+    return fields

@@ -6,7 +6,9 @@ The contract floors (bench/baselines.py) get two more ratios: the floor over the
 baseline (how much of the target the contract's own work leaves), and the service over its
 floor (how much of the gap is the service's own overhead). The targets are still judged
 against the bare baselines, as issue 7 sets them; a floor below a target is named in that
-target's note, so a structural miss reads as one.
+target's note, so a structural miss reads as one. Support's targets are latencies, not ratios:
+its floor's p95 at the judged connection count is set beside the service's, and named in the
+target's note the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ FLOORS: dict[str, str] = {
     "poll_304": "poll_floor",
     "webhook": "webhook_floor",
     "submit": "submit_floor",
+    "support_filters": "support_floor",
+    "support_mrn": "support_floor",
 }
 BASELINE_OF_BASELINES = "constant"
 SUPPORT_FILTER = "support_filter"  # one support filter alone (label: the filter)
@@ -139,6 +143,42 @@ def contract_floor(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def support_floor(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Support's scenarios at the judged connection count: the floor's p95 beside the service's.
+
+    A floor whose p95 misses the latency target says no implementation of the contract
+    reaches it on this machine; the CPU per request says how much of a page is the contract's.
+    """
+    by_key = _by_key(results["runs"])
+    rows = []
+    for scenario in SUPPORT_SCENARIOS:
+        floor = by_key.get((FLOORS[scenario], scenario, SUPPORT_P95_CONNECTIONS))
+        if floor is None:
+            continue
+        row: dict[str, Any] = {
+            "scenario": scenario,
+            "connections": SUPPORT_P95_CONNECTIONS,
+            "floor": floor["target"],
+            "target_p95_ms": SUPPORT_P95_MS,
+            **_latency("floor", floor),
+        }
+        service = by_key.get(("service", scenario, SUPPORT_P95_CONNECTIONS))
+        if service is not None:
+            row.update(_latency("service", service))
+        rows.append(row)
+    return rows
+
+
+def _latency(name: str, run: dict[str, Any]) -> dict[str, Any]:
+    cpu = run.get("cpu_ms_per_request", {})
+    return {
+        f"{name}_rps": run["rps"],
+        f"{name}_p95_ms": run.get("p95_ms", run["p99_ms"]),
+        f"{name}_cpu_ms": _app_cpu_ms(run),
+        f"{name}_db_cpu_ms": None if cpu.get("db") is None else float(cpu["db"]),
+    }
+
+
 def _app_cpu_ms(run: dict[str, Any]) -> float | None:
     value = run.get("cpu_ms_per_request", {}).get("app")
     return None if value is None else float(value)
@@ -158,6 +198,20 @@ def _floor_note(runs: list[dict[str, Any]], scenario: str, minimum: float) -> st
     if worst["ratio"] < minimum:
         return f"{figure} at {worst['connections']}: target out of reach for this contract"
     return f"{figure} at worst: within reach"
+
+
+def _support_floor_note(results: dict[str, Any], scenario: str) -> str:
+    """The support floor's p95 at the judged connection count, and whether it meets the target."""
+    row = next((r for r in results.get("support_floor", []) if r["scenario"] == scenario), None)
+    if row is None:
+        return ""
+    figure = (
+        f"contract floor p95 {row['floor_p95_ms']:.1f} ms at {row['connections']} connections, "
+        f"{row['floor_rps']:.0f} req/s"
+    )
+    if row["floor_p95_ms"] >= SUPPORT_P95_MS:
+        return f"{figure}: target out of reach even for the floor"
+    return f"{figure}: within reach (the floor meets it)"
 
 
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
@@ -207,6 +261,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                     f"({results['meta']['jobs']:,} jobs)",
                     f"{p95:.1f} ms ({run['rps']:.0f} req/s)",
                     p95 < SUPPORT_P95_MS,
+                    _support_floor_note(results, run["scenario"]),
                 )
             )
     growth = results.get("growth")
@@ -294,6 +349,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"| {run['p99_ms']:.1f} | {errors} | {ratio} |"
         )
     lines += _floor_lines(results.get("contract_floor", []))
+    lines += _support_floor_lines(results.get("support_floor", []))
     lines += _support_filter_lines(results["runs"])
     growth = results.get("growth")
     if growth:
@@ -372,6 +428,37 @@ def _floor_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row['baseline']} {row['baseline_rps']:.0f} | {row['floor_rps']:.0f} "
             f"| {service} | {row['floor_over_baseline']:.2f} | {over_floor} | {over_base} "
             f"| {cpu} |"
+        )
+    return lines
+
+
+def _support_floor_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Support's latency targets against the floor: can any implementation meet them here?"""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| support floor | conns | p95 target ms | p95 ms: floor / service "
+        "| req/s: floor / service | app CPU ms/req: floor / service "
+        "| PostgreSQL CPU ms/req: floor / service |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [
+            " / ".join(
+                "" if row.get(f"{who}_{key}") is None else f"{row[f'{who}_{key}']:{spec}}"
+                for who in ("floor", "service")
+            )
+            for key, spec in (
+                ("p95_ms", ".1f"),
+                ("rps", ".0f"),
+                ("cpu_ms", ".2f"),
+                ("db_cpu_ms", ".2f"),
+            )
+        ]
+        lines.append(
+            f"| {row['scenario']} vs {row['floor']} | {row['connections']} "
+            f"| {row['target_p95_ms']:.0f} | {' | '.join(cells)} |"
         )
     return lines
 

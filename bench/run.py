@@ -480,9 +480,8 @@ def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> 
         if bench.support_token:
             scenarios.update(support_scenarios(bench))
         for scenario in scenarios.values():
-            # Support is a handful of people: one connection too, for the unloaded latency.
             support = scenario.name.startswith("support")
-            conns = (1, *opts.connections) if support else None
+            conns = support_connections(bench) if support else None
             bench.measure(served, "service", scenario, auth=True, connections=conns)
             if scenario.name == "support_filters":
                 support_breakdown(bench, served, scenario)
@@ -500,7 +499,8 @@ def floors(
     Measured after the service, so nothing they write changes what the service measured.
     The open jobs the service's webhooks settled are first put back as seeded, so the poll
     floor reads and the webhook floor settles what the service read and settled; the poll
-    floor's ETags are fetched from the floor itself (its formula is the service's).
+    floor's ETags are fetched from the floor itself (its formula is the service's). The
+    support floor runs support's two scenarios with the support token, as the service did.
     """
     assert bench.database is not None
     with db.connect(bench.database) as conn:
@@ -521,6 +521,17 @@ def floors(
         with bench.gunicorn(app_name, f"bench.baselines:{app_name}") as served:
             bench.measure(served, app_name, scenario, auth=True)
         bench.results["memory"][app_name] = served.sampler.peaks.summary()
+    if bench.support_token:
+        with bench.gunicorn("support_floor", "bench.baselines:support_floor") as served:
+            for scenario in support_scenarios(bench).values():
+                conns = support_connections(bench)
+                bench.measure(served, "support_floor", scenario, auth=True, connections=conns)
+        bench.results["memory"]["support_floor"] = served.sampler.peaks.summary()
+
+
+def support_connections(bench: Bench) -> tuple[int, ...]:
+    """Support is a handful of people: one connection too, for the unloaded latency."""
+    return (1, *bench.options.connections)
 
 
 def support_scenarios(bench: Bench) -> dict[str, Scenario]:
@@ -958,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
     report.add_ratios(bench.results["runs"])
     bench.results["contract_floor"] = report.contract_floor(bench.results)
+    bench.results["support_floor"] = report.support_floor(bench.results)
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
     report.write_results(bench.results, opts.output)
