@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Integer,
     Select,
@@ -338,26 +339,33 @@ def _row_type(names: tuple[str, ...]) -> Any:
 
 def overdue_condition(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
     """Processing past the kind's expected time (the worker's reconcile threshold)."""
-    return _overdue(tuple(expected)).params(overdue_values(now, expected))
+    return _overdue(tuple(expected), overdue_values(now, expected))
 
 
 def overdue_values(now: datetime, expected: dict[str, timedelta]) -> dict[str, datetime]:
-    """The bound values of `_overdue(tuple(expected))`."""
+    """The values `_overdue(tuple(expected))` binds."""
     values = {f"late_{kind}": now - wait for kind, wait in expected.items()}
     values["oldest_young"] = now - min(expected.values())
     return values
 
 
-def _overdue(kinds: tuple[str, ...]) -> ColumnElement[bool]:
-    """Processing, and created before `late_<kind>` for its kind.
+def _overdue(
+    kinds: tuple[str, ...], values: dict[str, datetime] | None = None
+) -> ColumnElement[bool]:
+    """Processing, and created before `late_<kind>` for its kind: bound to `values`, or by
+    name when the statement runs.
 
     The bound `oldest_young` (the shortest wait's) repeats what the kinds' conditions imply,
     so that the (status, created_at, id) index starts at the first job old enough to be
     late instead of walking every open job from the newest.
     """
-    late = [and_(Job.kind == kind, Job.created_at < bindparam(f"late_{kind}")) for kind in kinds]
+
+    def bound(name: str) -> BindParameter[datetime]:
+        return bindparam(name) if values is None else bindparam(name, values[name])
+
+    late = [and_(Job.kind == kind, Job.created_at < bound(f"late_{kind}")) for kind in kinds]
     return and_(
-        Job.status == JobStatus.PROCESSING, Job.created_at < bindparam("oldest_young"), or_(*late)
+        Job.status == JobStatus.PROCESSING, Job.created_at < bound("oldest_young"), or_(*late)
     )
 
 
