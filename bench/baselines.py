@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet, MultiFernet
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, abort, jsonify, make_response, request
 from sqlalchemy import Connection, Engine, Row, TextClause, create_engine, text
 
 # The contract's own pure rules (which events settle a job, and how): stdlib-only functions,
@@ -525,6 +525,17 @@ def _clinic_id(conn: Connection, client: _Client) -> int:
     return _default_clinic[0]
 
 
+def _json_body() -> Any:
+    """The request's JSON, or the floor's 415 or 400 answer (raised, as Flask's `abort`)."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        abort(make_response(jsonify(error="send application/json"), 415))
+    try:
+        return json.loads(request.get_data(cache=False))
+    except ValueError:
+        abort(make_response(jsonify(error="malformed JSON"), 400))
+
+
 @submit_floor.post("/v1/notes")
 def submit_floor_view() -> Response | tuple[Response, int]:
     """A note without an Idempotency-Key: token, JSON with its two required fields, then
@@ -533,13 +544,7 @@ def submit_floor_view() -> Response | tuple[Response, int]:
     client = _client(("frontend",))
     if not isinstance(client, _Client):
         return client
-    mimetype = request.mimetype
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        return jsonify(error="send application/json"), 415
-    try:
-        body = json.loads(request.get_data(cache=False))
-    except ValueError:
-        return jsonify(error="malformed JSON"), 400
+    body = _json_body()
     if not isinstance(body, dict) or "appointment_id" not in body or "note" not in body:
         return jsonify(error="appointment_id and note are required"), 422
     # One canonical serialisation is both what is stored (encrypted) and what is hashed.
@@ -710,13 +715,7 @@ def support_search_view() -> Response | tuple[Response, int]:
     client = _client(("support",))
     if not isinstance(client, _Client):
         return client
-    mimetype = request.mimetype
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        return jsonify(error="send application/json"), 415
-    try:
-        body = json.loads(request.get_data(cache=False))
-    except ValueError:
-        return jsonify(error="malformed JSON"), 400
+    body = _json_body()
     if not isinstance(body, dict) or not any(body.get(name) for name in _SEARCH_TERMS):
         return jsonify(error="give patient_mrn or appointment_id"), 422
     return _support_page(client, body, _SEARCH_PARAMETERS)
