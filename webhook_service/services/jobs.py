@@ -142,9 +142,10 @@ def accept_job(
 
 
 _COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where they differ
-_JOBS = cast(Table, Job.__table__)
+# The jobs table for Core statements (the services' prebuilt UPDATEs and INSERTs share it).
+JOBS = cast(Table, Job.__table__)
 _JOB_EVENTS = cast(Table, JobEvent.__table__)
-_INSERT_JOB = insert(_JOBS)
+_INSERT_JOB = insert(JOBS)
 INSERT_EVENT = insert(_JOB_EVENTS)
 
 
@@ -233,8 +234,8 @@ RESOURCE_COLUMNS = (
     Job.next_attempt_at,
     Job.purged_at,
 )
-_RAW_OUTCOME = type_coerce(_JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
-_RAW_ERROR = type_coerce(_JOBS.c.error_message_enc, LargeBinary).label("error_raw")
+_RAW_OUTCOME = type_coerce(JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
+_RAW_ERROR = type_coerce(JOBS.c.error_message_enc, LargeBinary).label("error_raw")
 # Built once: a poll runs it on the session's connection (Core), with only the id bound.
 _POLL_QUERY = select(*RESOURCE_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
 _ETAG_VERSION = "1"  # bump when the job resource's shape changes
@@ -421,12 +422,12 @@ def wake_waiting_notes(
 
 
 _WAKE_WAITING = (
-    update(_JOBS)
+    update(JOBS)
     .where(
-        _JOBS.c.submission_state == Submission.WAITING,
+        JOBS.c.submission_state == Submission.WAITING,
         # (A bound parameter may not be named after a column of the table it updates.)
-        _JOBS.c.clinic_id == bindparam("clinic"),
-        _JOBS.c.appointment_hash == bindparam("appointment"),
+        JOBS.c.clinic_id == bindparam("clinic"),
+        JOBS.c.appointment_hash == bindparam("appointment"),
     )
     .values(next_attempt_at=bindparam("now", type_=UTCDateTime()))
 )

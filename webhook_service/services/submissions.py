@@ -10,11 +10,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     String,
-    Table,
     and_,
     bindparam,
     case,
@@ -33,7 +32,7 @@ from sqlalchemy.orm import Session, aliased, defer
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
 from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
 from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
-from webhook_service.services.jobs import INSERT_EVENT, add_event, note_slot, settle
+from webhook_service.services.jobs import INSERT_EVENT, JOBS, add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
 
 WAIT_FOR_SIBLING = timedelta(seconds=5)
@@ -270,21 +269,20 @@ def record_accepted(session: Session, claim: Claim, reply: Accepted, now: dateti
     apply_parked_for(session, ids, now)
 
 
-_JOBS = cast(Table, Job.__table__)
 _ACCEPTED = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job"))
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job"))
     .values(
         submission_state=Submission.ACCEPTED,
         claimed_until=None,
-        cobalt_job_id=func.coalesce(_JOBS.c.cobalt_job_id, bindparam("reply_job_id", type_=String)),
+        cobalt_job_id=func.coalesce(JOBS.c.cobalt_job_id, bindparam("reply_job_id", type_=String)),
         cobalt_telephone_encounter_id=func.coalesce(
-            _JOBS.c.cobalt_telephone_encounter_id,
+            JOBS.c.cobalt_telephone_encounter_id,
             bindparam("reply_encounter_id", type_=String),
         ),
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
-    .returning(_JOBS.c.cobalt_job_id, _JOBS.c.cobalt_telephone_encounter_id)
+    .returning(JOBS.c.cobalt_job_id, JOBS.c.cobalt_telephone_encounter_id)
 )
 
 

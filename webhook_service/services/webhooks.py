@@ -35,6 +35,7 @@ from webhook_service.models import Clinic, Job, WebhookDelivery
 from webhook_service.phi import search_hash
 from webhook_service.services.jobs import (
     INSERT_EVENT,
+    JOBS,
     add_event,
     settle,
     settled_values,
@@ -296,23 +297,22 @@ def match_row(session: Session, delivery: WebhookDelivery) -> Row[*tuple[Any, ..
     return row
 
 
-_JOBS = cast(Table, Job.__table__)
 # The plain columns deciding and settling read, locked as `match_job` locks the job.
 _ROW = select(
-    _JOBS.c.id,
-    _JOBS.c.status,
-    _JOBS.c.error_code,
-    _JOBS.c.submission_state,
-    _JOBS.c.inflight_key,
-    _JOBS.c.clinic_id,
-    _JOBS.c.appointment_hash,
-    _JOBS.c.cobalt_job_id,
-    _JOBS.c.cobalt_telephone_encounter_id,
+    JOBS.c.id,
+    JOBS.c.status,
+    JOBS.c.error_code,
+    JOBS.c.submission_state,
+    JOBS.c.inflight_key,
+    JOBS.c.clinic_id,
+    JOBS.c.appointment_hash,
+    JOBS.c.cobalt_job_id,
+    JOBS.c.cobalt_telephone_encounter_id,
 ).with_for_update()
-_ROW_BY_JOB_ID = _ROW.where(_JOBS.c.cobalt_job_id == bindparam("value"))
-_ROW_BY_ENCOUNTER_ID = _ROW.where(_JOBS.c.cobalt_telephone_encounter_id == bindparam("value"))
+_ROW_BY_JOB_ID = _ROW.where(JOBS.c.cobalt_job_id == bindparam("value"))
+_ROW_BY_ENCOUNTER_ID = _ROW.where(JOBS.c.cobalt_telephone_encounter_id == bindparam("value"))
 # The columns to set are the parameters given (by column name), as in `_SETTLE_DELIVERY`.
-_UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_key"))
+_UPDATE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job_key"))
 _JOB_COLUMN = {key: column.name for key, column in Job.__mapper__.columns.items()}
 
 
