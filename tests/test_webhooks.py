@@ -437,7 +437,7 @@ def test_contradicting_outcome_is_recorded_and_flagged_never_applied(
     job = load_job(sessions, completed_note)
     assert (job.status, job.outcome, job.error_code) == ("completed", before.outcome, None)
     assert job.finished_at == before.finished_at
-    assert job.flagged is True
+    assert (job.flagged, job.updated_at) == (True, clock.now)
     conflict = timeline(sessions, completed_note)[-1]
     assert conflict.type == "outcome_conflict"
     assert conflict.detail["kept"] == "completed"
@@ -454,9 +454,9 @@ def test_same_outcome_again_is_a_repeat_and_changes_nothing(
     job = load_job(sessions, completed_note)
     assert (job.status, job.outcome) == ("completed", before.outcome)
     assert job.finished_at == before.finished_at
-    assert job.flagged is False
+    assert (job.flagged, job.updated_at) == (False, clock.now)
     assert deliveries(sessions)[-1].state == "repeat"
-    assert event_types(sessions, completed_note).count("webhook_applied") == 1
+    assert event_types(sessions, completed_note)[-2:] == ["webhook_applied", "webhook_repeat"]
 
 
 @pytest.mark.parametrize("cobalt_job_id", ["cj_9", None], ids=["by-job-id", "by-appointment"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 SignatureForm = Literal["raw", "compact"]
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def verify_signature(
     if not header or not secrets:
         return None
     candidate = header.strip().lower()
-    if len(candidate) != 64 or any(c not in "0123456789abcdef" for c in candidate):
+    if len(candidate) != 64 or not _HEX_DIGITS.issuperset(candidate):
         return None
     for index, secret in enumerate(secrets):
         if hmac.compare_digest(compute_signature(secret, raw_body), candidate):

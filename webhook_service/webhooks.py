@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from webhook_service import services
 from webhook_service.errors import NotConfigured, SignatureInvalid
+from webhook_service.services.webhooks import KEPT_HEADERS
 from webhook_service.signatures import verify_signature
 from webhook_service.web import request_transaction, settings, utcnow
 
@@ -32,7 +33,7 @@ def receive_cobalt_webhook() -> Response:
         raise SignatureInvalid(
             "The cobalt-verification header is missing or does not match any configured secret."
         )
-    headers = {name.lower(): value for name, value in request.headers.items()}
+    headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
     with request_transaction() as session:
         recorded = services.record_webhook(
             session, raw_body=raw_body, headers=headers, match=match, now=utcnow()

@@ -138,17 +138,19 @@ def _insert_once(session: Session, delivery: WebhookDelivery) -> int | None:
     One `INSERT … ON CONFLICT DO NOTHING RETURNING id` (PostgreSQL and SQLite alike): the
     unique key is still the guard, without a savepoint and a caught IntegrityError.
     """
-    values = {
-        prop.columns[0].name: getattr(delivery, prop.key)
-        for prop in inspect(WebhookDelivery).column_attrs
-        if prop.key != "id"
-    }
+    values = {column: getattr(delivery, key) for column, key in _DELIVERY_COLUMNS}
     connection = session.connection()
     statement = _INSERT_ONCE[connection.dialect.name == "postgresql"]
     inserted: int | None = connection.execute(statement, values).scalar_one_or_none()
     return inserted
 
 
+# (column name, attribute) of what a delivery's INSERT writes: every column but its id.
+_DELIVERY_COLUMNS = tuple(
+    (prop.columns[0].name, prop.key)
+    for prop in inspect(WebhookDelivery).column_attrs
+    if prop.key != "id"
+)
 # Built once per dialect (PostgreSQL, SQLite); the row's values are bound per call.
 _INSERT_ONCE = {
     postgres: (postgresql.insert if postgres else sqlite.insert)(_DELIVERIES)
@@ -187,10 +189,11 @@ def apply_delivery(
     """Match a stored delivery to its job and apply the event (or park it).
 
     `received`: the delivery has just been received, in a session that holds no job yet.
-    Then the common case, an outcome for a job found by its Cobalt ids and still waiting for
-    one, is settled with plain statements on the job's row (`_settle_row`): nothing encrypted
-    is read, and no ORM object is loaded and flushed. Elsewhere (replay, parked deliveries,
-    reconcile) the session may hold the job, which those statements would leave stale.
+    Then the common case, an outcome for a job found by its Cobalt ids, is applied with plain
+    statements on the job's row (`_apply_to_row`): settled, or noted as a repeat or a
+    conflict; nothing encrypted is read, and no ORM object is loaded and flushed. Elsewhere
+    (replay, parked deliveries, reconcile) the session may hold the job, which those
+    statements would leave stale.
     """
     event_type = delivery.event_type
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
@@ -208,9 +211,8 @@ def apply_delivery(
         return
     facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
     row = match_row(session, delivery) if received else None
-    verdict = judge_outcome(row.status, row.error_code, outcome.status) if row else None
-    if row is not None and verdict == Verdict.APPLY:
-        _settle_row(session, row, delivery, outcome, now, facts)
+    if row is not None:
+        _apply_to_row(session, row, delivery, outcome, now, facts)
         return
     job = match_job(session, delivery)
     if job is None:
@@ -242,7 +244,7 @@ def apply_delivery(
         delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
 
 
-def _settle_row(
+def _apply_to_row(
     session: Session,
     row: Row[*tuple[Any, ...]],
     delivery: WebhookDelivery,
@@ -250,32 +252,47 @@ def _settle_row(
     now: datetime,
     facts: dict[str, Any],
 ) -> None:
-    """`settle()` and the `webhook_applied` line, written as one UPDATE and one INSERT."""
-    connection = session.connection()
-    connection.execute(
-        _UPDATE_JOB,
-        {
-            **{
-                _JOB_COLUMN[key]: value
-                for key, value in settled_values(outcome, now, row.submission_state).items()
+    """What the ORM branch below does to a job, as one UPDATE of its row and one INSERT of
+    its timeline line: settle it (`webhook_applied`), or note a repeat or a conflict."""
+    status = JobStatus(row.status)
+    verdict = judge_outcome(status, row.error_code, outcome.status)
+    values: dict[str, Any] = {
+        "cobalt_job_id": row.cobalt_job_id or delivery.cobalt_job_id,
+        "cobalt_telephone_encounter_id": (
+            row.cobalt_telephone_encounter_id or delivery.telephone_encounter_id
+        ),
+        "updated_at": now,
+        "job_key": row.id,
+    }
+    if verdict == Verdict.APPLY:
+        settled = settled_values(outcome, now, row.submission_state)
+        values.update({_JOB_COLUMN[key]: value for key, value in settled.items()})
+        values["inflight_key"] = None
+        event_type, detail = (
+            "webhook_applied",
+            {
+                "settled_late": _settles_late(status, row.error_code),
+                **facts,
             },
-            "inflight_key": None,
-            "cobalt_job_id": row.cobalt_job_id or delivery.cobalt_job_id,
-            "cobalt_telephone_encounter_id": (
-                row.cobalt_telephone_encounter_id or delivery.telephone_encounter_id
-            ),
-            "job_key": row.id,
-        },
-    )
-    if row.inflight_key is not None:
+        )
+        delivery.state, delivery.state_detail = DeliveryState.APPLIED, None
+    elif verdict == Verdict.REPEAT:
+        event_type, detail = "webhook_repeat", facts
+        delivery.state = DeliveryState.REPEAT
+        delivery.state_detail = f"job already {status}"
+    else:
+        values["flagged"] = True
+        event_type, detail = "outcome_conflict", {"kept": status, **facts}
+        delivery.state = DeliveryState.CONFLICT
+        delivery.state_detail = f"job is {status}; this delivery says {outcome.status}"
+    connection = session.connection()
+    connection.execute(_UPDATE_JOB, values)
+    if verdict == Verdict.APPLY and row.inflight_key is not None:
         wake_waiting_notes(connection, row.clinic_id, row.appointment_hash, now)
-    detail = {"settled_late": _settles_late(row.status, row.error_code), **facts}
     connection.execute(
-        INSERT_EVENT, {"job_id": row.id, "at": now, "type": "webhook_applied", "detail": detail}
+        INSERT_EVENT, {"job_id": row.id, "at": now, "type": event_type, "detail": detail}
     )
     delivery.job_id = row.id
-    delivery.state = DeliveryState.APPLIED
-    delivery.state_detail = None
 
 
 def _settles_late(status: str, error_code: str | None) -> bool:
@@ -468,7 +485,10 @@ def _parse(raw_body: bytes) -> dict[str, Any]:
 
 def _printable(value: str) -> str:
     """A header value safe to store anywhere (PostgreSQL JSON refuses NUL)."""
-    return "".join(c if c.isprintable() else "?" for c in value[:500])
+    value = value[:500]
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else "?" for c in value)
 
 
 def _clean_id(value: object) -> str | None:
