@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, exists, inspect, or_, select, update
+from sqlalchemy import Connection, Row, Table, and_, bindparam, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -67,6 +68,46 @@ class DeliveryState:
     FAILED = "failed"  # applying raised: kept for support, nothing half-applied
 
 
+class Delivery(Protocol):
+    """What applying reads of a delivery, and sets: a stored `WebhookDelivery`, or an
+    `IncomingDelivery` just inserted (whose state one UPDATE then writes)."""
+
+    id: int
+    event_type: str | None
+    cobalt_job_id: str | None
+    telephone_encounter_id: str | None
+    appointment_hash: str | None
+    access_token_reference_id: str | None
+    state: str
+    state_detail: str | None
+    job_id: uuid.UUID | None
+
+
+@dataclass(slots=True)
+class IncomingDelivery:
+    """A delivery as received: what its INSERT writes (the `WebhookDelivery` attributes but
+    its id), without the ORM's instrumentation, since no session ever holds it."""
+
+    dedup_key: str
+    webhook_id: str | None
+    attempt: int | None
+    event_timestamp: datetime | None
+    event_id: str | None
+    event_type: str | None
+    cobalt_job_id: str | None
+    telephone_encounter_id: str | None
+    appointment_hash: str | None
+    access_token_reference_id: str | None
+    headers: dict[str, str]
+    raw_body: bytes
+    signature_match: str
+    received_at: datetime
+    state: str = DeliveryState.RECEIVED
+    state_detail: str | None = None
+    job_id: uuid.UUID | None = None
+    id: int = 0  # set once inserted
+
+
 @dataclass(frozen=True)
 class Recorded:
     delivery_id: int
@@ -87,7 +128,7 @@ def record_webhook(
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     assert isinstance(data, dict)
     webhook_id = _clean_id(headers.get("webhook-id"))
-    delivery = WebhookDelivery(
+    delivery = IncomingDelivery(
         dedup_key=_dedup_key(webhook_id, payload, raw_body),
         webhook_id=webhook_id,
         attempt=_parse_int(headers.get("webhook-attempt")),
@@ -102,9 +143,9 @@ def record_webhook(
         raw_body=raw_body,
         signature_match=match.describe(),
         received_at=now,
-        state=DeliveryState.RECEIVED,
     )
-    delivery_id = _insert_once(session, delivery)
+    connection = session.connection()
+    delivery_id = _insert_once(connection, delivery)
     if delivery_id is None:
         existing = session.execute(
             select(WebhookDelivery.id, WebhookDelivery.state).where(
@@ -112,11 +153,11 @@ def record_webhook(
             )
         ).one()
         return Recorded(existing.id, duplicate=True, state=existing.state)
-    # The delivery stays a plain (transient) object: applying sets its state, job and detail,
-    # and one UPDATE writes them. The row itself is committed whatever applying does.
+    # Applying sets the delivery's state, job and detail, and one UPDATE writes them. The row
+    # itself is committed whatever applying does.
     delivery.id = delivery_id
     _apply_safely(session, delivery, payload, now, received=True)
-    session.connection().execute(
+    connection.execute(
         _SETTLE_DELIVERY,
         {
             "delivery_id": delivery_id,
@@ -132,14 +173,13 @@ _DELIVERIES = cast(Table, WebhookDelivery.__table__)
 _SETTLE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id"))
 
 
-def _insert_once(session: Session, delivery: WebhookDelivery) -> int | None:
+def _insert_once(connection: Connection, delivery: IncomingDelivery) -> int | None:
     """Insert the delivery unless its dedup key is already stored; return its id, or None.
 
     One `INSERT … ON CONFLICT DO NOTHING RETURNING id` (PostgreSQL and SQLite alike): the
     unique key is still the guard, without a savepoint and a caught IntegrityError.
     """
     values = {column: getattr(delivery, key) for column, key in _DELIVERY_COLUMNS}
-    connection = session.connection()
     statement = _INSERT_ONCE[connection.dialect.name == "postgresql"]
     inserted: int | None = connection.execute(statement, values).scalar_one_or_none()
     return inserted
@@ -162,7 +202,7 @@ _INSERT_ONCE = {
 
 def _apply_safely(
     session: Session,
-    delivery: WebhookDelivery,
+    delivery: Delivery,
     payload: dict[str, Any],
     now: datetime,
     *,
@@ -180,7 +220,7 @@ def _apply_safely(
 
 def apply_delivery(
     session: Session,
-    delivery: WebhookDelivery,
+    delivery: Delivery,
     payload: dict[str, Any],
     now: datetime,
     *,
@@ -247,7 +287,7 @@ def apply_delivery(
 def _apply_to_row(
     session: Session,
     row: Row[*tuple[Any, ...]],
-    delivery: WebhookDelivery,
+    delivery: Delivery,
     outcome: Outcome,
     now: datetime,
     facts: dict[str, Any],
@@ -300,7 +340,7 @@ def _settles_late(status: str, error_code: str | None) -> bool:
     return status == JobStatus.FAILED and error_code == NO_OUTCOME
 
 
-def match_row(session: Session, delivery: WebhookDelivery) -> Row[*tuple[Any, ...]] | None:
+def match_row(session: Session, delivery: Delivery) -> Row[*tuple[Any, ...]] | None:
     """The job's plain columns, locked, when the delivery names its Cobalt job or encounter id
     (what `match_job` finds first, without loading the job)."""
     connection = session.connection()
@@ -339,7 +379,7 @@ _LOCKED: dict[str, Any] = {"populate_existing": True}
 _UNREAD = (defer(Job.request_body), defer(Job.outcome), defer(Job.error_message))
 
 
-def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
+def match_job(session: Session, delivery: Delivery) -> Job | None:
     """Find the delivery's job: by Cobalt job id, then encounter id, then note appointment.
 
     Each job is locked and read afresh (`_LOCKED`): a job already in this session may be
@@ -371,7 +411,7 @@ def match_job(session: Session, delivery: WebhookDelivery) -> Job | None:
     return None
 
 
-def _note_for_appointment(session: Session, delivery: WebhookDelivery) -> Job | None:
+def _note_for_appointment(session: Session, delivery: Delivery) -> Job | None:
     """The note in flight for this appointment in the delivery's clinic.
 
     Only one note per (clinic, appointment) is ever at Cobalt at once, so this is not a
@@ -415,7 +455,7 @@ def _clinics_for(session: Session, reference_id: str | None) -> list[int] | None
     )
 
 
-def _flag_clinic_of(session: Session, delivery: WebhookDelivery, now: datetime) -> None:
+def _flag_clinic_of(session: Session, delivery: Delivery, now: datetime) -> None:
     if delivery.access_token_reference_id is None:
         return
     clinic = session.scalar(
