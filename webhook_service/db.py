@@ -6,6 +6,7 @@ file; PostgreSQL gets a statement timeout so no request can hang past Heroku's 3
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +14,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 SessionFactory = sessionmaker[Session]
+
+# A pooled PostgreSQL connection idle longer than this is pinged (`SELECT 1`) before it is
+# handed out; one back in the pool sooner is handed out as it is.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def make_engine(
@@ -23,6 +30,7 @@ def make_engine(
     *,
     statement_timeout_ms: int = 10_000,
     wait_seconds: float = 15,
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
     **kwargs: Any,
 ) -> Engine:
     """Create the engine for `url`, with the per-dialect settings this service relies on.
@@ -30,6 +38,14 @@ def make_engine(
     `wait_seconds` bounds every wait for the database (connecting, a pooled connection, a
     SQLite lock): the web process keeps it short, so that a database outage is a quick 503
     that Cobalt retries, never a request hanging past Cobalt's 5 s.
+
+    A PostgreSQL connection that sat in the pool longer than `ping_after_idle_seconds` is
+    pinged before use, and replaced if the server dropped it (a restart in a quiet hour, an
+    idle timeout): the request gets a fresh connection, not an error. SQLAlchemy's
+    `pool_pre_ping` pings on every checkout, a round trip that was a sixth of a poll's CPU;
+    a connection used within the second is taken as alive. If the server dropped it in
+    that second, the one request on it fails as those in flight did (503), and SQLAlchemy
+    then replaces every connection the pool held from before the drop.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -43,9 +59,8 @@ def make_engine(
         return engine
     lock_ms = min(statement_timeout_ms, 5000)
     options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_ms}"
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=kwargs.pop("pool_size", 5),
         max_overflow=kwargs.pop("max_overflow", 5),
         pool_timeout=wait_seconds,
@@ -53,6 +68,33 @@ def make_engine(
         connect_args={"options": options, "connect_timeout": max(2, int(wait_seconds))},
         **kwargs,
     )
+    _ping_when_idle(engine, ping_after_idle_seconds)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout when it has been idle over `idle_seconds`.
+
+    SQLAlchemy's documented checkout-event recipe: raising `DisconnectionError` makes the
+    pool discard the connection and hand out another (a new one, if need be).
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def note_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at <= idle_seconds:
+            return  # new, or back in the pool moments ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("the database closed a pooled connection") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
