@@ -21,11 +21,14 @@ def _backend_pid(engine: Engine) -> int:
         return pid
 
 
-def _terminate(url: str, pid: int) -> None:
-    """What a server restart or an idle timeout does to one pooled connection."""
+def _drop_the_pooled_connection(engine: Engine, url: str) -> int:
+    """Use the pool's one connection, then end it on the server, as a restart or an idle
+    timeout does; return its backend's pid."""
+    pid = _backend_pid(engine)
     libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    return pid
 
 
 @pytest.fixture
@@ -41,8 +44,7 @@ def one_connection_pool(postgres_url: str, request: pytest.FixtureRequest) -> It
 def test_a_connection_dropped_while_idle_in_the_pool_is_replaced_before_use(
     one_connection_pool: Engine, postgres_url: str
 ) -> None:
-    dropped = _backend_pid(one_connection_pool)
-    _terminate(postgres_url, dropped)
+    dropped = _drop_the_pooled_connection(one_connection_pool, postgres_url)
     time.sleep(0.3)  # idle past ping_after_idle_seconds
     assert _backend_pid(one_connection_pool) != dropped  # no error: a fresh connection
 
@@ -51,8 +53,7 @@ def test_a_connection_dropped_while_idle_in_the_pool_is_replaced_before_use(
 def test_a_connection_used_moments_ago_is_not_pinged_and_one_failure_refreshes_the_pool(
     one_connection_pool: Engine, postgres_url: str
 ) -> None:
-    dropped = _backend_pid(one_connection_pool)
-    _terminate(postgres_url, dropped)
+    dropped = _drop_the_pooled_connection(one_connection_pool, postgres_url)
     # Back in the pool a moment ago: handed out without a round trip, so the drop shows
     # on the request that uses it (the web answers it 503, as it does an outage)...
     with pytest.raises(OperationalError) as failed, one_connection_pool.connect() as connection:
