@@ -265,23 +265,35 @@ def apply_delivery(
     if delivery.telephone_encounter_id and job.cobalt_telephone_encounter_id is None:
         job.cobalt_telephone_encounter_id = delivery.telephone_encounter_id
     verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
+    event_type, detail = _judged(delivery, verdict, job.status, job.error_code, outcome, facts)
     if verdict == Verdict.APPLY:
-        late = _settles_late(job.status, job.error_code)
         settle(session, job, outcome, now)
-        add_event(session, job, "webhook_applied", now, settled_late=late, **facts)
-        delivery.state = DeliveryState.APPLIED
-        delivery.state_detail = None
-    elif verdict == Verdict.REPEAT:
-        job.updated_at = now
-        add_event(session, job, "webhook_repeat", now, **facts)
-        delivery.state = DeliveryState.REPEAT
-        delivery.state_detail = f"job already {job.status}"
     else:
-        job.flagged = True
+        if verdict == Verdict.CONFLICT:
+            job.flagged = True
         job.updated_at = now
-        add_event(session, job, "outcome_conflict", now, kept=job.status, **facts)
-        delivery.state = DeliveryState.CONFLICT
-        delivery.state_detail = f"job is {job.status}; this delivery says {outcome.status}"
+    add_event(session, job, event_type, now, **detail)
+
+
+def _judged(
+    delivery: Delivery,
+    verdict: Verdict,
+    status: str,
+    error_code: str | None,
+    outcome: Outcome,
+    facts: dict[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """Set the delivery's state for the verdict on a job in `status`; return the job's
+    timeline line for it (its type and detail). The job itself is written by the caller."""
+    if verdict == Verdict.APPLY:
+        delivery.state, delivery.state_detail = DeliveryState.APPLIED, None
+        return "webhook_applied", {"settled_late": _settles_late(status, error_code), **facts}
+    if verdict == Verdict.REPEAT:
+        delivery.state, delivery.state_detail = DeliveryState.REPEAT, f"job already {status}"
+        return "webhook_repeat", facts
+    delivery.state = DeliveryState.CONFLICT
+    delivery.state_detail = f"job is {status}; this delivery says {outcome.status}"
+    return "outcome_conflict", {"kept": status, **facts}
 
 
 def _apply_to_row(
@@ -304,27 +316,13 @@ def _apply_to_row(
         "updated_at": now,
         "job_key": row.id,
     }
+    event_type, detail = _judged(delivery, verdict, status, row.error_code, outcome, facts)
     if verdict == Verdict.APPLY:
         settled = settled_values(outcome, now, row.submission_state)
         values.update({_JOB_COLUMN[key]: value for key, value in settled.items()})
         values["inflight_key"] = None
-        event_type, detail = (
-            "webhook_applied",
-            {
-                "settled_late": _settles_late(status, row.error_code),
-                **facts,
-            },
-        )
-        delivery.state, delivery.state_detail = DeliveryState.APPLIED, None
-    elif verdict == Verdict.REPEAT:
-        event_type, detail = "webhook_repeat", facts
-        delivery.state = DeliveryState.REPEAT
-        delivery.state_detail = f"job already {status}"
-    else:
+    elif verdict == Verdict.CONFLICT:
         values["flagged"] = True
-        event_type, detail = "outcome_conflict", {"kept": status, **facts}
-        delivery.state = DeliveryState.CONFLICT
-        delivery.state_detail = f"job is {status}; this delivery says {outcome.status}"
     connection = session.connection()
     connection.execute(_UPDATE_JOB, values)
     if verdict == Verdict.APPLY and row.inflight_key is not None:
