@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 import responses
 from flask import Flask
@@ -623,6 +624,54 @@ def test_apply_failure_keeps_the_delivery_marked_failed(
     job = load_job(sessions, encounter)
     assert (job.status, job.outcome, job.updated_at) == ("processing", None, before.updated_at)
     assert count_rows("job_events") == events_before
+
+
+def test_apply_failing_after_it_wrote_leaves_the_job_as_it_was(
+    client, encounter, sessions, count_rows, monkeypatch
+):
+    """Applying fails after the job's row is settled: that write is undone with the rest,
+    and the delivery is still kept, marked failed, for support to replay."""
+    before = load_job(sessions, encounter)
+    events_before = count_rows("job_events")
+    monkeypatch.setattr(
+        "webhook_service.services.webhooks.INSERT_EVENT",
+        text("INSERT INTO no_such_table (job_id) VALUES (:job_id)"),
+    )
+    response = deliver(client, encounter_created())
+    assert (response.status_code, response.json) == (200, {"received": True})
+    row = only_delivery(sessions)
+    assert (row.state, row.job_id) == ("failed", None)
+    assert row.event_type == "telephone_encounter.created"
+    job = load_job(sessions, encounter)
+    assert (job.status, job.finished_at, job.updated_at) == ("processing", None, before.updated_at)
+    assert count_rows("job_events") == events_before
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_losing_the_database_while_applying_is_a_503_and_the_retry_applies(
+    client, encounter, sessions, postgres_url, monkeypatch
+):
+    """The connection dies mid-apply (a failover): nothing is stored, Cobalt gets a 503,
+    and its retry of the same delivery is applied as if it were the first."""
+    from webhook_service.services import webhooks as service
+
+    match_row = service.match_row
+
+    def drop_the_connection_then_match(session: Session, delivery: Any) -> Any:
+        pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return match_row(session, delivery)
+
+    monkeypatch.setattr(service, "match_row", drop_the_connection_then_match)
+    body = compact_json(encounter_created())
+    attempt = {"webhook-id": "msg_failover"}
+    assert_problem(deliver(client, body, headers=attempt), 503)
+    assert deliveries(sessions) == []
+    monkeypatch.undo()
+    assert deliver(client, body, headers={**attempt, "webhook-attempt": "2"}).status_code == 200
+    assert only_delivery(sessions).state == "applied"
+    assert load_job(sessions, encounter).status == "completed"
 
 
 def test_database_down_is_a_quick_503_so_cobalt_retries():

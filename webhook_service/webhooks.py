@@ -13,7 +13,7 @@ from webhook_service import services
 from webhook_service.errors import NotConfigured, SignatureInvalid
 from webhook_service.services.webhooks import KEPT_HEADERS
 from webhook_service.signatures import verify_signature
-from webhook_service.web import request_transaction, settings, utcnow
+from webhook_service.web import sessions, settings, utcnow
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)
@@ -34,10 +34,9 @@ def receive_cobalt_webhook() -> Response:
             "The cobalt-verification header is missing or does not match any configured secret."
         )
     headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
-    with request_transaction() as session:
-        recorded = services.record_webhook(
-            session, raw_body=raw_body, headers=headers, match=match, now=utcnow()
-        )
+    recorded = services.receive_webhook(
+        sessions(), raw_body=raw_body, headers=headers, match=match, now=utcnow()
+    )
     log.info(
         "webhook stored",
         extra={

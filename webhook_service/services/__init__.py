@@ -65,7 +65,12 @@ from webhook_service.services.support_actions import (
     replay_delivery,
     retry_job,
 )
-from webhook_service.services.webhooks import Recorded, match_parked, record_webhook
+from webhook_service.services.webhooks import (
+    Recorded,
+    match_parked,
+    receive_webhook,
+    record_webhook,
+)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -109,6 +114,7 @@ __all__ = [
     "purge_expired_phi",
     "read_cobalt_log",
     "read_delivery",
+    "receive_webhook",
     "record_accepted",
     "record_ambiguous",
     "record_lookup",

@@ -1,8 +1,10 @@
 """Webhook deliveries: store every signed one, then match it to a job and apply it.
 
-Storing and applying are separate steps inside one transaction: applying runs in a
-savepoint, so a bug in applying rolls back only the apply, and the delivery is still kept,
-marked `failed` for support to see.
+A received delivery is stored and applied in one transaction. If applying raises, that
+transaction is rolled back whole and the delivery is stored again, alone and marked
+`failed` for support to see, in a second one (`receive_webhook`): either way it is kept
+before Cobalt gets its 200, and nothing is half-applied. Parked deliveries, applied later in
+a batch, each get a savepoint instead (`_apply_safely`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Row, Table, and_, bindparam, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, defer
 
+from webhook_service.db import SessionFactory, transaction
 from webhook_service.lifecycle import (
     LOGIN_REQUIRED,
     NO_OUTCOME,
@@ -115,6 +119,42 @@ class Recorded:
     state: str
 
 
+class ApplyFailed(Exception):
+    """Applying a just-stored delivery raised (`record_webhook`): the caller rolls back and
+    stores `delivery` again, marked failed (`receive_webhook` does)."""
+
+    def __init__(self, delivery: IncomingDelivery, cause: Exception) -> None:
+        super().__init__(delivery.state_detail)
+        self.delivery = delivery
+        self.cause = cause
+
+
+def receive_webhook(
+    factory: SessionFactory,
+    *,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    match: SignatureMatch,
+    now: datetime,
+) -> Recorded:
+    """Store a signed delivery once and apply it, in one transaction; if applying raises,
+    store the delivery alone, marked failed, in a second. Returns once it is committed.
+
+    One transaction, not a savepoint around applying: the savepoint and its release were two
+    of a webhook's nine round trips, paid on every delivery for the rare one that fails.
+    """
+    try:
+        with transaction(factory) as session:
+            return record_webhook(session, raw_body=raw_body, headers=headers, match=match, now=now)
+    except ApplyFailed as failed:
+        delivery, cause = failed.delivery, failed.cause
+    # Everything applying wrote is rolled back with the first transaction.
+    with transaction(factory) as session:
+        recorded = _store(session.connection(), delivery)
+    log_failure(log, "webhook apply failed", cause, delivery_id=recorded.delivery_id)
+    return recorded
+
+
 def record_webhook(
     session: Session,
     *,
@@ -123,7 +163,9 @@ def record_webhook(
     match: SignatureMatch,
     now: datetime,
 ) -> Recorded:
-    """Store a signed delivery once (deduplicated), then apply it. Never raises for bad input."""
+    """Store a signed delivery once (deduplicated) in the session's transaction, then apply
+    it. Bad input never raises; a failure while applying raises `ApplyFailed`, which the
+    caller answers by rolling back (`receive_webhook`)."""
     payload = _parse(raw_body)
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     assert isinstance(data, dict)
@@ -145,32 +187,44 @@ def record_webhook(
         received_at=now,
     )
     connection = session.connection()
-    delivery_id = _insert_once(connection, delivery)
-    if delivery_id is None:
-        existing = session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.state).where(
-                WebhookDelivery.dedup_key == delivery.dedup_key
-            )
-        ).one()
-        return Recorded(existing.id, duplicate=True, state=existing.state)
-    # Applying sets the delivery's state, job and detail, and one UPDATE writes them. The row
-    # itself is committed whatever applying does.
-    delivery.id = delivery_id
-    _apply_safely(session, delivery, payload, now, received=True)
+    recorded = _store(connection, delivery)
+    if recorded.duplicate:
+        return recorded
+    # Applying sets the delivery's state, job and detail, and one UPDATE writes them.
+    try:
+        apply_delivery(session, delivery, payload, now, received=True)
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise  # the database went away: nothing is stored, and the 503 makes Cobalt retry
+        _mark_failed(delivery, exc)
+        raise ApplyFailed(delivery, exc) from exc
     connection.execute(
         _SETTLE_DELIVERY,
         {
-            "delivery_id": delivery_id,
+            "delivery_id": delivery.id,
             "state": delivery.state,
             "state_detail": delivery.state_detail,
             "job_id": delivery.job_id,
         },
     )
+    return Recorded(delivery.id, duplicate=False, state=delivery.state)
+
+
+def _store(connection: Connection, delivery: IncomingDelivery) -> Recorded:
+    """Insert the delivery, as it stands, unless its dedup key is stored (then: that one)."""
+    delivery_id = _insert_once(connection, delivery)
+    if delivery_id is None:
+        existing = connection.execute(_STORED, {"dedup_key": delivery.dedup_key}).one()
+        return Recorded(existing.id, duplicate=True, state=existing.state)
+    delivery.id = delivery_id
     return Recorded(delivery_id, duplicate=False, state=delivery.state)
 
 
 _DELIVERIES = cast(Table, WebhookDelivery.__table__)
 _SETTLE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id"))
+_STORED = select(_DELIVERIES.c.id, _DELIVERIES.c.state).where(
+    _DELIVERIES.c.dedup_key == bindparam("dedup_key")
+)
 
 
 def _insert_once(connection: Connection, delivery: IncomingDelivery) -> int | None:
@@ -201,21 +255,21 @@ _INSERT_ONCE = {
 
 
 def _apply_safely(
-    session: Session,
-    delivery: Delivery,
-    payload: dict[str, Any],
-    now: datetime,
-    *,
-    received: bool = False,
+    session: Session, delivery: WebhookDelivery, payload: dict[str, Any], now: datetime
 ) -> None:
+    """Apply a stored delivery in a savepoint: if that raises, only its apply is undone."""
     try:
         with session.begin_nested():
-            apply_delivery(session, delivery, payload, now, received=received)
+            apply_delivery(session, delivery, payload, now)
     except Exception as exc:
         log_failure(log, "webhook apply failed", exc, delivery_id=delivery.id)
-        delivery.state = DeliveryState.FAILED
-        delivery.state_detail = f"applying raised {type(exc).__name__}"
-        delivery.job_id = None
+        _mark_failed(delivery, exc)
+
+
+def _mark_failed(delivery: Delivery, exc: Exception) -> None:
+    delivery.state = DeliveryState.FAILED
+    delivery.state_detail = f"applying raised {type(exc).__name__}"
+    delivery.job_id = None
 
 
 def apply_delivery(
