@@ -460,12 +460,18 @@ def test_concurrent_submissions_with_one_key_make_one_job(
 # --- 5. Polling ------------------------------------------------------------------------------
 
 
-def test_polling_a_processing_job(client: FlaskClient) -> None:
-    submitted = submit(client, NOTES, NOTE)
+@pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "poll-1"}], ids=["no-key", "key"])
+def test_polling_a_processing_job(client: FlaskClient, headers: dict[str, str]) -> None:
+    submitted = submit(client, NOTES, NOTE, headers)
     response = client.get(submitted.headers["Location"])
     assert response.status_code == 200
     assert response.json == submitted.json
-    assert response.headers["ETag"]
+    # The 202's ETag is the stored job's: a front end may poll with it straight away.
+    assert response.headers["ETag"] == submitted.headers["ETag"]
+    again = client.get(
+        submitted.headers["Location"], headers={"If-None-Match": submitted.headers["ETag"]}
+    )
+    assert again.status_code == 304
     assert response.headers["Cache-Control"] == "private, no-cache"
     assert int(response.headers["Retry-After"]) > 0
 

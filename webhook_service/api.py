@@ -18,9 +18,9 @@ from webhook_service.errors import (
     ValidationFailed,
 )
 from webhook_service.lifecycle import JobStatus
-from webhook_service.models import Job
 from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
+from webhook_service.services.jobs import JobColumns
 from webhook_service.web import read_connection, request_transaction, settings, utcnow
 
 bp = Blueprint("api", __name__)
@@ -113,7 +113,7 @@ def openapi() -> Response:
     return jsonify(_spec)
 
 
-def _job_response(job: Job, *, status: int, etag: str | None = None) -> Response:
+def _job_response(job: JobColumns, *, status: int, etag: str | None = None) -> Response:
     payload = services.job_view(job).model_dump_json().encode("utf-8")
     response = Response(payload, status=status, mimetype="application/json")
     _cache_headers(response, etag or services.etag_of(job), job.status)

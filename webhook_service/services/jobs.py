@@ -103,6 +103,30 @@ def submit_job(
     return job, True
 
 
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job `accept_job` has just written, as its 202 renders it: the resource's columns as
+    inserted, and the ones a new job leaves empty. (A transient `Job` did the same through
+    the ORM's attribute instrumentation, on every submission.)"""
+
+    id: uuid.UUID
+    client_id: int
+    kind: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    submission_state: str
+    submit_attempts: int
+    next_attempt_at: datetime
+    finished_at: None = None
+    cobalt_job_id: None = None
+    cobalt_telephone_encounter_id: None = None
+    outcome: None = None
+    error_code: None = None
+    error_message: None = None
+    purged_at: None = None
+
+
 def accept_job(
     session: Session,
     *,
@@ -111,12 +135,12 @@ def accept_job(
     client: ApiClient,
     idempotency_key: str | None,
     now: datetime,
-) -> tuple[Job, bool]:
+) -> tuple[Job | NewJob, bool]:
     """A front end's submission: `submit_job`, in two INSERTs when there is no key.
 
     Without an `Idempotency-Key` there is no unique violation to catch, so no savepoint and
-    no unit-of-work flush: the job and its `created` line are written with Core, and the job
-    returned is transient (for the answer only).
+    no unit-of-work flush: the job and its `created` line are written with Core, and what is
+    returned is a `NewJob` (for the answer only).
     """
     if idempotency_key is not None:
         clinic = session.get(Clinic, clinic_id)
@@ -138,7 +162,20 @@ def accept_job(
         INSERT_EVENT,
         {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
     )
-    return Job(**values), True
+    return (
+        NewJob(
+            id=values["id"],
+            client_id=client.id,
+            kind=values["kind"],
+            status=values["status"],
+            created_at=now,
+            updated_at=now,
+            submission_state=values["submission_state"],
+            submit_attempts=0,
+            next_attempt_at=now,
+        ),
+        True,
+    )
 
 
 _COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where they differ
@@ -288,7 +325,7 @@ def poll_job(connection: Connection, job_id: str, client: ApiClient) -> Polled:
     return Polled(etag=etag, status=row.status, row=row)
 
 
-def etag_of(job: Job) -> str:
+def etag_of(job: JobColumns) -> str:
     """The ETag of a job resource; the same as `poll_job` gives for the stored job."""
     return job_etag(*(getattr(job, column.key) for column in RESOURCE_COLUMNS))
 
@@ -314,29 +351,47 @@ def can_see(client: ApiClient, job: Job) -> bool:
     return client.role == "support" or job.client_id == client.id
 
 
-def job_view(job: Job) -> JobOut:
+def job_view(job: JobColumns) -> JobOut:
     """The job resource front ends poll."""
     return JobOut.model_validate(job_fields(job))
 
 
 class JobColumns(Protocol):
-    """The columns the job resource is rendered from: a `Job`, or a row that selected them."""
+    """The columns the job resource is rendered from (read only): a `Job`, a row that
+    selected them, or a `NewJob`."""
 
-    id: uuid.UUID
-    kind: str
-    status: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    cobalt_job_id: str | None
-    cobalt_telephone_encounter_id: str | None
-    outcome: dict[str, Any] | None
-    error_code: str | None
-    error_message: str | None
-    submission_state: str
-    submit_attempts: int
-    next_attempt_at: datetime | None
-    purged_at: datetime | None
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def client_id(self) -> int | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def cobalt_job_id(self) -> str | None: ...
+    @property
+    def cobalt_telephone_encounter_id(self) -> str | None: ...
+    @property
+    def outcome(self) -> dict[str, Any] | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def submission_state(self) -> str: ...
+    @property
+    def submit_attempts(self) -> int: ...
+    @property
+    def next_attempt_at(self) -> datetime | None: ...
+    @property
+    def purged_at(self) -> datetime | None: ...
 
 
 def job_fields(job: JobColumns) -> dict[str, Any]:
