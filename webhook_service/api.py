@@ -21,7 +21,13 @@ from webhook_service.lifecycle import JobStatus
 from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.jobs import JobColumns
-from webhook_service.web import read_connection, request_transaction, settings, utcnow
+from webhook_service.web import (
+    read_connection,
+    request_transaction,
+    settings,
+    utcnow,
+    write_connection,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -57,22 +63,42 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     client = current_client()
     now = utcnow()
     extension = current_app.extensions["webhook_service"]
-    with request_transaction() as session:
-        clinic_id = extension["default_clinic_id"] if client.clinic_id is None else None
-        if clinic_id is None:
-            clinic_id = services.clinic_for(session, client, settings(), now).id
-        job, created = services.accept_job(
-            session,
-            request=validated,
-            clinic_id=clinic_id,
-            client=client,
-            idempotency_key=key,
-            now=now,
-        )
+    clinic_id = extension["default_clinic_id"] if client.clinic_id is None else None
+    job: JobColumns
+    if key is None and clinic_id is not None:
+        # The common case: two INSERTs on one pooled connection, no ORM session.
+        with write_connection() as connection:
+            job = services.accept_job(
+                connection, request=validated, clinic_id=clinic_id, client=client, now=now
+            )
+        created = True
         response = _job_response(job, status=202)
-    if client.clinic_id is None:
-        # Committed, so it exists: later submissions skip reading (and decrypting) it.
-        extension["default_clinic_id"] = clinic_id
+    else:
+        with request_transaction() as session:
+            clinic = services.clinic_for(session, client, settings(), now)
+            if key is None:
+                job = services.accept_job(
+                    session.connection(),
+                    request=validated,
+                    clinic_id=clinic.id,
+                    client=client,
+                    now=now,
+                )
+                created = True
+            else:
+                job, created = services.submit_job(
+                    session,
+                    request=validated,
+                    clinic=clinic,
+                    client=client,
+                    idempotency_key=key,
+                    now=now,
+                )
+            clinic_id = clinic.id
+            response = _job_response(job, status=202)
+        if client.clinic_id is None:
+            # Committed, so it exists: later submissions skip reading (and decrypting) it.
+            extension["default_clinic_id"] = clinic_id
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -32,6 +32,15 @@ def request_transaction() -> Iterator[Session]:
 
 
 @contextmanager
+def write_connection() -> Iterator[Connection]:
+    """A request that writes with Core statements only: one pooled connection, one
+    transaction committed when the block ends, no ORM session."""
+    engine: Engine = current_app.extensions["webhook_service"]["engine"]
+    with engine.begin() as connection:
+        yield connection
+
+
+@contextmanager
 def read_connection() -> Iterator[Connection]:
     """A request that only reads: one pooled connection, no ORM session (rolled back at end)."""
     engine: Engine = current_app.extensions["webhook_service"]["engine"]

@@ -128,53 +128,37 @@ class NewJob:
 
 
 def accept_job(
-    session: Session,
+    connection: Connection,
     *,
     request: NoteRequest | TelephoneEncounterRequest,
     clinic_id: int,
     client: ApiClient,
-    idempotency_key: str | None,
     now: datetime,
-) -> tuple[Job | NewJob, bool]:
-    """A front end's submission: `submit_job`, in two INSERTs when there is no key.
+) -> NewJob:
+    """A front end's submission without an `Idempotency-Key`: `submit_job` in two INSERTs.
 
-    Without an `Idempotency-Key` there is no unique violation to catch, so no savepoint and
-    no unit-of-work flush: the job and its `created` line are written with Core, and what is
-    returned is a `NewJob` (for the answer only).
+    With no key there is no unique violation to catch, so no savepoint, no ORM session and
+    no unit-of-work flush: the job and its `created` line are written with Core statements,
+    and what is returned is a `NewJob` (for the answer only).
     """
-    if idempotency_key is not None:
-        clinic = session.get(Clinic, clinic_id)
-        assert clinic is not None  # the caller found it
-        return submit_job(
-            session,
-            request=request,
-            clinic=clinic,
-            client=client,
-            idempotency_key=idempotency_key,
-            now=now,
-        )
     values = _new_job_values(request, clinic_id, client, None, now)
     # Statements built once, parameters per call: no per-request statement construction,
     # and SQLAlchemy's compiled cache is hit by the same object every time.
-    connection = session.connection()
     connection.execute(_INSERT_JOB, {_COLUMN_OF.get(k, k): v for k, v in values.items()})
     connection.execute(
         INSERT_EVENT,
         {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
     )
-    return (
-        NewJob(
-            id=values["id"],
-            client_id=client.id,
-            kind=values["kind"],
-            status=values["status"],
-            created_at=now,
-            updated_at=now,
-            submission_state=values["submission_state"],
-            submit_attempts=0,
-            next_attempt_at=now,
-        ),
-        True,
+    return NewJob(
+        id=values["id"],
+        client_id=client.id,
+        kind=values["kind"],
+        status=values["status"],
+        created_at=now,
+        updated_at=now,
+        submission_state=values["submission_state"],
+        submit_attempts=0,
+        next_attempt_at=now,
     )
 
 
