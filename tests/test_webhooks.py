@@ -627,7 +627,7 @@ def test_apply_failure_keeps_the_delivery_marked_failed(
 
 
 def test_apply_failing_after_it_wrote_leaves_the_job_as_it_was(
-    client, encounter, sessions, count_rows, monkeypatch
+    client, encounter, sessions, count_rows, monkeypatch, caplog
 ):
     """Applying fails after the job's row is settled: that write is undone with the rest,
     and the delivery is still kept, marked failed, for support to replay."""
@@ -637,7 +637,12 @@ def test_apply_failing_after_it_wrote_leaves_the_job_as_it_was(
         "webhook_service.services.webhooks.INSERT_EVENT",
         text("INSERT INTO no_such_table (job_id) VALUES (:job_id)"),
     )
-    response = deliver(client, encounter_created())
+    response = deliver(client, encounter_created(), headers={"webhook-id": "msg_broken"})
+    # Logged by type, place and webhook id: a driver's message, which may quote PHI, is not.
+    [failure] = [r for r in caplog.records if r.getMessage() == "webhook apply failed"]
+    assert (failure.levelname, failure.webhook_id) == ("ERROR", "msg_broken")
+    assert failure.error_type in ("ProgrammingError", "OperationalError")  # PostgreSQL, SQLite
+    assert "no_such_table" not in json.dumps(failure.__dict__, default=str)
     assert (response.status_code, response.json) == (200, {"received": True})
     row = only_delivery(sessions)
     assert (row.state, row.job_id) == ("failed", None)

@@ -147,12 +147,12 @@ def receive_webhook(
         with transaction(factory) as session:
             return record_webhook(session, raw_body=raw_body, headers=headers, match=match, now=now)
     except ApplyFailed as failed:
-        delivery, cause = failed.delivery, failed.cause
+        delivery = failed.delivery
+        # Logged first: should storing it again fail too, the cause is still on record.
+        log_failure(log, "webhook apply failed", failed.cause, webhook_id=delivery.webhook_id)
     # Everything applying wrote is rolled back with the first transaction.
     with transaction(factory) as session:
-        recorded = _store(session.connection(), delivery)
-    log_failure(log, "webhook apply failed", cause, delivery_id=recorded.delivery_id)
-    return recorded
+        return _store(session.connection(), delivery)
 
 
 def record_webhook(
