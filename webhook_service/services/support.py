@@ -321,7 +321,7 @@ def csv_cell(value: object) -> str:
 
 
 def _fetch(session: Session, query: Select[Any], values: dict[str, Any]) -> list[JobRow]:
-    result = session.execute(query, values)
+    result = session.connection().execute(query, values)
     make = _row_type(tuple(result.keys()))._make
     rows = []
     for row in result:
