@@ -4,6 +4,7 @@ Threads, not more processes, absorb the slow clients and webhook bursts: each re
 short and mostly waits on the database. Timeouts sit inside Heroku's 30 s router limit.
 """
 
+import gc
 import multiprocessing
 import os
 
@@ -24,3 +25,11 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 preload_app = False
 # gunicorn's admin control socket is shared by every gunicorn of the user; we use none of it.
 control_socket_disable = True
+
+
+def post_worker_init(worker: object) -> None:
+    """The app is loaded: move what start-up made (modules, SQLAlchemy's mappers, pydantic's
+    schemas: some 125,000 objects) into the collector's permanent generation, so that a full
+    collection scans only what requests made since, not all of it every time (68 ms each, in
+    process, before; a pause for every thread of the worker)."""
+    gc.freeze()
