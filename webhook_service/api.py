@@ -65,14 +65,13 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     extension = current_app.extensions["webhook_service"]
     clinic_id = extension["default_clinic_id"] if client.clinic_id is None else None
     job: JobColumns
+    created = True
     if key is None and clinic_id is not None:
         # The common case: two INSERTs on one pooled connection, no ORM session.
         with write_connection() as connection:
             job = services.accept_job(
                 connection, request=validated, clinic_id=clinic_id, client=client, now=now
             )
-        created = True
-        response = _job_response(job, status=202)
     else:
         with request_transaction() as session:
             clinic = services.clinic_for(session, client, settings(), now)
@@ -84,7 +83,6 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
                     client=client,
                     now=now,
                 )
-                created = True
             else:
                 job, created = services.submit_job(
                     session,
@@ -94,11 +92,11 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
                     idempotency_key=key,
                     now=now,
                 )
-            clinic_id = clinic.id
-            response = _job_response(job, status=202)
         if client.clinic_id is None:
             # Committed, so it exists: later submissions skip reading (and decrypting) it.
-            extension["default_clinic_id"] = clinic_id
+            extension["default_clinic_id"] = clinic.id
+    # Rendered from what was written (a committed `Job` keeps its loaded columns).
+    response = _job_response(job, status=202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
