@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -343,6 +345,28 @@ def test_wrong_method_is_405_problem_with_allow(client: FlaskClient) -> None:
     problem_of(response, 405)
     assert "POST" in response.headers["Allow"]
     problem_of(client.delete("/v1/jobs/" + str(uuid.uuid4())), 405)
+
+
+def test_every_answer_carries_a_request_id_and_logs_one_line_without_the_query(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="webhook_service.http")
+    given = client.post(NOTES, json=NOTE, headers={"X-Request-ID": "trace-42"})
+    assert given.status_code == 202
+    assert given.headers["X-Request-ID"] == "trace-42"  # the caller's id is echoed
+    made = client.get("/v1/nope?mrn=M-1")  # a routing 404, and a query that must not be logged
+    assert made.status_code == 404
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    too_long = client.get("/healthz", headers={"X-Request-ID": "x" * 101})
+    assert too_long.headers["X-Request-ID"] != "x" * 101
+    lines = [r for r in caplog.records if r.getMessage() == "request"]
+    assert [(r.request_id, r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("trace-42", "POST", NOTES, 202),
+        (made.headers["X-Request-ID"], "GET", "/v1/nope", 404),
+        (too_long.headers["X-Request-ID"], "GET", "/healthz", 200),
+    ]
+    assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
+    assert "M-1" not in caplog.text
 
 
 # --- 3. Submission ---------------------------------------------------------------------------

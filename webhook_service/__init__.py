@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
@@ -15,7 +13,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from webhook_service import phi
 from webhook_service.db import make_engine, make_session_factory
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
-from webhook_service.logs import configure_logging, log_failure
+from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
 
 log = logging.getLogger("webhook_service.http")
@@ -63,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     init_cors(app, settings.cors_allowed_origins)
     _register_error_handlers(app)
-    _register_request_logging(app)
+    app.wsgi_app = RequestLog(app.wsgi_app, log)  # type: ignore[method-assign]
     return app
 
 
@@ -129,28 +127,3 @@ def _register_error_handlers(app: Flask) -> None:
             Unavailable("The database is unavailable; try again shortly.").problem(),
             {"Retry-After": "1"},
         )
-
-
-def _register_request_logging(app: Flask) -> None:
-    @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 100 else uuid.uuid4().hex
-
-    @app.after_request
-    def log_request(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        # The path only: query strings may carry search terms that are PHI.
-        log.info(
-            "request",
-            extra={
-                "request_id": g.get("request_id"),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round(elapsed, 2),
-            },
-        )
-        return response

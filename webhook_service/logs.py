@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 import traceback
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _configured = False
 
@@ -42,3 +48,39 @@ def log_failure(logger: logging.Logger, message: str, exc: BaseException, **extr
     """
     frames = "".join(traceback.format_tb(exc.__traceback__))
     logger.error(message, extra={"error_type": type(exc).__name__, "at": frames, **extra})
+
+
+class RequestLog:
+    """WSGI middleware: every request gets an id, echoed as `X-Request-ID`, and one log line.
+
+    The id is the caller's `X-Request-ID` (up to 100 characters) or a new random one. The
+    line has the id, method, path (never the query string: search terms can be PHI),
+    status and duration. Wrapping the WSGI app, not Flask's request hooks, covers every
+    answer (routing 404s and 500s included) and costs a poll no request-context lookups.
+    """
+
+    def __init__(self, app: WSGIApplication, logger: logging.Logger) -> None:
+        self.app = app
+        self.log = logger
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if 0 < len(incoming) <= 100 else os.urandom(16).hex()
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.append(("X-Request-ID", request_id))
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": environ.get("REQUEST_METHOD"),
+                        "path": environ.get("PATH_INFO", ""),
+                        "status": int(status[:3]),
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
