@@ -108,12 +108,13 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
 def get_job(job_id: str) -> Response:
     """Return a job; 304 when the caller's ETag is still current."""
     client = current_client()
-    now = utcnow()
     if client.role == "support":
         with request_transaction() as session:
             polled = services.poll_job(session.connection(), job_id, client)
             # Staff reading a job's outcome may read PHI: every such read is audited.
-            services.audit(session, client=client, action="job.read", job_id=polled.row.id, now=now)
+            services.audit(
+                session, client=client, action="job.read", job_id=polled.row.id, now=utcnow()
+            )
     else:
         # A front end's poll only reads: no ORM session, one statement on a pooled connection.
         with read_connection() as connection:
