@@ -167,7 +167,9 @@ _COLUMN_OF = {"request_body": "request_body_enc"}  # attribute → column, where
 JOBS = cast(Table, Job.__table__)
 _JOB_EVENTS = cast(Table, JobEvent.__table__)
 _INSERT_JOB = insert(JOBS)
-INSERT_EVENT = insert(_JOB_EVENTS)
+# `inline()`: no `RETURNING job_events.id`. Nothing reads a timeline line's id back, and
+# the returned row cost every submission, webhook and claim a result set to process.
+INSERT_EVENT = insert(_JOB_EVENTS).inline()
 
 
 def _new_job_values(
