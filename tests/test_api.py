@@ -359,11 +359,13 @@ def test_every_answer_carries_a_request_id_and_logs_one_line_without_the_query(
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
     too_long = client.get("/healthz", headers={"X-Request-ID": "x" * 101})
     assert too_long.headers["X-Request-ID"] != "x" * 101
+    accented = client.get("/v1/caf%C3%A9")
     lines = [r for r in caplog.records if r.getMessage() == "request"]
     assert [(r.request_id, r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
         ("trace-42", "POST", NOTES, 202),
         (made.headers["X-Request-ID"], "GET", "/v1/nope", 404),
         (too_long.headers["X-Request-ID"], "GET", "/healthz", 200),
+        (accented.headers["X-Request-ID"], "GET", "/v1/café", 404),  # decoded, as Flask does
     ]
     assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
     assert "M-1" not in caplog.text

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pythonjsonlogger.json import JsonFormatter
+from werkzeug.wsgi import get_path_info
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -76,7 +77,7 @@ class RequestLog:
                     extra={
                         "request_id": request_id,
                         "method": environ.get("REQUEST_METHOD"),
-                        "path": environ.get("PATH_INFO", ""),
+                        "path": get_path_info(environ),  # as Flask's `request.path`
                         "status": int(status[:3]),
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     },
