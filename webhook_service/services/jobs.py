@@ -149,16 +149,17 @@ def accept_job(
         INSERT_EVENT,
         {"job_id": values["id"], "at": now, "type": "created", "detail": {"kind": values["kind"]}},
     )
+    # Every column from the values just inserted, so the answer cannot drift from the row.
     return NewJob(
         id=values["id"],
-        client_id=client.id,
+        client_id=values["client_id"],
         kind=values["kind"],
         status=values["status"],
-        created_at=now,
-        updated_at=now,
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
         submission_state=values["submission_state"],
-        submit_attempts=0,
-        next_attempt_at=now,
+        submit_attempts=values["submit_attempts"],
+        next_attempt_at=values["next_attempt_at"],
     )
 
 
