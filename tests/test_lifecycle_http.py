@@ -113,6 +113,7 @@ def test_note_failure_carries_cobalt_reason(client, worker, cobalt, post_webhook
     assert failed["error"] == {
         "code": "appointment_not_found",
         "message": "Appointment not found in EMR",
+        "field": None,
     }
     assert failed["outcome"]["reasons"][0]["code"] == "appointment_not_found"
 
@@ -184,7 +185,11 @@ def test_cobalt_4xx_fails_the_job_with_its_message(client, worker, cobalt):
     worker.run_once()
     failed = poll(client, job["id"])
     assert failed["status"] == "failed"
-    assert failed["error"] == {"code": "cobalt_rejected", "message": "Provider not found"}
+    assert failed["error"] == {
+        "code": "cobalt_rejected",
+        "message": "Provider not found",
+        "field": None,
+    }
     assert failed["submission"]["state"] == "rejected"
 
 

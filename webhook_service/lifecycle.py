@@ -46,6 +46,18 @@ DUE = frozenset({Submission.PENDING, Submission.WAITING, Submission.RETRYING})
 NO_OUTCOME = "no_outcome"
 LOGIN_REQUIRED = "login_required"
 
+# What a processing job's `attention` says to a front end's user, by code.
+ATTENTION_MESSAGES = {
+    NO_OUTCOME: (
+        "No outcome from Cobalt by the deadline. The note or encounter may or may not be in "
+        "the EMR: check the chart before resubmitting. The job is still being looked up."
+    ),
+}
+
+
+def attention_message(code: str) -> str:
+    return ATTENTION_MESSAGES.get(code, "This job needs a person's attention.")
+
 
 def status_for_event(event_type: str) -> JobStatus | None:
     """Map a Cobalt event type to the job status it settles, or None if it settles nothing."""

@@ -1,6 +1,6 @@
 """Tables: clinics, jobs, the job timeline, and every webhook delivery received.
 
-Tables only: behaviour lives in `lifecycle.py` (pure) and `services.py` (use cases).
+Tables only: behaviour lives in `lifecycle.py` (pure) and `services/` (use cases).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ NAMING_CONVENTION = {
 # bound parameters), so PostgreSQL can prove the index applies even to a prepared statement.
 DUE_PREDICATE = "status = 'processing' AND submission_state IN ('pending', 'waiting', 'retrying')"
 PURGE_PREDICATE = "purged_at IS NULL AND status IN ('completed', 'partial', 'failed')"
+ATTENTION_PREDICATE = "attention_code IS NOT NULL"
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -85,6 +86,9 @@ class Clinic(Base):
     access_token: Mapped[str] = mapped_column("access_token_enc", EncryptedText)
     access_token_reference_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     needs_relink: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the current access token was linked: a `login_required` created before it is
+    # about an earlier link and must not flag the clinic again.
+    linked_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -151,6 +155,14 @@ class Job(Base):
             postgresql_where=text(PURGE_PREDICATE),
             sqlite_where=text(PURGE_PREDICATE),
         ),
+        # Jobs needing a person's attention (support's inbox, late lookups): few rows
+        # (migration 0009).
+        Index(
+            "ix_jobs_attention",
+            "attention_since",
+            postgresql_where=text(ATTENTION_PREDICATE),
+            sqlite_where=text(ATTENTION_PREDICATE),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -184,10 +196,19 @@ class Job(Base):
     outcome: Mapped[dict[str, Any] | None] = mapped_column("outcome_enc", EncryptedJSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)
+    # The request field Cobalt's synchronous error names (`error.field`), when it names one.
+    error_field: Mapped[str | None] = mapped_column(String(64))
+    # Set while a processing job needs a person (`attention`): e.g. `no_outcome`, past the
+    # deadline with its request possibly at Cobalt. Cleared when the job settles.
+    attention_code: Mapped[str | None] = mapped_column(String(32))
+    attention_since: Mapped[datetime | None]
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     # The failed job support resubmitted as this one; unique, so a job is retried at most once
     # even when two staff press "retry" at the same moment.
     retry_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # And the other way: the job support resubmitted this one as (set with `retry_of`, in the
+    # same transaction), so a front end polling this job learns of the retry.
+    retried_as: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"))
     purged_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime]
@@ -222,6 +243,8 @@ class WebhookDelivery(Base):
     attempt: Mapped[int | None] = mapped_column(Integer)
     event_timestamp: Mapped[datetime | None]
     event_id: Mapped[str | None] = mapped_column(String(200))
+    # The signed body's `created`: the event's one trustworthy time.
+    event_created_at: Mapped[datetime | None]
     event_type: Mapped[str | None] = mapped_column(String(200))
     cobalt_job_id: Mapped[str | None] = mapped_column(String(200), index=True)
     telephone_encounter_id: Mapped[str | None] = mapped_column(String(200), index=True)

@@ -143,8 +143,20 @@ class SubmissionOut(BaseModel):
 
 
 class JobError(BaseModel):
-    code: str
+    code: str = Field(description="What went wrong, for a front end to switch on (README).")
     message: str
+    field: str | None = Field(
+        default=None, description="The request field Cobalt's error names, when it names one."
+    )
+
+
+class Attention(BaseModel):
+    code: Literal["no_outcome"] | str = Field(
+        description="`no_outcome`: past the deadline with no outcome; the request may be at "
+        "Cobalt. Check the chart before resubmitting."
+    )
+    message: str
+    since: datetime
 
 
 class JobOut(BaseModel):
@@ -161,6 +173,14 @@ class JobOut(BaseModel):
         description="When settled: event, message, reasons, available_medications, …"
     )
     error: JobError | None
+    attention: Attention | None = Field(
+        default=None,
+        description="While processing, when the job needs a person: its status cannot be "
+        "known yet (see `code`).",
+    )
+    retried_as: uuid.UUID | None = Field(
+        default=None, description="The id of the job support resubmitted this one as."
+    )
     submission: SubmissionOut
     purged_at: datetime | None = Field(
         default=None,
@@ -395,7 +415,6 @@ class SupportJobOut(JobOut):
     clinic_id: int
     flagged: bool = Field(description="Needs attention (see the `flagged` filter).")
     retry_of: uuid.UUID | None
-    retried_as: uuid.UUID | None
 
 
 class JobListOut(BaseModel):

@@ -32,6 +32,7 @@ def add_clinic(session: Session, *, name: str, access_token: str, now: datetime)
         name=name,
         access_token=access_token.strip(),
         needs_relink=False,
+        linked_at=now,
         created_at=now,
         updated_at=now,
     )
@@ -55,5 +56,6 @@ def relink_clinic(session: Session, *, name: str, access_token: str, now: dateti
     clinic.access_token = access_token.strip()
     clinic.needs_relink = False
     clinic.access_token_reference_id = None  # may be a different login: learn it again
+    clinic.linked_at = now
     clinic.updated_at = now
     return clinic

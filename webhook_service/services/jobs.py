@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from webhook_service import phi
 from webhook_service.errors import IdempotencyKeyReused, NotFound
-from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
+from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission, attention_message
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent, UTCDateTime
 from webhook_service.phi import search_hash
 from webhook_service.schemas import JobOut, NoteRequest, TelephoneEncounterRequest
@@ -42,12 +42,14 @@ def default_clinic(session: Session, settings: Settings, now: datetime) -> Clini
             clinic.access_token = settings.cobalt_access_token
             clinic.access_token_reference_id = None
             clinic.needs_relink = False
+            clinic.linked_at = now
             clinic.updated_at = now
         return clinic
     clinic = Clinic(
         name=DEFAULT_CLINIC,
         access_token=settings.cobalt_access_token,
         needs_relink=False,
+        linked_at=now,
         created_at=now,
         updated_at=now,
     )
@@ -124,6 +126,10 @@ class NewJob:
     outcome: None = None
     error_code: None = None
     error_message: None = None
+    error_field: None = None
+    attention_code: None = None
+    attention_since: None = None
+    retried_as: None = None
     purged_at: None = None
 
 
@@ -257,13 +263,17 @@ RESOURCE_COLUMNS = (
     Job.submit_attempts,
     Job.next_attempt_at,
     Job.purged_at,
+    Job.error_field,
+    Job.attention_code,
+    Job.attention_since,
+    Job.retried_as,
 )
 _RAW_OUTCOME = type_coerce(JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
 _RAW_ERROR = type_coerce(JOBS.c.error_message_enc, LargeBinary).label("error_raw")
 # Built once: a poll runs it on the session's connection (Core), with only the id bound.
 _POLL_QUERY = select(*RESOURCE_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
 _RESOURCE_WIDTH = len(RESOURCE_COLUMNS)
-_ETAG_VERSION = "1"  # bump when the job resource's shape changes
+_ETAG_VERSION = "2"  # bump when the job resource's shape changes
 
 
 @dataclass(frozen=True)
@@ -381,6 +391,14 @@ class JobColumns(Protocol):
     def next_attempt_at(self) -> datetime | None: ...
     @property
     def purged_at(self) -> datetime | None: ...
+    @property
+    def error_field(self) -> str | None: ...
+    @property
+    def attention_code(self) -> str | None: ...
+    @property
+    def attention_since(self) -> datetime | None: ...
+    @property
+    def retried_as(self) -> uuid.UUID | None: ...
 
 
 def job_fields(job: JobColumns) -> dict[str, Any]:
@@ -391,7 +409,18 @@ def job_fields(job: JobColumns) -> dict[str, Any]:
     """
     error = None
     if job.error_code is not None:
-        error = {"code": job.error_code, "message": job.error_message or ""}
+        error = {
+            "code": job.error_code,
+            "message": job.error_message or "",
+            "field": job.error_field,
+        }
+    attention = None
+    if job.attention_code is not None:
+        attention = {
+            "code": job.attention_code,
+            "message": attention_message(job.attention_code),
+            "since": job.attention_since,
+        }
     return {
         "id": job.id,
         "kind": job.kind,
@@ -410,6 +439,8 @@ def job_fields(job: JobColumns) -> dict[str, Any]:
             "attempts": job.submit_attempts,
             "next_attempt_at": job.next_attempt_at if job.submission_state in _DUE_STATES else None,
         },
+        "attention": attention,
+        "retried_as": job.retried_as,
         "purged_at": job.purged_at,
     }
 
@@ -440,6 +471,9 @@ def settled_values(outcome: Outcome, now: datetime, submission_state: str) -> di
         "updated_at": now,
         "next_attempt_at": None,
         "claimed_until": None,
+        # A settled job no longer needs a person to find out what happened.
+        "attention_code": None,
+        "attention_since": None,
     }
     if submission_state in _DUE_STATES:
         # Settled before it was ever sent (e.g. by staff): nothing will be sent now.

@@ -25,7 +25,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from webhook_service.errors import NotFound
 from webhook_service.lifecycle import JobStatus
@@ -282,7 +282,6 @@ def support_job_fields(row: JobRow) -> dict[str, Any]:
         "clinic_id": job.clinic_id,
         "flagged": row.flagged,
         "retry_of": job.retry_of,
-        "retried_as": row.retried_as,
     }
 
 
@@ -405,9 +404,7 @@ _ENCRYPTED_COLUMNS = (Job.outcome.label("outcome"), Job.error_message.label("err
 
 
 def _build_job_rows(*columns: Any) -> Select[Any]:
-    retry = aliased(Job)
-    retried_as = select(retry.id).where(retry.retry_of == Job.id).scalar_subquery()
-    return select(*columns, attention_condition().label("flagged"), retried_as.label("retried_as"))
+    return select(*columns, attention_condition().label("flagged"))
 
 
 # Built once: a job with the facts support sees beside it (and, for the CSV export, without

@@ -135,6 +135,10 @@ def retry_job(
             )
             new.retry_of = job.id
             session.flush()
+            # The old job tells its front end where its retry went (a new ETag).
+            job.retried_as = new.id
+            job.updated_at = now
+            session.flush()
     except IntegrityError:  # the unique retry_of: someone else retried it a moment ago
         raise Conflict("This job was retried by someone else just now.") from None
     add_event(

@@ -97,6 +97,7 @@ class IncomingDelivery:
     attempt: int | None
     event_timestamp: datetime | None
     event_id: str | None
+    event_created_at: datetime | None
     event_type: str | None
     cobalt_job_id: str | None
     telephone_encounter_id: str | None
@@ -176,6 +177,7 @@ def record_webhook(
         attempt=_parse_int(headers.get("webhook-attempt")),
         event_timestamp=_parse_time(headers.get("webhook-timestamp")),
         event_id=_clean_id(payload.get("id")),
+        event_created_at=_parse_time(_clean_id(payload.get("created"))),
         event_type=_clean_id(payload.get("type")),
         cobalt_job_id=_clean_id(payload.get("job_id")) or _clean_id(data.get("job_id")),
         telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
