@@ -2,6 +2,10 @@
 //  - Submit with an Idempotency-Key, so a retry after a network error never makes two jobs.
 //  - Poll GET /v1/jobs/{id} with If-None-Match: an unchanged job costs a 304 and no body.
 //  - Wait as long as Retry-After says; stop when the status is completed, partial or failed.
+//  - A job still processing with `attention` is not lost and not failed: its fate is unknown.
+//    Tell the user to check the chart before resubmitting, and keep polling: it settles when
+//    Cobalt's outcome turns up or support records what the chart shows.
+//  - Show `error.code` (and the field it names) and `retried_as` when support resubmitted it.
 //  - Show 422 field errors next to their fields. Server data goes in with textContent only.
 "use strict";
 
@@ -93,11 +97,25 @@ function renderJob(row, job, stats) {
   if (stats.polls) meta.push(`${stats.polls} polls, ${stats.notModified} unchanged (304)`);
   const parts = [head, el("p", "job-meta", meta.join(" · "))];
   const outcome = job.outcome || {};
+  if (job.attention) {
+    row.dataset.attention = job.attention.code;
+    const note = el("p", "job-attention", "Needs attention ");
+    note.append(el("code", "attention-code", job.attention.code), ": ");
+    note.append(el("span", "", job.attention.message));
+    parts.push(note);
+  }
   if (outcome.message) parts.push(el("p", "job-message", outcome.message));
   if (job.error) {
     const error = el("p", "job-error", "error ");
     error.append(el("code", "error-code", job.error.code));
+    if (job.error.field) error.append(" in ", el("code", "error-field", job.error.field));
+    if (job.error.message && job.error.message !== outcome.message) {
+      error.append(`: ${job.error.message}`);
+    }
     parts.push(error);
+  }
+  if (job.retried_as) {
+    parts.push(el("p", "job-retried", `Resubmitted by support as job ${job.retried_as.slice(0, 8)}.`));
   }
   if (Array.isArray(outcome.available_medications)) {
     const list = el("ul", "medications");
