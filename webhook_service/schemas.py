@@ -206,7 +206,11 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     cobalt: CobaltIds
     outcome: dict[str, Any] | None = Field(
-        description="When settled: event, message, reasons, available_medications, …"
+        description="When settled, what Cobalt said: event, message, failure_reason, reasons, "
+        "available_medications, refill_medication_name, telephone_encounter_id, "
+        "appointment_id, note_id when given; beside them, every other key of the event's "
+        "data as Cobalt sent it (its bookkeeping aside), within 16 KiB, with omitted_keys "
+        "naming any left out for size or depth."
     )
     error: JobError | None
     submission: SubmissionOut
