@@ -156,3 +156,13 @@ def test_support_search_term_and_reason_caps_say_characters(support: FlaskClient
     assert_field_errors(search, {"patient_mrn": "must be at most 200 characters"})
     retry = support.post(f"/v1/jobs/{uuid.uuid4()}/retry", json={"reason": "r" * 501})
     assert_field_errors(retry, {"reason": "must be at most 500 characters"})
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("limit=201", "must be at most 200"), ("limit=0", "must be at least 1")],
+)
+def test_support_page_size_limits_read_as_sentences(
+    support: FlaskClient, query: str, expected: str
+) -> None:
+    assert_field_errors(support.get(f"/v1/jobs?{query}"), {"limit": expected})

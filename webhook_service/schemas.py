@@ -275,6 +275,10 @@ def _message(err: Any) -> str:
         return f"must be at most {err['ctx']['max_length']} characters"
     if kind == "string_too_short":
         return f"must be at least {err['ctx']['min_length']} characters"
+    if kind == "less_than_equal":
+        return f"must be at most {err['ctx']['le']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {err['ctx']['ge']}"
     return str(err["msg"]).lower()
 
 
