@@ -356,6 +356,30 @@ def test_job_page_hides_phi_until_show_details_and_each_click_is_audited(
     assert 'data-action="job.read"' in staff.get(f"/console/jobs/{job_id}").text
 
 
+def test_details_show_every_key_of_the_outcome_including_cobalts_own(
+    staff, client, worker, cobalt, post_webhook
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client, "MRN-1")
+    worker.run_once()
+    post_webhook(
+        event(
+            "telephone_encounter.created_partial",
+            job_id="4242",
+            telephone_encounter_id="te_77",
+            refill_failure_reason="Pharmacy <closed> for e-prescriptions",
+            available_medications=["Lisinopril 10 mg", "Metformin 500 mg"],
+            refill_attempt={"step": "pharmacy", "tries": 2},
+        )
+    )
+    shown = staff.post(f"/console/jobs/{job_id}/details").text
+    outcome = shown[shown.index('id="outcome"') : shown.index("<h3>Request</h3>")]
+    assert "<code>refill_failure_reason</code>" in outcome
+    assert "Pharmacy &lt;closed&gt; for e-prescriptions" in outcome  # as text, escaped
+    assert "<li>Metformin 500 mg</li>" in outcome
+    assert "&#34;tries&#34;: 2" in outcome
+
+
 def test_unknown_jobs_deliveries_and_pages_are_friendly_404_pages(staff):
     paths = (
         f"/console/jobs/{uuid.uuid4()}",

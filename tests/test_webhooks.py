@@ -692,3 +692,39 @@ def test_database_down_is_a_quick_503_so_cobalt_retries():
     assert response.mimetype == "application/problem+json"
     assert response.headers["Retry-After"] == "1"
     app.extensions["webhook_service"]["engine"].dispose()
+
+
+# --- 7. what Cobalt says reaches the front end ----------------------------------------------
+
+
+def test_a_partials_reason_under_an_unknown_key_reaches_the_polled_outcome(client, encounter):
+    payload = event(
+        "telephone_encounter.created_partial",
+        job_id="4242",
+        telephone_encounter_id="te_77",
+        refill_medication_name="Lisinopril 10 mg",
+        refill_failure_reason="The pharmacy does not take e-prescriptions.",
+    )
+    payload["data"]["job_id"] = "4242"  # envelope bookkeeping repeated inside data
+    assert deliver(client, payload).status_code == 200
+
+    job = client.get(f"/v1/jobs/{encounter}").json
+    assert job["status"] == "partial"
+    assert job["error"]["code"] == "refill_not_added"
+    outcome = job["outcome"]
+    assert outcome["refill_failure_reason"] == "The pharmacy does not take e-prescriptions."
+    assert outcome["refill_medication_name"] == "Lisinopril 10 mg"
+    assert "job_id" not in outcome
+
+
+def test_an_outcome_too_deep_to_serve_is_cut_and_the_job_still_polls(client, encounter):
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    payload = event("telephone_encounter.failed", job_id="4242", trace=deep, step="refill")
+    assert deliver(client, payload).status_code == 200
+
+    polled = client.get(f"/v1/jobs/{encounter}")
+    assert polled.status_code == 200
+    assert polled.json["outcome"]["step"] == "refill"
+    assert polled.json["outcome"]["omitted_keys"] == ["trace"]

@@ -6,6 +6,7 @@ the rules that decide what happens to a patient's note carry most of the tests.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -112,8 +113,49 @@ class Outcome:
     error: dict[str, str] | None
 
 
+# Ids the outcome carries as strings (Cobalt sends some as numbers).
+_ID_KEYS = ("refill_medication_name", "telephone_encounter_id", "appointment_id", "note_id")
+# The keys the job's outcome has always carried, each in its documented shape. A value of
+# another shape under one of these names is left out rather than passed through as it came:
+# a front end relies on `reasons` being a list.
+KNOWN_OUTCOME_KEYS = frozenset(
+    {"event", "message", "failure_reason", "reasons", "available_medications", *_ID_KEYS}
+)
+# Cobalt's bookkeeping rather than what it says about the chart: the event envelope's fields
+# (older or odd payloads repeat them inside `data`) and the webhook-events log's. The job
+# resource already shows Cobalt's job id (`cobalt.job_id`); the rest only identify the event.
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "id",
+        "object",
+        "type",
+        "created",
+        "job_id",
+        "access_token_reference_id",
+        "event_id",
+        "event_type",
+        "created_at",
+        "delivery_status",
+        "delivery_attempts",
+    }
+)
+# Where the outcome lists what it left out for size (a reserved key, like the known ones).
+OMITTED_KEYS = "omitted_keys"
+# Bounds on what is passed through, so a hostile (if signed) body cannot bloat every poll of
+# the job: total compact-JSON size of the passed-through keys, and nesting depth of any kept
+# value (the API's serializer refuses very deep values, and a poll would then fail).
+MAX_PASSED_THROUGH_BYTES = 16 * 1024
+MAX_DEPTH = 8
+MAX_OMITTED_NAMES = 20
+
+
 def outcome_from_event(event_type: str, data: dict[str, Any]) -> Outcome | None:
-    """Build the job's outcome from an event, or None if the event settles nothing."""
+    """Build the job's outcome from an event, or None if the event settles nothing.
+
+    The known keys keep their documented shape; every other key of `data`, bookkeeping
+    aside, is passed through beside them, so whatever Cobalt tells the clinic (a partial's
+    reason under a key this service has never seen) reaches the front end.
+    """
     status = status_for_event(event_type)
     if status is None:
         return None
@@ -125,19 +167,55 @@ def outcome_from_event(event_type: str, data: dict[str, Any]) -> Outcome | None:
         detail["failure_reason"] = data["failure_reason"]
     reasons = data.get("reasons")
     if isinstance(reasons, list):
-        detail["reasons"] = [r for r in reasons if isinstance(r, dict)]
+        detail["reasons"] = [r for r in reasons if isinstance(r, dict) and _shallow(r)]
     meds = data.get("available_medications")
     if isinstance(meds, list):
-        detail["available_medications"] = meds
-    for key in ("refill_medication_name", "telephone_encounter_id", "appointment_id", "note_id"):
+        detail["available_medications"] = [m for m in meds if _shallow(m)]
+    for key in _ID_KEYS:
         if isinstance(data.get(key), str | int):
             detail[key] = str(data[key])
+    detail.update(_passed_through(data))
     error = None
     if status != JobStatus.COMPLETED:
         error = {"code": _error_code(event_type, status, detail), "message": message or ""}
         if not error["message"]:
             error["message"] = _default_message(status)
     return Outcome(status=status, event=event_type, detail=detail, error=error)
+
+
+def _passed_through(data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` not known or bookkeeping, in Cobalt's order, within the bounds."""
+    kept: dict[str, Any] = {}
+    omitted: list[str] = []
+    budget = MAX_PASSED_THROUGH_BYTES
+    for key, value in data.items():
+        if key in KNOWN_OUTCOME_KEYS or key in BOOKKEEPING_KEYS or key == OMITTED_KEYS:
+            continue
+        # Depth first: it bounds the recursion that measuring the size then needs.
+        size = len(_compact({key: value})) if _shallow(value) else budget + 1
+        if size > budget:
+            omitted.append(key if len(key) <= 100 else key[:99] + "…")
+            continue
+        kept[key] = value
+        budget -= size
+    if omitted:
+        kept[OMITTED_KEYS] = omitted[:MAX_OMITTED_NAMES]
+    return kept
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _shallow(value: Any, depth: int = 1) -> bool:
+    """Whether a JSON value nests no deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_shallow(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_shallow(v, depth + 1) for v in value)
+    return True
 
 
 def _error_code(event_type: str, status: JobStatus, detail: dict[str, Any]) -> str:

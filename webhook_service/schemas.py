@@ -43,6 +43,15 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _text_when_given(value: str) -> str:
+    # An optional string is left out by omitting it (or sending null). Sent blank, Cobalt would
+    # still act on it: look up pharmacy "", partially match a medication named "  " against
+    # the patient's list, or write an empty reason or caller into the chart.
+    if not value.strip():
+        raise ValueError("must not be blank: leave the field out instead")
+    return value
+
+
 def _length_check(minimum: int, maximum: int) -> AfterValidator:
     """A length check counted as Cobalt counts (UTF-16 code units)."""
 
@@ -66,12 +75,21 @@ def _length_schema(minimum: int, maximum: int) -> WithJsonSchema:
     return WithJsonSchema(schema)
 
 
-Reason = Annotated[StrictStr, _length_check(0, 50), _length_schema(0, 50)]
-MedicationName = Annotated[StrictStr, _length_check(2, 50), _length_schema(2, 50)]
-Caller = Annotated[StrictStr, _length_check(0, 100), _length_schema(0, 100)]
+Reason = Annotated[
+    StrictStr, AfterValidator(_text_when_given), _length_check(0, 50), _length_schema(0, 50)
+]
+MedicationName = Annotated[
+    StrictStr, AfterValidator(_text_when_given), _length_check(2, 50), _length_schema(2, 50)
+]
+Caller = Annotated[
+    StrictStr, AfterValidator(_text_when_given), _length_check(0, 100), _length_schema(0, 100)
+]
+OptionalText = Annotated[StrictStr, AfterValidator(_text_when_given)]
 
-
-RequiredId = Annotated[StrictStr, AfterValidator(_not_blank), Field(max_length=200)]
+# The service's own cap on an id (Cobalt documents none), counted as every other length here.
+RequiredId = Annotated[
+    StrictStr, AfterValidator(_not_blank), _length_check(0, 200), _length_schema(1, 200)
+]
 
 
 class _Strict(BaseModel):
@@ -80,13 +98,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SOAP_SECTIONS = ("subjective", "objective", "assessment", "plan")
+
+
 class SoapNote(_Strict):
-    """A structured note: the four SOAP sections."""
+    """A structured note: the four SOAP sections, as Cobalt documents the structured form.
+
+    A section may be empty, but not all four: that would write an empty note into a chart.
+    """
 
     subjective: StrictStr
     objective: StrictStr
     assessment: StrictStr
     plan: StrictStr
+
+    @model_validator(mode="after")
+    def _has_text(self) -> SoapNote:
+        if not any(getattr(self, section).strip() for section in SOAP_SECTIONS):
+            raise ValueError(
+                "must have text in at least one of subjective, objective, assessment and plan"
+            )
+        return self
 
 
 def _note_form(value: Any) -> str:
@@ -109,8 +141,24 @@ class NoteRequest(_Strict):
     note: NoteBody = Field(
         description="Text (sections separated by newlines) or the four SOAP sections."
     )
-    icd_10_codes: list[StrictStr] | None = None
-    cpt_codes: list[StrictStr] | None = None
+    icd_10_codes: list[StrictStr] | None = Field(
+        default=None, description="Only with a structured (SOAP) note."
+    )
+    cpt_codes: list[StrictStr] | None = Field(
+        default=None, description="Only with a structured (SOAP) note."
+    )
+
+    @field_validator("icd_10_codes", "cpt_codes")
+    @classmethod
+    def _only_with_soap(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # Cobalt documents the codes for structured notes only and drops them from a text
+        # note without a word: the clinic would believe the codes were written.
+        if value is not None and isinstance(info.data.get("note"), str):
+            raise ValueError(
+                "is only accepted with a structured (SOAP) note: Cobalt ignores codes sent "
+                "with a text note"
+            )
+        return value
 
 
 class TelephoneEncounterRequest(_Strict):
@@ -122,13 +170,13 @@ class TelephoneEncounterRequest(_Strict):
     assigned_to_id: RequiredId
     reason: Reason | None = None
     refill_medication_name: MedicationName | None = None
-    pharmacy_ehr_id: StrictStr | None = None
+    pharmacy_ehr_id: OptionalText | None = None
     caller: Caller | None = None
-    message: StrictStr | None = None
+    message: OptionalText | None = None
     is_high_priority: Literal["true", "false"] | None = Field(
         default=None, description='The strings "true" or "false", as Cobalt expects.'
     )
-    template_name: StrictStr | None = None
+    template_name: OptionalText | None = None
 
 
 class CobaltIds(BaseModel):
@@ -170,7 +218,11 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     cobalt: CobaltIds
     outcome: dict[str, Any] | None = Field(
-        description="When settled: event, message, reasons, available_medications, …"
+        description="When settled, what Cobalt said: event, message, failure_reason, reasons, "
+        "available_medications, refill_medication_name, telephone_encounter_id, "
+        "appointment_id, note_id when given; beside them, every other key of the event's "
+        "data as Cobalt sent it (its bookkeeping aside), within 16 KiB, with omitted_keys "
+        "naming any left out for size or depth."
     )
     error: JobError | None
     attention: Attention | None = Field(
@@ -239,6 +291,14 @@ def _message(err: Any) -> str:
         return "must be one of " + str(err["ctx"]["expected"])
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    if kind == "string_too_long":
+        return f"must be at most {err['ctx']['max_length']} characters"
+    if kind == "string_too_short":
+        return f"must be at least {err['ctx']['min_length']} characters"
+    if kind == "less_than_equal":
+        return f"must be at most {err['ctx']['le']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {err['ctx']['ge']}"
     return str(err["msg"]).lower()
 
 
@@ -317,7 +377,7 @@ def _delivery_cursor(value: Any) -> Any:
 
 JobCursor = Annotated[tuple[datetime, uuid.UUID], BeforeValidator(_job_cursor), _CURSOR_SCHEMA]
 DeliveryCursor = Annotated[tuple[datetime, int], BeforeValidator(_delivery_cursor), _CURSOR_SCHEMA]
-SearchTerm = Annotated[StrictStr, AfterValidator(_not_blank), Field(max_length=200)]
+SearchTerm = RequiredId  # what is searched for is an id a front end submitted
 
 
 class _Query(BaseModel):
@@ -386,8 +446,9 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# The cap comes first: after a validator, pydantic would check it as "items after validation".
 StaffReason = Annotated[
-    StrictStr, AfterValidator(_not_blank), AfterValidator(_no_nul), Field(max_length=500)
+    StrictStr, Field(max_length=500), AfterValidator(_not_blank), AfterValidator(_no_nul)
 ]
 
 

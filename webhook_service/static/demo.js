@@ -128,10 +128,12 @@ function renderJob(row, job, stats) {
 // --- Forms ----------------------------------------------------------------------------------
 
 // Named, enabled, non-empty fields; "note.plan" nests; data-list fields split on commas.
+// A SOAP section is sent even when empty: the API needs all four, and at least one with text.
 function formBody(form) {
   const body = {};
   for (const input of form.querySelectorAll("[name]")) {
-    if (input.matches(":disabled") || input.value.trim() === "") continue;
+    const section = input.name.includes(".");
+    if (input.matches(":disabled") || (input.value.trim() === "" && !section)) continue;
     const value = "list" in input.dataset
       ? input.value.split(",").map((s) => s.trim()).filter(Boolean)
       : input.value;
