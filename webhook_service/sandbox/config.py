@@ -60,7 +60,8 @@ class FaultSettings(BaseModel):
     """Hold an event back `delay_seconds` after it was created, so later ones overtake it."""
     delay_seconds: float = Field(default=3.0, ge=0.0)
     submit_error_rate: Rate = 0.0
-    """Answer a submission with a 500 and do not accept it (no job, no outcome)."""
+    """Answer a submission with a 500 carrying Cobalt's own JSON error body, and do not
+    accept it (no job, no outcome): the one 5xx a client may safely resend after."""
     submit_hang_rate: Rate = 0.0
     """Accept a submission (it produces an outcome) but answer only after `hang_seconds`."""
     hang_seconds: float = Field(default=30.0, ge=0.0)
