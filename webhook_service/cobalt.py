@@ -185,13 +185,13 @@ def _raise_for_write(status_code: int, payload: dict[str, Any]) -> None:
     resent. A 3xx is not followed: something received the POST, and what it did is unknown.
     """
     if 200 <= status_code < 300:
-        if payload.get("success") is False:  # Cobalt's "no", whatever the status says
+        if _is_cobalt_error(payload):  # Cobalt's "no", whatever the status says
             raise _rejected(status_code, payload)
         return
     if status_code == 429:
         raise CobaltTransient("Cobalt answered 429", status_code)
     if status_code >= 500:
-        if is_cobalt_error(payload):
+        if _is_cobalt_error(payload):
             raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
         raise CobaltAmbiguous(
             f"answered {status_code} without Cobalt's error body: Cobalt may have the request",
@@ -211,7 +211,7 @@ def _raise_for_status(status_code: int, payload: dict[str, Any]) -> None:
     raise _rejected(status_code, payload)
 
 
-def is_cobalt_error(payload: dict[str, Any]) -> bool:
+def _is_cobalt_error(payload: dict[str, Any]) -> bool:
     """True for Cobalt's own error body, `{"success": false, ...}`."""
     return payload.get("success") is False
 
@@ -291,7 +291,7 @@ def recognise_rejection(status_code: int, payload: dict[str, Any]) -> Rejection:
             return Rejection(code, field)
     if isinstance(meds, list):  # a refusal listing medications is about the medication
         return Rejection("medication_not_found", "refill_medication_name", meds)
-    if status_code == 403 and is_cobalt_error(payload):
+    if status_code == 403 and _is_cobalt_error(payload):
         # Cobalt's only documented 403 is an expired EMR link, whatever its wording.
         return Rejection(LOGIN_REQUIRED)
     return Rejection(COBALT_REJECTED)
