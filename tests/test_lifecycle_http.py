@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 import responses
 from flask.testing import FlaskClient
@@ -30,6 +31,10 @@ ENCOUNTER = {
     "refill_medication_name": "Lisinopril",
     "is_high_priority": "false",
 }
+
+
+# Cobalt's own error body: proof that Cobalt saw the request and did not queue it.
+COBALT_500 = {"success": False, "message": "Internal server error"}
 
 
 def submit(client: FlaskClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def test_cobalt_4xx_fails_the_job_with_its_message(client, worker, cobalt):
         responses.POST,
         f"{COBALT}/telephone-encounters",
         status=400,
-        json={"success": False, "message": "Provider not found"},
+        json={"success": False, "message": "Reason too long"},
     )
     job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
     worker.run_once()
@@ -187,9 +192,73 @@ def test_cobalt_4xx_fails_the_job_with_its_message(client, worker, cobalt):
     assert failed["status"] == "failed"
     assert failed["error"] == {
         "code": "cobalt_rejected",
-        "message": "Provider not found",
+        "message": "Reason too long",
         "field": None,
     }
+    assert failed["submission"]["state"] == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code", "field"),
+    [
+        (404, "Provider not found", "provider_not_found", "provider_id"),
+        (404, "Location not found", "location_not_found", "location_id"),
+        (404, "Staff member not found", "staff_not_found", "assigned_to_id"),
+        (404, "Pharmacy not found", "pharmacy_not_found", "pharmacy_ehr_id"),
+        (404, "User not found", "user_not_found", None),
+        (422, "Unsupported EMR", "unsupported_emr", None),
+    ],
+)
+def test_cobalts_synchronous_errors_reach_the_job_with_their_code_and_field(
+    client, worker, cobalt, status: int, message: str, code: str, field: str | None
+):
+    cobalt.add(
+        responses.POST,
+        f"{COBALT}/telephone-encounters",
+        status=status,
+        json={"success": False, "message": message},
+    )
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    failed = poll(client, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": code, "message": message, "field": field}
+    assert failed["outcome"]["event"] == "submission_rejected"
+
+
+def test_synchronous_medication_not_found_lists_the_available_medications(client, worker, cobalt):
+    meds = ["Metformin 500 mg", "Atorvastatin 20 mg"]
+    cobalt.add(
+        responses.POST,
+        f"{COBALT}/telephone-encounters",
+        status=404,
+        json={"success": False, "message": "Medication not found", "available_medications": meds},
+    )
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    failed = poll(client, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"] == {
+        "code": "medication_not_found",
+        "message": "Medication not found",
+        "field": "refill_medication_name",
+    }
+    assert failed["outcome"]["available_medications"] == meds
+
+
+def test_a_2xx_saying_success_false_fails_the_job_at_once(client, worker, cobalt):
+    cobalt.add(
+        responses.POST,
+        f"{COBALT}/notes",
+        status=200,
+        json={"success": False, "message": "Note could not be queued"},
+    )
+    job = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    failed = poll(client, job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "cobalt_rejected"
+    assert failed["error"]["message"] == "Note could not be queued"
     assert failed["submission"]["state"] == "rejected"
 
 
@@ -212,7 +281,7 @@ def test_login_required_fails_job_and_flags_clinic(client, worker, cobalt, sessi
 def test_transient_5xx_is_retried_then_succeeds(
     client, worker, cobalt, clock: FakeClock, post_webhook
 ):
-    cobalt.add(responses.POST, f"{COBALT}/notes", status=503)
+    cobalt.add(responses.POST, f"{COBALT}/notes", status=503, json=COBALT_500)
     job = submit(client, "/v1/notes", NOTE)
     worker.run_once()
     retrying = poll(client, job["id"])
@@ -250,7 +319,7 @@ def test_429_and_connection_errors_are_retried(client, worker, cobalt, clock: Fa
 
 
 def test_transient_failures_give_up_after_the_limit(client, worker, cobalt, clock: FakeClock):
-    cobalt.add(responses.POST, f"{COBALT}/notes", status=500)
+    cobalt.add(responses.POST, f"{COBALT}/notes", status=500, json=COBALT_500)
     job = submit(client, "/v1/notes", NOTE)
     for _ in range(4):
         clock.advance(seconds=60)
@@ -286,3 +355,35 @@ def test_connection_cut_after_sending_is_unknown_not_retried(client, worker, cob
     job = submit(client, "/v1/notes", NOTE)
     worker.run_once()
     assert poll(client, job["id"])["submission"]["state"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("status", "kwargs"),
+    [
+        (502, {"body": "<html><body>502 Bad Gateway</body></html>", "content_type": "text/html"}),
+        (504, {"body": ""}),
+        (500, {"json": {"error": "upstream"}}),
+        (302, {"headers": {"Location": f"{COBALT}/login"}}),
+    ],
+    ids=["502-html", "504-empty", "500-other-json", "302"],
+)
+def test_an_answer_not_from_cobalt_makes_the_submission_unknown_and_it_is_never_resent(
+    client, worker, cobalt, clock: FakeClock, post_webhook, status: int, kwargs: dict[str, Any]
+):
+    """A gateway's 502 may come after Cobalt queued the note: sending it again could write
+    it twice. The job waits for Cobalt's outcome instead, which settles it once."""
+    cobalt.add(responses.POST, f"{COBALT}/notes", status=status, **kwargs)
+    cobalt.add(responses.GET, f"{COBALT}/login", json={"success": True})
+    job = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    unknown = poll(client, job["id"])
+    assert unknown["status"] == "processing"
+    assert unknown["submission"]["state"] == "unknown"
+    for _ in range(5):
+        clock.advance(minutes=1)
+        assert not worker.run_once()
+    assert [c.request.method for c in cobalt.calls if "/notes" in c.request.url] == ["POST"]
+    assert not [c for c in cobalt.calls if c.request.url.endswith("/login")]
+
+    post_webhook(event("note.created", appointment_id="728948"))
+    assert poll(client, job["id"])["status"] == "completed"

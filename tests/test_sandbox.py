@@ -49,6 +49,7 @@ ENCOUNTER = {
     "assigned_to_id": DEMO_IDS["assigned_to_id"],
 }
 NOTE = {"appointment_id": DEMO_IDS["appointment_id"], "note": "Subjective: cough\nPlan: rest"}
+SOAP = {"subjective": "Cough.", "objective": "Clear chest.", "assessment": "Cold.", "plan": "Rest."}
 T = TypeVar("T")
 FAST = {
     "processing_seconds": 0.0,
@@ -355,14 +356,26 @@ def test_notes_return_job_id_flag_adds_a_string_job_id(make_app: Callable[..., F
         ({"appointment_id": "728948"}, "Missing required field: note"),
         ({"appointment_id": "728948", "note": "  "}, "note must not be empty"),
         ({"appointment_id": "728948", "note": ["a"]}, "note must be a string or an object"),
-        ({"appointment_id": "728948", "note": {"plan": 3}}, "note.plan must be a string"),
-        ({"appointment_id": "728948", "note": {"other": "x"}}, "note must contain at least one"),
+        ({"appointment_id": "728948", "note": SOAP | {"plan": 3}}, "note.plan must be a string"),
+        ({"appointment_id": "728948", "note": {"other": "x"}}, "Missing required field: note."),
         (
-            {"appointment_id": "728948", "note": {"plan": "p", "icd_10_codes": "J20.9"}},
+            {"appointment_id": "728948", "note": {"plan": "Rest."}},
+            "Missing required field: note.subjective",
+        ),
+        (
+            {"appointment_id": "728948", "note": SOAP | {"objective": None}},
+            "Missing required field: note.objective",
+        ),
+        (
+            {"appointment_id": "728948", "note": dict.fromkeys(SOAP, " \n\t")},
+            "note must have text in at least one of",
+        ),
+        (
+            {"appointment_id": "728948", "note": SOAP | {"icd_10_codes": "J20.9"}},
             "note.icd_10_codes must be an array of strings",
         ),
         (
-            {"appointment_id": "728948", "note": {"plan": "p"}, "cpt_codes": [99213]},
+            {"appointment_id": "728948", "note": SOAP, "cpt_codes": [99213]},
             "cpt_codes must be an array of strings",
         ),
         ([], "Request body must be a JSON object"),
@@ -377,6 +390,18 @@ def test_malformed_note_is_400_and_not_accepted(
     assert reply.json["success"] is False
     assert reply.json["message"].startswith(message)
     assert submissions(client) == []
+
+
+@pytest.mark.parametrize(
+    "note",
+    [SOAP, SOAP | {"subjective": "", "objective": " ", "assessment": ""}],
+    ids=["four-sections", "one-section-with-text"],
+)
+def test_structured_note_with_all_four_sections_and_some_text_is_accepted(
+    client: FlaskClient, note: dict[str, str]
+) -> None:
+    reply = client.post("/v1/notes", json={"appointment_id": "728948", "note": note}, headers=AUTH)
+    assert reply.status_code == 200, reply.json
 
 
 def test_structured_note_with_codes_is_accepted(client: FlaskClient) -> None:
@@ -435,11 +460,10 @@ def test_note_for_an_unknown_appointment_ends_note_failed_with_reasons(
         ({"caller": "c" * 101}, "Caller must be 100 characters or less"),
         ({"is_high_priority": True}, "is_high_priority must be a string"),
         ({"is_high_priority": "yes"}, 'is_high_priority must be "true" or "false"'),
-        ({"provider_id": "PRV-0000"}, "Provider not found"),
-        ({"assigned_to_id": "STF-0000"}, "Staff member not found"),
-        ({"location_id": "LOC-0000"}, "Location not found"),
-        ({"pharmacy_ehr_id": "PHR-0000"}, "Pharmacy not found"),
-        ({"patient_mrn": "MRN999999"}, "User not found"),
+        # Counted as Cobalt's Node.js counts: each emoji is two UTF-16 code units.
+        ({"reason": "😀" * 25 + "r"}, "Reason must be 50 characters or less"),
+        ({"refill_medication_name": "😀" * 25 + "x"}, "Medication name must be between 2"),
+        ({"caller": "😀" * 50 + "c"}, "Caller must be 100 characters or less"),
     ],
 )
 def test_invalid_encounter_is_400_and_not_accepted(
@@ -448,6 +472,36 @@ def test_invalid_encounter_is_400_and_not_accepted(
     body = {k: v for k, v in (ENCOUNTER | changes).items() if v is not None}
     reply = client.post("/v1/telephone-encounters", json=body, headers=AUTH)
     assert reply.status_code == 400
+    assert reply.json is not None
+    assert reply.json["success"] is False
+    assert reply.json["message"].startswith(message)
+    assert submissions(client) == []
+
+
+def test_lengths_at_cobalts_limits_in_utf16_units_are_accepted(client: FlaskClient) -> None:
+    """25 emoji are 50 UTF-16 units: at the limit, not over it; one emoji is a 2-unit name."""
+    submit_encounter(client, reason="😀" * 25, caller="😀" * 50)
+    reply = client.post(
+        "/v1/telephone-encounters", json=ENCOUNTER | {"refill_medication_name": "😀"}, headers=AUTH
+    )
+    assert reply.status_code == 200, reply.json
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"provider_id": "PRV-0000"}, "Provider not found"),
+        ({"assigned_to_id": "STF-0000"}, "Staff member not found"),
+        ({"location_id": "LOC-0000"}, "Location not found"),
+        ({"pharmacy_ehr_id": "PHR-0000"}, "Pharmacy not found"),
+        ({"patient_mrn": "MRN999999"}, "User not found"),
+    ],
+)
+def test_an_id_the_emr_does_not_know_is_404_and_not_accepted(
+    client: FlaskClient, changes: dict[str, Any], message: str
+) -> None:
+    reply = client.post("/v1/telephone-encounters", json=ENCOUNTER | changes, headers=AUTH)
+    assert reply.status_code == 404
     assert reply.json is not None
     assert reply.json["success"] is False
     assert reply.json["message"].startswith(message)
@@ -867,6 +921,129 @@ def test_reorder_holds_an_event_back_so_a_later_one_arrives_first(
     assert [r.payload["job_id"] for r in receiver.received()] == [prompt, held]
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_error_answers_html_and_accepts_nothing(
+    make_app: Callable[..., Flask], status: int
+) -> None:
+    faults = FaultSettings(gateway_error_rate=1.0, gateway_status=status)
+    client = make_app(faults=faults).test_client()
+    note = client.post("/v1/notes", json=NOTE, headers=AUTH)
+    encounter = client.post("/v1/telephone-encounters", json=ENCOUNTER, headers=AUTH)
+    for reply in (note, encounter):
+        assert reply.status_code == status
+        assert reply.content_type.startswith("text/html")
+        assert reply.get_json(silent=True) is None  # no Cobalt JSON to go by
+    assert submissions(client) == []
+    assert get_sandbox(client.application).drain(timeout=2)
+    assert events(client)["pagination"]["total_count"] == 0
+
+
+def test_gateway_error_after_queue_creates_the_job_and_sends_its_webhook(
+    make_app: Callable[..., Flask], receiver: Receiver
+) -> None:
+    """The dangerous case: the answer says 502, yet the note is queued and written."""
+    faults = FaultSettings(gateway_error_after_queue_rate=1.0)
+    client = make_app(webhook_url=receiver.url, faults=faults).test_client()
+    reply = client.post("/v1/notes", json=NOTE, headers=AUTH)
+    assert reply.status_code == 502
+    assert b"Bad Gateway" in reply.data
+    [accepted] = submissions(client)
+    event = settled_event(client, job_id=accepted["job_id"])
+    assert event["event_type"] == "note.created"
+    assert event["delivery_status"] == "success"
+    assert [r.payload["job_id"] for r in receiver.received()] == [accepted["job_id"]]
+
+
+def test_success_false_answers_200_and_accepts_nothing(make_app: Callable[..., Flask]) -> None:
+    client = make_app(faults=FaultSettings(success_false_rate=1.0)).test_client()
+    for path, body in (("/v1/notes", NOTE), ("/v1/telephone-encounters", ENCOUNTER)):
+        reply = client.post(path, json=body, headers=AUTH)
+        assert reply.status_code == 200
+        assert reply.json is not None
+        assert reply.json["success"] is False
+        assert reply.json["message"]
+    assert submissions(client) == []
+
+
+def test_sync_medication_not_found_is_404_listing_the_available_medications(
+    make_app: Callable[..., Flask],
+) -> None:
+    client = make_app(faults=FaultSettings(sync_medication_not_found_rate=1.0)).test_client()
+    unknown = ENCOUNTER | {"refill_medication_name": DEMO_IDS["unknown_medication_name"]}
+    reply = client.post("/v1/telephone-encounters", json=unknown, headers=AUTH)
+    assert reply.status_code == 404
+    assert reply.json == {
+        "success": False,
+        "message": "Medication not found in the patient's refillable medications.",
+        "available_medications": ["Lisinopril 10 mg tablet", "Metformin 500 mg tablet"],
+    }
+    assert submissions(client) == []
+    # A medication the patient can refill is still accepted.
+    submit_encounter(client, refill_medication_name=DEMO_IDS["refill_medication_name"])
+
+
+def test_unsupported_emr_refuses_encounters_with_422_but_takes_notes(
+    make_app: Callable[..., Flask],
+) -> None:
+    token = AccessTokenConfig(
+        access_token="sandbox-access-token",
+        access_token_reference_id="atr_sandbox_clinic",
+        unsupported_emr=True,
+    )
+    client = make_app(access_tokens=[token]).test_client()
+    reply = client.post("/v1/telephone-encounters", json=ENCOUNTER, headers=AUTH)
+    assert reply.status_code == 422
+    assert reply.json is not None
+    assert reply.json["success"] is False
+    assert reply.json["message"].startswith("Unsupported EMR")
+    assert submissions(client) == []
+    submit_note(client)
+
+
+def test_unsupported_emr_can_be_switched_at_run_time(client: FlaskClient) -> None:
+    emr = "/_sandbox/tokens/sandbox-access-token/emr"
+    assert client.post(emr, json={"supported": False}).status_code == 200
+    reply = client.post("/v1/telephone-encounters", json=ENCOUNTER, headers=AUTH)
+    assert reply.status_code == 422
+    assert client.post(emr, json={"supported": True}).status_code == 200
+    submit_encounter(client)
+    assert client.post(emr, json={"supported": "no"}).status_code == 400
+    assert client.post("/_sandbox/tokens/nope/emr", json={"supported": False}).status_code == 404
+
+
+def test_foreign_event_rate_sends_an_appointment_event_sharing_the_notes_appointment(
+    make_app: Callable[..., Flask], receiver: Receiver
+) -> None:
+    faults = FaultSettings(foreign_event_rate=1.0)
+    client = make_app(webhook_url=receiver.url, faults=faults).test_client()
+    note_job = submit_note(client)
+    foreign = settled_event(client, event_type="appointment.failed")
+    assert foreign["data"]["appointment_id"] == NOTE["appointment_id"]
+    assert foreign["job_id"] != note_job
+    assert foreign["delivery_status"] == "success"
+    settled_event(client, job_id=note_job)
+    delivered = {r.payload["type"]: r.payload for r in receiver.received()}
+    assert sorted(delivered) == ["appointment.failed", "note.created"]
+    assert {p["data"]["appointment_id"] for p in delivered.values()} == {NOTE["appointment_id"]}
+
+
+def test_any_event_can_be_injected_signed_delivered_and_listed(
+    wired: FlaskClient, receiver: Receiver
+) -> None:
+    body = {"type": "appointment.failed", "data": {"appointment_id": "728948"}, "job_id": "77"}
+    reply = wired.post("/_sandbox/events", json=body)
+    assert reply.status_code == 200
+    event = settled_event(wired, job_id="77")
+    assert event["event_id"] == (reply.json or {})["event_id"]
+    assert event["event_type"] == "appointment.failed"
+    [received] = wait_for(receiver.received)
+    assert received.payload["data"] == {"appointment_id": "728948"}
+    assert received.headers["cobalt-verification"] == compute_signature(KNOWN_SECRET, received.body)
+    assert wired.post("/_sandbox/events", json={"data": {}}).status_code == 400
+    unknown = body | {"access_token": "nope"}
+    assert wired.post("/_sandbox/events", json=unknown).status_code == 404
+
+
 def test_faults_can_be_read_and_changed_at_run_time(client: FlaskClient) -> None:
     assert (client.get("/_sandbox/faults").json or {})["faults"]["drop_rate"] == 0.0
     changed = client.post("/_sandbox/faults", json={"drop_rate": 0.25, "seed": 7}).json
@@ -936,6 +1113,12 @@ def test_cli_options_become_the_sandbox_config() -> None:
         "--access-token=tok-b",
         "--drop-rate=0.1",
         "--seed=3",
+        "--gateway-error-after-queue-rate=0.2",
+        "--gateway-status=504",
+        "--success-false-rate=0.3",
+        "--sync-medication-not-found-rate=1",
+        "--foreign-event-rate=0.4",
+        "--unsupported-emr=tok-b",
     ]
     context = sandbox_command.make_context("sandbox", args)
     config = config_from_options(context.params)
@@ -948,6 +1131,12 @@ def test_cli_options_become_the_sandbox_config() -> None:
         ("tok-b", "atr_sandbox_clinic_2"),
     ]
     assert (config.faults.drop_rate, config.faults.seed) == (0.1, 3)
+    assert config.faults.gateway_error_after_queue_rate == 0.2
+    assert config.faults.gateway_status == 504
+    assert config.faults.success_false_rate == 0.3
+    assert config.faults.sync_medication_not_found_rate == 1.0
+    assert config.faults.foreign_event_rate == 0.4
+    assert [t.unsupported_emr for t in config.access_tokens] == [False, True]
 
 
 def test_cli_port_defaults_to_5050_and_reads_sandbox_port(monkeypatch: pytest.MonkeyPatch) -> None:

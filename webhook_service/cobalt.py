@@ -2,16 +2,20 @@
 
 Cobalt has no idempotency key, so the one question that matters after a failed call is
 "could Cobalt have accepted it?". The error classes answer it: `CobaltTransient` means
-certainly not (safe to resend), `CobaltAmbiguous` means maybe (reconcile first).
+certainly not (safe to resend), `CobaltAmbiguous` means maybe (reconcile first), and
+`CobaltRejected` means Cobalt said no (with the service's error code for what it refused).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from urllib3.exceptions import NewConnectionError
+
+from webhook_service.lifecycle import LOGIN_REQUIRED
 
 
 class CobaltError(Exception):
@@ -21,21 +25,27 @@ class CobaltError(Exception):
 
 
 class CobaltRejected(CobaltError):
-    """Cobalt answered 4xx (not 429): the request is wrong and resending will not help."""
+    """Cobalt said no (a 4xx other than 429, or a 2xx saying `"success": false`): the
+    request is not in the EMR and resending it unchanged will not help."""
 
-    def __init__(self, status_code: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status_code: int, message: str, rejection: Rejection | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
-        self.code = code
+        self.rejection = rejection or Rejection(COBALT_REJECTED)
+
+    @property
+    def code(self) -> str:
+        return self.rejection.code
 
     @property
     def login_required(self) -> bool:
-        return self.code == "login_required"
+        return self.rejection.code == LOGIN_REQUIRED
 
 
 class CobaltTransient(CobaltError):
-    """Cobalt certainly did not take the request (no connection, 5xx, 429): resend later."""
+    """Cobalt certainly did not take the request: resend later. Only a connection that never
+    opened, a 429, or a 5xx carrying Cobalt's own JSON error body say so."""
 
     def __init__(self, reason: str, status_code: int | None = None) -> None:
         super().__init__(reason)
@@ -44,11 +54,13 @@ class CobaltTransient(CobaltError):
 
 
 class CobaltAmbiguous(CobaltError):
-    """The request may have reached Cobalt (timed out or cut off after sending)."""
+    """The request may have reached Cobalt: timed out or cut off after sending, or answered
+    by something other than Cobalt (a gateway's 502/504, a redirect)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status_code: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,9 @@ class CobaltClient:
                 json=body,
                 headers=self._headers(access_token),
                 timeout=self._timeout,
+                # A redirected POST becomes a GET whose 200 says nothing about the write:
+                # the 3xx itself is the answer (see `_raise_for_write`).
+                allow_redirects=False,
             )
         except requests.ConnectTimeout as exc:
             raise CobaltTransient("connect timeout") from exc
@@ -137,7 +152,7 @@ class CobaltClient:
             # The connection broke after the request went out: Cobalt may have it.
             raise CobaltAmbiguous("connection lost after sending") from exc
         payload = _json_or_empty(response)
-        _raise_for_status(response.status_code, payload)
+        _raise_for_write(response.status_code, payload)
         return Accepted(
             status_code=response.status_code,
             job_id=_as_id(payload.get("job_id")),
@@ -161,14 +176,125 @@ class CobaltClient:
         return payload
 
 
+def _raise_for_write(status_code: int, payload: dict[str, Any]) -> None:
+    """Classify the answer to a write by what it proves about the EMR.
+
+    Only Cobalt's own JSON error (`{"success": false, ...}`) proves Cobalt looked at the
+    request and did not queue it. A 5xx without it may come from a gateway in front of
+    Cobalt after Cobalt queued the job (Cobalt has no idempotency key): unknown, never
+    resent. A 3xx is not followed: something received the POST, and what it did is unknown.
+    """
+    if 200 <= status_code < 300:
+        if _is_cobalt_error(payload):  # Cobalt's "no", whatever the status says
+            raise _rejected(status_code, payload)
+        return
+    if status_code == 429:
+        raise CobaltTransient("Cobalt answered 429", status_code)
+    if status_code >= 500:
+        if _is_cobalt_error(payload):
+            raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
+        raise CobaltAmbiguous(
+            f"answered {status_code} without Cobalt's error body: Cobalt may have the request",
+            status_code,
+        )
+    if status_code < 400:
+        raise CobaltAmbiguous(f"answered {status_code}: a redirect, not followed", status_code)
+    raise _rejected(status_code, payload)
+
+
 def _raise_for_status(status_code: int, payload: dict[str, Any]) -> None:
+    """Classify the answer to a read: reads change nothing, so any 5xx may be tried again."""
     if status_code < 300:
         return
     if status_code == 429 or status_code >= 500:
         raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
-    message = payload.get("message") or payload.get("error") or f"Cobalt answered {status_code}"
-    code = payload.get("error") if isinstance(payload.get("error"), str) else None
-    raise CobaltRejected(status_code, str(message), code)
+    raise _rejected(status_code, payload)
+
+
+def _is_cobalt_error(payload: dict[str, Any]) -> bool:
+    """True for Cobalt's own error body, `{"success": false, ...}`."""
+    return payload.get("success") is False
+
+
+def _rejected(status_code: int, payload: dict[str, Any]) -> CobaltRejected:
+    text = _first_text(payload, "message", "error") or f"Cobalt answered {status_code}"
+    return CobaltRejected(status_code, text, recognise_rejection(status_code, payload))
+
+
+# --- What Cobalt refused -----------------------------------------------------------------------
+
+COBALT_REJECTED = "cobalt_rejected"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The service's reading of a synchronous refusal: its error code, the request field it
+    names, and for a medication not found, the medications that could have been refilled."""
+
+    code: str
+    field: str | None = None
+    available_medications: list[Any] | None = None
+
+
+# Cobalt documents its synchronous errors by title only ("Provider Not Found", "Staff Member
+# Not Found", "Unsupported EMR", ...) and its wording varies between docs and versions, so
+# each is recognised by a pattern over the answer's `error` and `message` texts (lowercase,
+# `_`/`-` read as spaces), first match wins. Each code names the request field it is about.
+# "User not found" names no field: the docs do not say whose user it is (the patient, or
+# the EMR login behind the access token).
+def _absent(subject: str) -> str:
+    """`subject`, then within the same clause, words saying it was not found; or "no
+    (corresponding) `subject` ... found"."""
+    gap = "[^.;]{0,40}?"
+    return (
+        rf"\b{subject}\b{gap}\b(not (be )?found|does ?n[o']?t exist|is not in)\b"
+        rf"|\bno (corresponding |matching )?{subject}\b{gap}\bfound\b"
+    )
+
+
+_REJECTION_PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
+    (re.compile(pattern), code, field)
+    for pattern, code, field in (
+        (r"\blogin required\b|\bre ?link", LOGIN_REQUIRED, None),
+        (_absent("medications?"), "medication_not_found", "refill_medication_name"),
+        (
+            r"\bno (refillable )?medications? (matche|was found)",
+            "medication_not_found",
+            "refill_medication_name",
+        ),
+        (_absent("provider"), "provider_not_found", "provider_id"),
+        (_absent("(staff|assigned to)"), "staff_not_found", "assigned_to_id"),
+        (_absent("location"), "location_not_found", "location_id"),
+        (_absent("pharmacy"), "pharmacy_not_found", "pharmacy_ehr_id"),
+        (_absent("user"), "user_not_found", None),
+        (
+            r"\bunsupported emr\b|\bemr\b[^.;]{0,40}?\bnot (yet )?supported\b",
+            "unsupported_emr",
+            None,
+        ),
+    )
+)
+REJECTION_CODES = frozenset(code for _, code, _ in _REJECTION_PATTERNS) | {COBALT_REJECTED}
+
+
+def recognise_rejection(status_code: int, payload: dict[str, Any]) -> Rejection:
+    """Which of Cobalt's synchronous errors an answer is, from its status and texts."""
+    text = " ".join(
+        value for key in ("error", "message") if isinstance(value := payload.get(key), str)
+    )
+    text = " ".join(re.sub(r"[_\-]+", " ", text).lower().split())
+    meds = payload.get("available_medications")
+    for pattern, code, field in _REJECTION_PATTERNS:
+        if pattern.search(text):
+            if code == "medication_not_found":
+                return Rejection(code, field, meds if isinstance(meds, list) else None)
+            return Rejection(code, field)
+    if isinstance(meds, list):  # a refusal listing medications is about the medication
+        return Rejection("medication_not_found", "refill_medication_name", meds)
+    if status_code == 403 and _is_cobalt_error(payload):
+        # Cobalt's only documented 403 is an expired EMR link, whatever its wording.
+        return Rejection(LOGIN_REQUIRED)
+    return Rejection(COBALT_REJECTED)
 
 
 def _session_for(base_url: str) -> requests.Session:
@@ -192,6 +318,14 @@ def _json_or_empty(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return payload if isinstance(payload, dict) else {}
+
+
+def _first_text(payload: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
 
 
 def _as_id(value: object) -> str | None:

@@ -128,7 +128,7 @@ class Worker:
                 extra={"job_id": str(claim.job_id), "status": exc.status_code},
             )
         except CobaltAmbiguous as exc:
-            self._record(claim, "unknown", None, services.record_ambiguous, exc)
+            self._record(claim, "unknown", exc.status_code, services.record_ambiguous, exc)
         else:
             self._record_answer(
                 claim, lambda session: services.record_accepted(session, claim, reply, self.clock())

@@ -1,7 +1,8 @@
 """The sandbox's HTTP face: Cobalt's /v1 API and the /_sandbox control plane.
 
 Views only translate between HTTP and `Sandbox`; replies keep Cobalt's shapes
-(`{"success": false, "message": ...}` for every error).
+(`{"success": false, "message": ...}` for every error Cobalt itself gives), except the
+gateway faults, which answer with a proxy's HTML error page as one in front of Cobalt would.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -19,8 +20,10 @@ from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
 from webhook_service.sandbox.data import DEMO_IDS
 from webhook_service.sandbox.outcomes import SubmissionRejected
 from webhook_service.sandbox.simulator import (
+    Accepted,
     AuthFailure,
     Clock,
+    InjectedRefusal,
     InjectedServerError,
     Sandbox,
 )
@@ -141,11 +144,11 @@ def create_note() -> ResponseReturnValue:
     sandbox = get_sandbox()
     try:
         accepted = sandbox.submit_note(_caller(), _json_body())
-    except InjectedServerError:
-        return fail(500, "Internal server error")
-    except SubmissionRejected as exc:
-        return fail(400, exc.message)
+    except (InjectedServerError, InjectedRefusal, SubmissionRejected) as exc:
+        return _refusal(exc)
     sandbox.hold_reply(accepted)
+    if accepted.gateway_status is not None:
+        return _gateway_page(accepted.gateway_status)
     reply: dict[str, Any] = {"success": True, "message": "Note upload in progress."}
     if sandbox.config.notes_return_job_id:
         reply["job_id"] = accepted.job_id
@@ -157,11 +160,15 @@ def create_telephone_encounter() -> ResponseReturnValue:
     sandbox = get_sandbox()
     try:
         accepted = sandbox.submit_telephone_encounter(_caller(), _json_body())
-    except InjectedServerError:
-        return fail(500, "Internal server error")
-    except SubmissionRejected as exc:
-        return fail(400, exc.message)
+    except (InjectedServerError, InjectedRefusal, SubmissionRejected) as exc:
+        return _refusal(exc)
     sandbox.hold_reply(accepted)
+    return _encounter_reply(accepted)
+
+
+def _encounter_reply(accepted: Accepted) -> ResponseReturnValue:
+    if accepted.gateway_status is not None:
+        return _gateway_page(accepted.gateway_status)
     return {
         "success": True,
         "message": "Telephone encounter queued successfully",
@@ -169,6 +176,34 @@ def create_telephone_encounter() -> ResponseReturnValue:
         # An integer, as in one of Cobalt's examples; webhooks carry it as a string.
         "job_id": int(accepted.job_id),
     }
+
+
+def _refusal(
+    exc: InjectedServerError | InjectedRefusal | SubmissionRejected,
+) -> ResponseReturnValue:
+    """A submission answered without being queued."""
+    if isinstance(exc, SubmissionRejected):
+        return jsonify(exc.body()), exc.status
+    if isinstance(exc, InjectedRefusal):
+        # Cobalt's "no" inside a 200, which a client must not read as accepted.
+        return fail(200, "The request could not be processed.")
+    if exc.gateway:
+        return _gateway_page(exc.status)
+    return fail(exc.status, "Internal server error")
+
+
+_GATEWAY_TITLES = {502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
+
+
+def _gateway_page(status: int) -> ResponseReturnValue:
+    """The HTML error page of a proxy in front of Cobalt (nginx's words)."""
+    title = _GATEWAY_TITLES.get(status, f"{status} Error")
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return Response(page, status=status, content_type="text/html")
 
 
 @cobalt.post("/webhook")
@@ -356,6 +391,43 @@ def renew_token(token: str) -> ResponseReturnValue:
     if not get_sandbox().set_token_expired(token, False):
         return fail(404, "Unknown access token")
     return {"success": True, "expired": False}
+
+
+@control.post("/tokens/<token>/emr")
+def set_emr_support(token: str) -> ResponseReturnValue:
+    """`{"supported": false}` makes the token's EMR unsupported (telephone encounters are
+    refused with "Unsupported EMR"); `{"supported": true}` undoes it."""
+    body = _json_body()
+    supported = body.get("supported") if isinstance(body, dict) else None
+    if not isinstance(supported, bool):
+        return fail(400, 'Request body must be {"supported": true|false}')
+    if not get_sandbox().set_unsupported_emr(token, not supported):
+        return fail(404, "Unknown access token")
+    return {"success": True, "supported": supported}
+
+
+@control.post("/events")
+def inject_event() -> ResponseReturnValue:
+    """Emit any event as Cobalt would (signed, delivered, listed by GET /v1/webhook-events):
+    `{"type", "data", "job_id"?, "access_token"?}`, the token defaulting to the first one.
+    For events of other resources, such as an `appointment.failed` sharing a note's
+    `data.appointment_id`."""
+    sandbox = get_sandbox()
+    body = _json_body()
+    if not isinstance(body, dict):
+        return fail(400, "Request body must be a JSON object")
+    event_type, data, job_id = body.get("type"), body.get("data", {}), body.get("job_id")
+    token = body.get("access_token", sandbox.config.access_tokens[0].access_token)
+    if not isinstance(event_type, str) or not event_type or not isinstance(data, dict):
+        return fail(400, "type must be a non-empty string and data an object")
+    if job_id is not None and not isinstance(job_id, str):
+        return fail(400, "job_id must be a string")
+    if not isinstance(token, str):
+        return fail(400, "access_token must be a string")
+    event_id = sandbox.inject_event(token, event_type, data, job_id)
+    if event_id is None:
+        return fail(404, "Unknown access token")
+    return {"success": True, "event_id": event_id}
 
 
 @control.post("/drain")

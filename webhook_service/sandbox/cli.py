@@ -82,10 +82,18 @@ def parse_access_tokens(values: tuple[str, ...]) -> list[AccessTokenConfig]:
 def config_from_options(options: dict[str, Any]) -> SandboxConfig:
     """Build the SandboxConfig the command's options describe."""
     faults = FaultSettings(**{name: options[name] for name in _FAULT_FIELDS})
+    unsupported = set(options.get("unsupported_emr_tokens") or ())
+    tokens = [
+        token.model_copy(update={"unsupported_emr": token.access_token in unsupported})
+        for token in parse_access_tokens(options["access_tokens"])
+    ]
+    unknown = unsupported - {token.access_token for token in tokens}
+    if unknown:
+        raise ValueError(f"--unsupported-emr names no configured access token: {sorted(unknown)}")
     return SandboxConfig(
         client_id=options["client_id"],
         client_secret=options["client_secret"],
-        access_tokens=parse_access_tokens(options["access_tokens"]),
+        access_tokens=tokens,
         processing_seconds=options["processing_seconds"],
         notes_return_job_id=options["notes_return_job_id"],
         note_success_event=options["note_event"],
@@ -194,6 +202,51 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     "--submit-hang-rate", type=_RATE, default=0.0, help="Accept submissions but reply late."
 )
 @click.option("--hang-seconds", type=_SECONDS, default=30.0, show_default=True)
+@click.option(
+    "--gateway-error-rate",
+    type=_RATE,
+    default=0.0,
+    help="Answer submissions with a gateway's HTML 502/504 without accepting them.",
+)
+@click.option(
+    "--gateway-error-after-queue-rate",
+    type=_RATE,
+    default=0.0,
+    help="Accept submissions (their webhooks follow) but answer with a gateway's 502/504.",
+)
+@click.option(
+    "--gateway-status",
+    type=click.Choice(["502", "504"]),
+    default="502",
+    show_default=True,
+    callback=lambda _ctx, _param, value: int(value),
+    help="The status the gateway faults answer with.",
+)
+@click.option(
+    "--success-false-rate",
+    type=_RATE,
+    default=0.0,
+    help='Answer submissions 200 {"success": false} without accepting them.',
+)
+@click.option(
+    "--sync-medication-not-found-rate",
+    type=_RATE,
+    default=0.0,
+    help="Refuse an unknown refill medication at once (404 + available_medications).",
+)
+@click.option(
+    "--foreign-event-rate",
+    type=_RATE,
+    default=0.0,
+    help="With a note, emit an appointment.failed for the same appointment.",
+)
+@click.option(
+    "--unsupported-emr",
+    "unsupported_emr_tokens",
+    multiple=True,
+    metavar="TOKEN",
+    help="Repeatable. This access token's EMR is unsupported: encounters answer 422.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for the fault RNG.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="LOG_LEVEL")
 def sandbox_command(**options: Any) -> None:

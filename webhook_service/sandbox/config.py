@@ -29,6 +29,9 @@ class AccessTokenConfig(BaseModel):
     access_token_reference_id: str = Field(min_length=1)
     practice_name: str = "Sandbox Family Medicine"
     expired: bool = False
+    unsupported_emr: bool = False
+    """Cobalt cannot write telephone encounters into this clinic's EMR: each is refused
+    at once with "Unsupported EMR" (422). Notes still work."""
 
 
 def _default_access_tokens() -> list[AccessTokenConfig]:
@@ -57,10 +60,27 @@ class FaultSettings(BaseModel):
     """Hold an event back `delay_seconds` after it was created, so later ones overtake it."""
     delay_seconds: float = Field(default=3.0, ge=0.0)
     submit_error_rate: Rate = 0.0
-    """Answer a submission with a 500 and do not accept it (no job, no outcome)."""
+    """Answer a submission with a 500 carrying Cobalt's own JSON error body, and do not
+    accept it (no job, no outcome): the one 5xx a client may safely resend after."""
     submit_hang_rate: Rate = 0.0
     """Accept a submission (it produces an outcome) but answer only after `hang_seconds`."""
     hang_seconds: float = Field(default=30.0, ge=0.0)
+    gateway_error_rate: Rate = 0.0
+    """Answer a submission as a gateway in front of Cobalt would (`gateway_status`, an HTML
+    body, no Cobalt JSON), without accepting it: nothing is created."""
+    gateway_error_after_queue_rate: Rate = 0.0
+    """Accept a submission (it is created and its webhook sent later, as usual) but answer
+    it as a gateway would (`gateway_status`, HTML): the case a client must not resend."""
+    gateway_status: Literal[502, 504] = 502
+    success_false_rate: Rate = 0.0
+    """Answer a submission 200 with `{"success": false, "message": ...}` and accept nothing."""
+    sync_medication_not_found_rate: Rate = 0.0
+    """Refuse an encounter whose refill matches none of the patient's refillable medications
+    at once (404, listing `available_medications`) instead of failing it by webhook."""
+    foreign_event_rate: Rate = 0.0
+    """With an accepted note, also emit an `appointment.failed` carrying the same
+    `data.appointment_id` (another Cobalt operation on the appointment), at once: delivered
+    to every webhook and listed by GET /v1/webhook-events like any event."""
     seed: int | None = None
 
 

@@ -1,7 +1,14 @@
 """What Cobalt would say: request validation and each job's outcome, as pure functions.
 
-Validation mirrors Cobalt's synchronous 400s; the outcome is the event type and `data` the
+Validation mirrors Cobalt's synchronous errors; the outcome is the event type and `data` the
 webhook will carry, decided from the request and the seeded EMR.
+
+Cobalt's docs name its synchronous errors but not their statuses. The sandbox answers a
+malformed request (missing field, wrong type, a length over Cobalt's limits, an empty note)
+with 400, an id the EMR does not know (provider, staff member, location, pharmacy, user, and
+a medication not found when refused at once) with 404, and an EMR Cobalt does not support
+with 422, always as `{"success": false, "message": ...}`: so a client that keys on 400 alone,
+or on the status rather than the words, is caught here before it meets Cobalt.
 """
 
 from __future__ import annotations
@@ -15,13 +22,40 @@ NOTE_SECTIONS = ("subjective", "objective", "assessment", "plan")
 CODE_LISTS = ("icd_10_codes", "cpt_codes")
 
 
-class SubmissionRejected(Exception):
-    """A submission Cobalt answers with a 400; `code` is safe to log, `message` may not be."""
+BAD_REQUEST, NOT_FOUND, UNPROCESSABLE = 400, 404, 422
 
-    def __init__(self, message: str, code: str) -> None:
+
+class SubmissionRejected(Exception):
+    """A submission Cobalt refuses at once; `code` is safe to log, `message` may not be.
+
+    `status` is the HTTP status of the answer; `extra` goes into the answer's body beside
+    `success` and `message` (a medication not found lists the available medications).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        status: int = BAD_REQUEST,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"success": False, "message": self.message, **self.extra}
+
+
+def node_length(value: str) -> int:
+    """A string's length as Cobalt's Node.js counts it: UTF-16 code units ("😀" is 2).
+
+    Deliberately the sandbox's own copy of Cobalt's rule, not the service's check: the
+    sandbox stands in for Cobalt, so a wrong count in the service shows up against it.
+    """
+    return len(value.encode("utf-16-le")) // 2
 
 
 @dataclass(frozen=True)
@@ -75,13 +109,16 @@ def parse_note(body: Any) -> NoteRequest:
 
 
 def _check_structured_note(note: dict[str, Any]) -> None:
+    """Cobalt's structured note is its four SOAP sections: all four keys, each a string, and
+    at least one with text (four blank sections would write an empty note into the chart)."""
     for section in NOTE_SECTIONS:
-        value = note.get(section)
-        if value is not None and not isinstance(value, str):
+        if section not in note or note[section] is None:
+            raise SubmissionRejected(f"Missing required field: note.{section}", "missing_field")
+        if not isinstance(note[section], str):
             raise SubmissionRejected(f"note.{section} must be a string", "invalid_type")
-    if not any(isinstance(note.get(s), str) and note[s].strip() for s in NOTE_SECTIONS):
+    if not any(note[s].strip() for s in NOTE_SECTIONS):
         raise SubmissionRejected(
-            "note must contain at least one of: " + ", ".join(NOTE_SECTIONS), "empty_note"
+            "note must have text in at least one of: " + ", ".join(NOTE_SECTIONS), "empty_note"
         )
     _check_code_lists(note, prefix="note.")
 
@@ -120,14 +157,14 @@ def parse_telephone_encounter(body: Any, seed: SeedData) -> TelephoneEncounterRe
     fields: dict[str, Any] = {n: body.get(n) for n in (*_REQUIRED_TE, *_OPTIONAL_TE)}
     request = TelephoneEncounterRequest(**fields)
 
-    if request.reason is not None and len(request.reason) > 50:
+    if request.reason is not None and node_length(request.reason) > 50:
         raise SubmissionRejected("Reason must be 50 characters or less", "reason_too_long")
     medication = request.refill_medication_name
-    if medication is not None and not 2 <= len(medication) <= 50:
+    if medication is not None and not 2 <= node_length(medication) <= 50:
         raise SubmissionRejected(
             "Medication name must be between 2 and 50 characters", "medication_name_length"
         )
-    if request.caller is not None and len(request.caller) > 100:
+    if request.caller is not None and node_length(request.caller) > 100:
         raise SubmissionRejected("Caller must be 100 characters or less", "caller_too_long")
     if request.is_high_priority is not None and request.is_high_priority not in ("true", "false"):
         raise SubmissionRejected(
@@ -136,28 +173,78 @@ def parse_telephone_encounter(body: Any, seed: SeedData) -> TelephoneEncounterRe
 
     if request.provider_id not in seed.providers:
         raise SubmissionRejected(
-            "Provider not found. Sync providers using GET /v1/providers.", "provider_not_found"
+            "Provider not found. Sync providers using GET /v1/providers.",
+            "provider_not_found",
+            NOT_FOUND,
         )
     if request.assigned_to_id not in seed.staff:
         raise SubmissionRejected(
             "Staff member not found: assigned_to_id is not in the staff list.",
             "staff_member_not_found",
+            NOT_FOUND,
         )
     if request.location_id not in seed.locations:
         raise SubmissionRejected(
             "Location not found. Call GET /v1/locations to resolve this error.",
             "location_not_found",
+            NOT_FOUND,
         )
     if request.pharmacy_ehr_id is not None and request.pharmacy_ehr_id not in seed.pharmacies:
         raise SubmissionRejected(
             "Pharmacy not found. Call GET /v1/pharmacies to see what available pharmacies "
             "there are.",
             "pharmacy_not_found",
+            NOT_FOUND,
         )
     # The message deliberately does not echo the MRN: callers log these messages.
     if request.patient_mrn not in seed.patients:
-        raise SubmissionRejected("User not found: no patient has that MRN.", "user_not_found")
+        raise SubmissionRejected(
+            "User not found: no patient has that MRN.", "user_not_found", NOT_FOUND
+        )
     return request
+
+
+def unsupported_emr() -> SubmissionRejected:
+    """What Cobalt answers a clinic whose EMR it cannot write telephone encounters into."""
+    return SubmissionRejected(
+        "Unsupported EMR: telephone encounters are not available for this EMR.",
+        "unsupported_emr",
+        UNPROCESSABLE,
+    )
+
+
+def medication_not_found(
+    request: TelephoneEncounterRequest, seed: SeedData
+) -> SubmissionRejected | None:
+    """The synchronous form of "medication not found" (Cobalt's docs give both: an error
+    "returned with a list of available medications", and a failure webhook), or None when
+    the requested medication is refillable for the patient or none was requested."""
+    if request.refill_medication_name is None:
+        return None
+    patient = seed.patients[request.patient_mrn]
+    if match_refillable_medication(patient, request.refill_medication_name) is not None:
+        return None
+    return SubmissionRejected(
+        "Medication not found in the patient's refillable medications.",
+        "medication_not_found",
+        NOT_FOUND,
+        {"available_medications": list(patient.refillable_medications)},
+    )
+
+
+def foreign_appointment_event(appointment_id: str) -> Outcome:
+    """An event of another Cobalt resource that shares a note's appointment id (an
+    appointment update that failed): it says nothing about the note."""
+    return Outcome(
+        "appointment.failed",
+        {
+            "appointment_id": appointment_id,
+            "failure_reason": "The appointment could not be updated in the EMR.",
+            "reasons": [
+                {"code": "appointment_locked", "description": "The appointment is locked."}
+            ],
+        },
+    )
 
 
 def note_outcome(request: NoteRequest, seed: SeedData, success_event: str) -> Outcome:

@@ -28,10 +28,14 @@ from webhook_service.sandbox.delivery import (
 from webhook_service.sandbox.outcomes import (
     Outcome,
     SubmissionRejected,
+    TelephoneEncounterRequest,
+    foreign_appointment_event,
+    medication_not_found,
     note_outcome,
     parse_note,
     parse_telephone_encounter,
     telephone_encounter_outcome,
+    unsupported_emr,
 )
 from webhook_service.sandbox.store import SandboxStore, Submission, iso_utc
 from webhook_service.signatures import compact_json
@@ -58,7 +62,17 @@ class AuthFailure(Exception):
 
 
 class InjectedServerError(Exception):
-    """The submit_error_rate fault fired: answer 5xx and accept nothing."""
+    """A fault fired that answers 5xx and accepts nothing: Cobalt's own 500 (JSON), or a
+    gateway's error page (`gateway` True: HTML, no Cobalt JSON)."""
+
+    def __init__(self, status: int = 500, gateway: bool = False) -> None:
+        super().__init__(status)
+        self.status = status
+        self.gateway = gateway
+
+
+class InjectedRefusal(Exception):
+    """The success_false_rate fault fired: answer 200 `{"success": false}`, accept nothing."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,9 @@ class Accepted:
     job_id: str
     telephone_encounter_id: str | None = None
     hang_seconds: float = 0.0  # >0 when submit_hang_rate fired: reply only after this long
+    # Set when gateway_error_after_queue_rate fired: the job is queued, but the answer is
+    # this status with a gateway's HTML page instead of Cobalt's reply.
+    gateway_status: int | None = None
 
 
 class Sandbox:
@@ -141,27 +158,44 @@ class Sandbox:
     # --- submissions ------------------------------------------------------------------------
 
     def submit_note(self, token: AccessTokenConfig, body: Any) -> Accepted:
-        """Accept a note (raises SubmissionRejected / InjectedServerError) and schedule it."""
+        """Accept a note (raises SubmissionRejected / InjectedServerError / InjectedRefusal)
+        and schedule it."""
         hang = self._draw_submit_fault("note")
         request = self._validate("note", lambda: parse_note(body))
         job_id = str(self.store.next_job_id())
         self._accept(token, "note", job_id, body, None)
+        if self.store.chance("foreign_event_rate"):
+            # Another Cobalt operation on the same appointment: its own job, its own event.
+            logger.info("sandbox_fault_foreign_event", extra={"job_id": job_id})
+            self.emit_event(
+                token.access_token_reference_id,
+                foreign_appointment_event(request.appointment_id),
+                str(self.store.next_job_id()),
+            )
         outcome = note_outcome(request, self.seed, self.config.note_success_event)
         self._schedule_outcome(token, job_id, outcome)
-        return Accepted(job_id, None, hang)
+        return Accepted(job_id, None, hang, self._draw_gateway_after_queue("note"))
 
     def submit_telephone_encounter(self, token: AccessTokenConfig, body: Any) -> Accepted:
         """Accept a telephone encounter (raises like submit_note) and schedule its outcome."""
         hang = self._draw_submit_fault("telephone_encounter")
-        request = self._validate(
-            "telephone_encounter", lambda: parse_telephone_encounter(body, self.seed)
-        )
+        request = self._validate("telephone_encounter", lambda: self._parse_encounter(token, body))
         job_id = str(self.store.next_job_id())
         te_id = "te_" + secrets.token_hex(8)
         self._accept(token, "telephone_encounter", job_id, body, te_id)
         outcome = telephone_encounter_outcome(request, self.seed, te_id)
         self._schedule_outcome(token, job_id, outcome)
-        return Accepted(job_id, te_id, hang)
+        gateway = self._draw_gateway_after_queue("telephone_encounter")
+        return Accepted(job_id, te_id, hang, gateway)
+
+    def _parse_encounter(self, token: AccessTokenConfig, body: Any) -> TelephoneEncounterRequest:
+        request = parse_telephone_encounter(body, self.seed)
+        if self.store.is_unsupported_emr(token.access_token):
+            raise unsupported_emr()
+        refused = medication_not_found(request, self.seed)
+        if refused is not None and self.store.chance("sync_medication_not_found_rate"):
+            raise refused
+        return request
 
     def hold_reply(self, accepted: Accepted) -> None:
         """Sit out a submit_hang fault before replying; shutdown cuts it short."""
@@ -169,13 +203,26 @@ class Sandbox:
             self.runner.wait(accepted.hang_seconds)
 
     def _draw_submit_fault(self, kind: str) -> float:
+        """Faults that answer before anything is queued; returns the hang, if one fired."""
         if self.store.chance("submit_error_rate"):
             logger.info("sandbox_fault_submit_error", extra={"kind": kind})
             raise InjectedServerError
         if self.store.chance("submit_hang_rate"):
             logger.info("sandbox_fault_submit_hang", extra={"kind": kind})
             return self.store.faults().hang_seconds
+        if self.store.chance("gateway_error_rate"):
+            logger.info("sandbox_fault_gateway_error", extra={"kind": kind})
+            raise InjectedServerError(self.store.faults().gateway_status, gateway=True)
+        if self.store.chance("success_false_rate"):
+            logger.info("sandbox_fault_success_false", extra={"kind": kind})
+            raise InjectedRefusal
         return 0.0
+
+    def _draw_gateway_after_queue(self, kind: str) -> int | None:
+        if not self.store.chance("gateway_error_after_queue_rate"):
+            return None
+        logger.info("sandbox_fault_gateway_error_after_queue", extra={"kind": kind})
+        return self.store.faults().gateway_status
 
     def _validate(self, kind: str, parse: Callable[[], T]) -> T:
         try:
@@ -198,6 +245,24 @@ class Sandbox:
             "submission_accepted",
             extra={"kind": kind, "job_id": job_id, "access_token_reference_id": ref},
         )
+
+    def set_unsupported_emr(self, access_token: str, unsupported: bool) -> bool:
+        """Make a token's EMR unsupported (or supported again); False for an unknown token."""
+        token = self._find_token(access_token)
+        if token is None:
+            return False
+        self.store.set_unsupported_emr(token.access_token, unsupported)
+        return True
+
+    def inject_event(
+        self, access_token: str, event_type: str, data: dict[str, Any], job_id: str | None
+    ) -> str | None:
+        """Emit any event for a token's clinic, as if another Cobalt operation produced it;
+        its id, or None for an unknown token."""
+        token = self._find_token(access_token)
+        if token is None:
+            return None
+        return self.emit_event(token.access_token_reference_id, Outcome(event_type, data), job_id)
 
     def _schedule_outcome(self, token: AccessTokenConfig, job_id: str, outcome: Outcome) -> None:
         generation = self.store.generation()

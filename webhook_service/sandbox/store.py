@@ -18,7 +18,16 @@ from webhook_service.sandbox.config import FaultSettings, SandboxConfig
 
 DeliveryStatus = Literal["pending", "success", "failed"]
 FaultName = Literal[
-    "duplicate_rate", "drop_rate", "reorder_rate", "submit_error_rate", "submit_hang_rate"
+    "duplicate_rate",
+    "drop_rate",
+    "reorder_rate",
+    "submit_error_rate",
+    "submit_hang_rate",
+    "gateway_error_rate",
+    "gateway_error_after_queue_rate",
+    "success_false_rate",
+    "sync_medication_not_found_rate",
+    "foreign_event_rate",
 ]
 
 
@@ -144,6 +153,9 @@ class SandboxStore:
         self._faults = self._config.faults.model_copy()
         self._rng = random.Random(self._faults.seed)
         self._expired_tokens = {t.access_token for t in self._config.access_tokens if t.expired}
+        self._unsupported_emr = {
+            t.access_token for t in self._config.access_tokens if t.unsupported_emr
+        }
         if self._config.webhook_url is not None:
             self._register_locked(self._config.webhook_url, self._config.webhook_secret, now)
 
@@ -182,6 +194,17 @@ class SandboxStore:
                 self._expired_tokens.add(access_token)
             else:
                 self._expired_tokens.discard(access_token)
+
+    def is_unsupported_emr(self, access_token: str) -> bool:
+        with self._lock:
+            return access_token in self._unsupported_emr
+
+    def set_unsupported_emr(self, access_token: str, unsupported: bool) -> None:
+        with self._lock:
+            if unsupported:
+                self._unsupported_emr.add(access_token)
+            else:
+                self._unsupported_emr.discard(access_token)
 
     # --- faults ----------------------------------------------------------------------------
 

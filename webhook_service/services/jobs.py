@@ -467,6 +467,7 @@ def settled_values(outcome: Outcome, now: datetime, submission_state: str) -> di
         "outcome": outcome.detail,
         "error_code": outcome.error["code"] if outcome.error else None,
         "error_message": outcome.error["message"] if outcome.error else None,
+        "error_field": outcome.error.get("field") if outcome.error else None,
         "finished_at": now,
         "updated_at": now,
         "next_attempt_at": None,

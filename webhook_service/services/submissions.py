@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
-from webhook_service.lifecycle import LOGIN_REQUIRED, JobKind, JobStatus, Outcome, Submission
+from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
 from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
 from webhook_service.services.jobs import INSERT_EVENT, JOBS, add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
@@ -287,11 +287,13 @@ _ACCEPTED = (
 
 
 def record_rejected(session: Session, claim: Claim, error: CobaltRejected, now: datetime) -> None:
-    """Cobalt refused the request (4xx): the job fails with Cobalt's message."""
+    """Cobalt refused the request: the job fails with Cobalt's message and the code (and
+    request field) recognised from its answer."""
     job = _locked_job(session, claim.job_id)
     job.submission_state = Submission.REJECTED
     job.claimed_until = None
     job.updated_at = now
+    rejection = error.rejection
     add_event(
         session,
         job,
@@ -299,24 +301,30 @@ def record_rejected(session: Session, claim: Claim, error: CobaltRejected, now: 
         now,
         attempt=claim.attempt,
         status_code=error.status_code,
-        code=error.code,
+        code=rejection.code,
     )
     if error.login_required:
         _flag_clinic(session, job, now)
     if job.status == JobStatus.PROCESSING:
-        code = LOGIN_REQUIRED if error.login_required else "cobalt_rejected"
+        detail: dict[str, Any] = {
+            "event": "submission_rejected",
+            "message": error.message,
+            "status_code": error.status_code,
+        }
+        if rejection.available_medications is not None:
+            # As the webhook form of "medication not found" does: what could be refilled.
+            detail["available_medications"] = rejection.available_medications
+        failure = {"code": rejection.code, "message": error.message}
+        if rejection.field is not None:
+            failure["field"] = rejection.field
         settle(
             session,
             job,
             Outcome(
                 status=JobStatus.FAILED,
                 event="submission_rejected",
-                detail={
-                    "event": "submission_rejected",
-                    "message": error.message,
-                    "status_code": error.status_code,
-                },
-                error={"code": code, "message": error.message},
+                detail=detail,
+                error=failure,
             ),
             now,
         )
@@ -371,7 +379,15 @@ def record_ambiguous(session: Session, claim: Claim, error: CobaltAmbiguous, now
     job.updated_at = now
     if job.submission_state == Submission.SENDING:
         job.submission_state = Submission.UNKNOWN
-    add_event(session, job, "submission_unknown", now, attempt=claim.attempt, error=error.reason)
+    add_event(
+        session,
+        job,
+        "submission_unknown",
+        now,
+        attempt=claim.attempt,
+        status_code=error.status_code,
+        error=error.reason,
+    )
 
 
 def expire_claims(session: Session, now: datetime) -> int:
