@@ -426,6 +426,10 @@ def test_a_refused_retry_shows_the_services_reason_with_409(
     clock.advance(seconds=1)
     reconciled = staff.post(f"/console/jobs/{job_id}/reconcile", {"reason": "before retry"})
     assert reconciled.status_code == 303
+    # The flash says the lookup found nothing, never an outcome it did not find.
+    notice = html.unescape(staff.get(reconciled.headers["Location"]).text)
+    assert "Cobalt's log has no outcome for this job yet (searched 0 events)" in notice
+    assert "Looked the job up" not in notice
     retried = staff.post(
         f"/console/jobs/{job_id}/retry", {"reason": "chart checked", "confirm_not_in_emr": "yes"}
     )
@@ -463,8 +467,8 @@ def test_reconcile_now_applies_what_cobalt_logged_and_explains_a_failure(
     )
     response = staff.post(f"/console/jobs/{job_id}/reconcile", {"reason": "caller waiting"})
     assert response.status_code == 303
-    page = staff.get(response.headers["Location"]).text
-    assert "it is completed" in page
+    page = html.unescape(staff.get(response.headers["Location"]).text)
+    assert "Found telephone_encounter.created in Cobalt's log: the job is now completed." in page
     assert text_of(page, "job-status") == "completed"
     entries = audits(sessions, "job.reconcile")
     assert [(e.actor, e.detail["reason"]) for e in entries] == [("support-1", "caller waiting")] * 2
