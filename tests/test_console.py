@@ -409,17 +409,24 @@ def test_a_refused_retry_shows_the_services_reason_with_409(
     worker.run_once()  # failed as no_outcome: the first try may be in the chart
     page = staff.get(f"/console/jobs/{job_id}").text
     assert 'name="confirm_not_in_emr"' in page  # the service will ask for it
-    assert "may have reached Cobalt" in text_of(page, "retry-outlook")
+    outlook = text_of(page, "retry-outlook")
+    assert "may have reached Cobalt (Cobalt accepted it and never reported an outcome)" in outlook
+    # The next steps are the button and the checkbox on this page, not API calls.
+    assert "press Reconcile now on this page" in outlook
+    assert "tick \u201cI checked the chart\u201d and press Retry" in outlook
     before = count_jobs(sessions)
 
     refused = staff.post(f"/console/jobs/{job_id}/retry", {"reason": "caller asked"})
     assert refused.status_code == 409
-    assert "confirm_not_in_emr" in text_of(refused.text, "retry-error")
+    assert "I checked the chart" in text_of(refused.text, "retry-error")
     confirmed = staff.post(
         f"/console/jobs/{job_id}/retry", {"reason": "chart checked", "confirm_not_in_emr": "yes"}
     )
     assert confirmed.status_code == 409
-    assert "reconcile" in text_of(confirmed.text, "retry-error")
+    assert "press Reconcile now on this page" in text_of(confirmed.text, "retry-error")
+    for shown in (page, refused.text, confirmed.text):
+        for api_words in ("POST /v1", "confirm_not_in_emr:", "/reconcile)"):
+            assert api_words not in html.unescape(shown)
     assert count_jobs(sessions) == before
     assert audits(sessions, "job.retry") == []
 

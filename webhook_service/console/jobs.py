@@ -182,6 +182,7 @@ def retry(job_id: str) -> Response:
                 reason=action.reason,
                 confirm_not_in_emr=action.confirm_not_in_emr,
                 now=utcnow(),
+                steps=console_services.CONSOLE_STEPS,
             )
     except Conflict as exc:
         return _job_page(job_id, status=409, retry_error=exc.detail, reason=reason)

@@ -25,12 +25,17 @@ from webhook_service.services.support import (
     find_jobs,
     overdue_condition,
 )
-from webhook_service.services.support_actions import EVIDENCE_EVENTS, retry_refusal
+from webhook_service.services.support_actions import EVIDENCE_EVENTS, NextSteps, retry_refusal
 
 # --- Support console --------------------------------------------------------------------------
 
 DASHBOARD_DAYS = 7
 DASHBOARD_SAMPLE = 5  # flagged and overdue jobs listed on the dashboard
+# A refused retry names the button and the checkbox on the job page, not the API's calls.
+CONSOLE_STEPS = NextSteps(
+    lookup="press Reconcile now on this page",
+    confirm="tick \u201cI checked the chart\u201d and press Retry",
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,10 @@ def retry_outlook(job: Job, events: list[TimelineEntry]) -> RetryOutlook:
     Uses the timeline already read for the page (the same entries the retry itself weighs).
     """
     evidence = [(e.at, e.type, e.detail) for e in events if e.type in EVIDENCE_EVENTS]
-    refusal = retry_refusal(job, evidence, confirmed=False)
-    confirmed = retry_refusal(job, evidence, confirmed=True) if refusal else None
+    refusal = retry_refusal(job, evidence, confirmed=False, steps=CONSOLE_STEPS)
+    confirmed = (
+        retry_refusal(job, evidence, confirmed=True, steps=CONSOLE_STEPS) if refusal else None
+    )
     return RetryOutlook(refusal, needs_confirmation=refusal is not None and confirmed != refusal)
 
 

@@ -50,8 +50,28 @@ _SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 # --- Retry ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NextSteps:
+    """How a refusal names the next step: the API names its calls, the console its buttons.
+
+    The rule (`retry_refusal`) is one; only the words for what to do next differ.
+    """
+
+    lookup: str  # `{job_id}` is filled in
+    confirm: str
+
+
+API_STEPS = NextSteps(
+    lookup="run a reconcile lookup (POST /v1/jobs/{job_id}/reconcile)",
+    confirm="retry with confirm_not_in_emr: true",
+)
+
+
 def retry_refusal(
-    job: Job, evidence: Sequence[tuple[datetime, str, dict[str, Any]]], confirmed: bool
+    job: Job,
+    evidence: Sequence[tuple[datetime, str, dict[str, Any]]],
+    confirmed: bool,
+    steps: NextSteps = API_STEPS,
 ) -> str | None:
     """Why a job may not be resubmitted now, or None when it may (pure: job and timeline).
 
@@ -73,12 +93,17 @@ def retry_refusal(
     outcome_event = str((job.outcome or {}).get("event", ""))
     if status_for_event(outcome_event) == JobStatus.FAILED or JobStatus.FAILED in statuses:
         return None
-    lookup_hint = f"run a reconcile lookup (POST /v1/jobs/{job.id}/reconcile)"
+    lookup_hint = steps.lookup.format(job_id=job.id)
     if not confirmed:
+        why = (
+            "Cobalt accepted it and never reported an outcome"
+            if job.submission_state == Submission.ACCEPTED
+            else "Cobalt's answer to it never came back"
+        )
         return (
-            f"The first submission may have reached Cobalt (submission {job.submission_state}), "
-            "so a retry could put it in the chart twice. Check the chart; if it is not there, "
-            f"{lookup_hint}, then retry with confirm_not_in_emr: true."
+            f"The first try may have reached Cobalt ({why}), so a retry could put it in the "
+            f"chart twice. Check the chart; if it is not there, {lookup_hint}, then "
+            f"{steps.confirm}."
         )
     failed_at = job.finished_at or job.updated_at
     if not any(kind == "reconcile_lookup" and at > failed_at for at, kind, _ in evidence):
@@ -105,8 +130,12 @@ def retry_job(
     reason: str,
     confirm_not_in_emr: bool,
     now: datetime,
+    steps: NextSteps = API_STEPS,
 ) -> Job:
-    """Resubmit a failed job as a new job with the same request; link the two timelines."""
+    """Resubmit a failed job as a new job with the same request; link the two timelines.
+
+    A refusal (Conflict) names the next step in the caller's words (`steps`).
+    """
     job = _job_for_update(session, job_id)
     earlier = session.scalar(select(Job.id).where(Job.retry_of == job.id))
     if earlier is not None:
@@ -116,7 +145,7 @@ def retry_job(
             JobEvent.job_id == job.id, JobEvent.type.in_(EVIDENCE_EVENTS)
         )
     ).all()
-    refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr)
+    refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr, steps)
     if refusal is not None:
         raise Conflict(refusal)
     request = _stored_request(job)
