@@ -65,7 +65,7 @@ def csrf_of(page: str) -> str:
 def text_of(page: str, element_id: str) -> str:
     found = re.search(rf'id="{element_id}"[^>]*>(.*?)</', page, re.S)
     assert found, f"no #{element_id} on the page"
-    return html.unescape(found.group(1)).strip()
+    return " ".join(html.unescape(found.group(1)).split())  # as a browser shows it
 
 
 def anonymous(app: Flask) -> Console:
@@ -507,6 +507,7 @@ def test_replay_is_a_dry_run_first_then_applied_and_both_are_audited(
     result = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text_of(dry.text, "dry-run")))
     assert "nothing was kept" in result
     assert 'id="apply-replay"' in dry.text
+    assert 'id="settled-once"' not in dry.text
     assert re.search(r"failed\s*</span> → <span[^>]*>applied", dry.text)
     assert re.search(r"processing\s*</span> → <span[^>]*>completed", dry.text)
     assert client.get(f"/v1/jobs/{job_id}").json["status"] == "processing"
@@ -529,6 +530,26 @@ def test_replay_is_a_dry_run_first_then_applied_and_both_are_audited(
     )
     assert again.status_code == 409
     assert "applied already" in text_of(again.text, "replay-error")
+
+
+def test_a_dry_run_of_an_applied_delivery_offers_no_apply_button(
+    staff, client, worker, cobalt, post_webhook
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client)
+    worker.run_once()
+    post_webhook(
+        event("telephone_encounter.created", job_id="4242", telephone_encounter_id="te_77")
+    )
+    job_page = staff.get(f"/console/jobs/{job_id}").text
+    [delivery_id] = re.findall(r'href="/console/deliveries/(\d+)"', job_page)
+    page = staff.get(f"/console/deliveries/{delivery_id}").text
+    assert "a replay can only be a dry run" in text_of(page, "dry-run-only")
+
+    dry = staff.post(f"/console/deliveries/{delivery_id}/replay", {"reason": "curious"})
+    assert dry.status_code == 200
+    assert 'id="apply-replay"' not in dry.text  # it would only ever answer 409
+    assert "cannot be applied again" in text_of(dry.text, "settled-once")
 
 
 def csrf_free(page: str, name: str) -> str:

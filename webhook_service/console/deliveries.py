@@ -13,6 +13,7 @@ from webhook_service.console.pages import page, sentence, staff, validated, valu
 from webhook_service.errors import Conflict
 from webhook_service.schemas import DeliveryOut, InboxQuery, ReplayRequest, encode_cursor
 from webhook_service.services.support import INBOX_STATES, get_delivery
+from webhook_service.services.support_actions import can_apply_replay
 from webhook_service.web import request_transaction, utcnow
 
 
@@ -67,6 +68,8 @@ def _delivery_page(
         "delivery.html",
         status=status,
         delivery=view,
+        # A dry run rolls back: the state shown is the state the replay started from.
+        can_apply=can_apply_replay(view.state),
         revealed=reveal,
         body=body,
         headers=headers,

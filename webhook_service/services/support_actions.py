@@ -316,6 +316,12 @@ def finish_reconcile(
 # --- Replay -----------------------------------------------------------------------------------
 
 
+def can_apply_replay(state: str) -> bool:
+    """Whether a delivery in this state may be replayed for real (a dry run always may):
+    one already settled once is never applied again."""
+    return state not in _SETTLED_ONCE
+
+
 def replay_delivery(
     session: Session, staff: Staff, delivery_id: str, *, reason: str, dry_run: bool, now: datetime
 ) -> ReplayOut:
@@ -323,7 +329,7 @@ def replay_delivery(
     delivery = get_delivery(session, delivery_id, lock=True)
     if delivery.raw_body is None:
         raise Conflict("The delivery's body was purged after the retention period.")
-    if not dry_run and delivery.state in _SETTLED_ONCE:
+    if not dry_run and not can_apply_replay(delivery.state):
         raise Conflict(f"The delivery is {delivery.state} already: there is nothing to replay.")
     payload = _parse(delivery.raw_body)
     state_before = delivery.state
