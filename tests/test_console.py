@@ -259,6 +259,18 @@ def test_dashboard_counts_today_and_the_week_and_shows_what_needs_a_person(
     assert len(re.findall(r'<rect class="bar bar-', page.text)) == 3  # failed; completed, open
 
 
+def test_dashboard_counts_webhooks_waiting_in_the_inbox_beside_flagged_jobs(staff, post_webhook):
+    # An outcome for a note no job matches (yet): no job is flagged, but it waits for a person.
+    post_webhook(event("note.created", appointment_id="NO-SUCH-NOTE"))
+    page = staff.get("/console/").text
+    assert text_of(page, "flagged-count") == "0"
+    assert text_of(page, "inbox-count") == "1"
+    tile = re.search(r'<a class="tile[^"]*" href="([^"]+)">\s*<span[^>]*id="inbox-count"', page)
+    assert tile
+    assert tile.group(1) == "/console/inbox"
+    assert "webhooks in the inbox" in page
+
+
 def test_job_list_filters_like_the_api_and_pages_by_cursor(
     staff, client, worker, cobalt, clock: FakeClock
 ):

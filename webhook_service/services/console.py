@@ -14,10 +14,11 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from webhook_service.lifecycle import JobStatus
-from webhook_service.models import ApiClient, AuditEvent, Clinic, Job
+from webhook_service.models import ApiClient, AuditEvent, Clinic, Job, WebhookDelivery
 from webhook_service.schemas import JobFilters, TimelineEntry
 from webhook_service.services.jobs import get_job
 from webhook_service.services.support import (
+    INBOX_STATES,
     JobRow,
     Staff,
     attention_condition,
@@ -69,6 +70,7 @@ class Dashboard:
     days: list[DayCounts]  # oldest first, today last
     overdue: int
     flagged: int
+    inbox: int  # webhook deliveries that need a person (`INBOX_STATES`), not jobs
     overdue_jobs: list[JobRow]
     flagged_jobs: list[JobRow]
     clinics_to_relink: list[Clinic]
@@ -150,6 +152,14 @@ def dashboard(session: Session, *, now: datetime, expected: dict[str, timedelta]
         days=days,
         overdue=_count(session, overdue_condition(now, expected)),
         flagged=_count(session, attention_condition()),
+        inbox=int(
+            session.scalar(
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.state.in_(INBOX_STATES))
+            )
+            or 0
+        ),
         overdue_jobs=_sample(session, overdue_only, now, expected),
         flagged_jobs=_sample(session, flagged_only, now, expected),
         clinics_to_relink=list(
