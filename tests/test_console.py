@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 import responses
 from flask import Flask
 from flask.testing import FlaskClient
@@ -18,9 +19,12 @@ from tests.conftest import COBALT, START, FakeClock, event, make_settings, new_t
 from tests.test_lifecycle_http import accept_encounter, accept_note
 from tests.test_support import audits, break_applying, encounter, events_log, note, reject_notes
 from webhook_service import create_app
+from webhook_service.console import words
 from webhook_service.db import transaction
+from webhook_service.lifecycle import JobStatus, Submission
 from webhook_service.models import Job
 from webhook_service.services import revoke_client
+from webhook_service.services.webhooks import DeliveryState
 
 # --- Helpers ----------------------------------------------------------------------------------
 
@@ -66,6 +70,13 @@ def text_of(page: str, element_id: str) -> str:
     found = re.search(rf'id="{element_id}"[^>]*>(.*?)</', page, re.S)
     assert found, f"no #{element_id} on the page"
     return " ".join(html.unescape(found.group(1)).split())  # as a browser shows it
+
+
+def all_text_of(page: str, element_id: str, tag: str) -> str:
+    """An element's whole text, tags inside it removed (`text_of` stops at the first)."""
+    found = re.search(rf'<{tag} id="{element_id}"[^>]*>(.*?)</{tag}>', page, re.S)
+    assert found, f"no #{element_id} on the page"
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
 
 
 def anonymous(app: Flask) -> Console:
@@ -368,6 +379,23 @@ def test_job_page_hides_phi_until_show_details_and_each_click_is_audited(
     assert 'data-action="job.read"' in staff.get(f"/console/jobs/{job_id}").text
 
 
+def test_a_job_page_explains_its_states_in_plain_words(staff, client, worker, cobalt):
+    cobalt.add(responses.POST, f"{COBALT}/notes", body=requests.ReadTimeout("slow"))
+    job_id = note(client)
+    worker.run_once()  # no answer: the submission is unknown
+    page = html.unescape(staff.get(f"/console/jobs/{job_id}").text)
+    assert re.search(r"unknown, 1 attempt\s*<span class=\"explain\">it may or may not have", page)
+    assert "waiting for Cobalt to report what happened in the chart" in page
+    assert "no answer from Cobalt: the request may or may not have reached it" in page  # timeline
+
+
+def test_every_state_the_console_shows_has_plain_words():
+    assert set(words.JOB_STATUSES) == {str(s) for s in JobStatus}
+    assert set(words.SUBMISSIONS) == {str(s) for s in Submission}
+    states = {value for name, value in vars(DeliveryState).items() if name.isupper()}
+    assert set(words.DELIVERY_STATES) == states
+
+
 def test_unknown_jobs_deliveries_and_pages_are_friendly_404_pages(staff):
     paths = (
         f"/console/jobs/{uuid.uuid4()}",
@@ -562,6 +590,52 @@ def test_a_dry_run_of_an_applied_delivery_offers_no_apply_button(
     assert dry.status_code == 200
     assert 'id="apply-replay"' not in dry.text  # it would only ever answer 409
     assert "cannot be applied again" in text_of(dry.text, "settled-once")
+
+
+def test_a_parked_note_outcome_shows_the_likely_job_and_never_applies_it(
+    staff, client, worker, cobalt, post_webhook, clock: FakeClock
+):
+    accept_note(cobalt)
+    first = note(client, "APPT-1")
+    worker.run_once()
+    post_webhook(event("note.created", appointment_id="APPT-1"))  # settles the first note
+    clock.advance(minutes=1)
+    # A second outcome for that appointment: no note is in flight for it, so it is parked.
+    post_webhook(event("note.failed", appointment_id="APPT-1", message="EMR timeout"))
+    post_webhook(event("appointment.updated", appointment_id="APPT-1"))  # not a note event
+    post_webhook(event("note.created", appointment_id="APPT-OTHER"))
+    clock.advance(minutes=1)
+    later = note(client, "APPT-1")  # created after the delivery arrived: not its job
+
+    inbox = staff.get("/console/inbox").text
+    rows = re.findall(r'href="/console/deliveries/(\d+)">.*?<code>([\w.]+)</code>', inbox, re.S)
+    by_type = {event_type: delivery_id for delivery_id, event_type in rows}
+    assert re.findall(r'data-likely-job="([^"]+)"', inbox) == [first]
+    page = staff.get(f"/console/deliveries/{by_type['note.failed']}").text
+    likely = all_text_of(page, "likely-job", "dd")
+    assert "a note for the same appointment, same clinic" in likely
+    assert "never applied" in likely
+    assert f'href="/console/jobs/{first}"' in page
+    assert later not in page
+    for other in ("appointment.updated", "note.created"):
+        assert 'id="likely-job"' not in staff.get(f"/console/deliveries/{by_type[other]}").text
+    assert client.get(f"/v1/jobs/{first}").json["status"] == "completed"  # nothing applied
+
+
+def test_a_delivery_that_failed_to_apply_shows_the_job_with_its_cobalt_id(
+    staff, client, worker, cobalt, post_webhook, monkeypatch
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client)
+    worker.run_once()
+    break_applying(monkeypatch)
+    post_webhook(event("telephone_encounter.created", job_id="4242"))
+    monkeypatch.undo()
+    inbox = staff.get("/console/inbox").text
+    assert re.findall(r'data-likely-job="([^"]+)"', inbox) == [job_id]
+    [delivery_id] = re.findall(r'href="/console/deliveries/(\d+)"', inbox)
+    page = staff.get(f"/console/deliveries/{delivery_id}").text
+    assert "by the same Cobalt job id" in all_text_of(page, "likely-job", "dd")
 
 
 def csrf_free(page: str, name: str) -> str:
