@@ -20,7 +20,7 @@ SUBMISSIONS: Final = {
     "pending": "waiting to be sent to Cobalt",
     "waiting": "waiting for an earlier note for the same appointment to finish",
     "sending": "being sent to Cobalt now",
-    "accepted": "Cobalt accepted it; it reports the outcome later",
+    "accepted": "Cobalt accepted the request",
     "retrying": "Cobalt did not take it (a passing error): it will be sent again",
     "unknown": "it may or may not have reached Cobalt (no answer came back): "
     "it is looked up in Cobalt's log, never resent blindly",
