@@ -527,7 +527,7 @@ def test_reconcile_now_applies_an_outcome_found_in_cobalts_log(
 
 
 def test_reconcile_now_says_when_cobalts_log_has_nothing_for_the_job(
-    client, support, worker, cobalt, post_webhook
+    client, support, worker, cobalt
 ):
     accept_note(cobalt)
     job_id = note(client, "728948")
