@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 import responses
 from flask import Flask
 from flask.testing import FlaskClient
@@ -18,9 +19,12 @@ from tests.conftest import COBALT, START, FakeClock, event, make_settings, new_t
 from tests.test_lifecycle_http import accept_encounter, accept_note
 from tests.test_support import audits, break_applying, encounter, events_log, note, reject_notes
 from webhook_service import create_app
+from webhook_service.console import words
 from webhook_service.db import transaction
+from webhook_service.lifecycle import JobStatus, Submission
 from webhook_service.models import Job
 from webhook_service.services import revoke_client
+from webhook_service.services.webhooks import DeliveryState
 
 # --- Helpers ----------------------------------------------------------------------------------
 
@@ -65,7 +69,14 @@ def csrf_of(page: str) -> str:
 def text_of(page: str, element_id: str) -> str:
     found = re.search(rf'id="{element_id}"[^>]*>(.*?)</', page, re.S)
     assert found, f"no #{element_id} on the page"
-    return html.unescape(found.group(1)).strip()
+    return " ".join(html.unescape(found.group(1)).split())  # as a browser shows it
+
+
+def all_text_of(page: str, element_id: str, tag: str) -> str:
+    """An element's whole text, tags inside it removed (`text_of` stops at the first)."""
+    found = re.search(rf'<{tag} id="{element_id}"[^>]*>(.*?)</{tag}>', page, re.S)
+    assert found, f"no #{element_id} on the page"
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
 
 
 def anonymous(app: Flask) -> Console:
@@ -259,6 +270,18 @@ def test_dashboard_counts_today_and_the_week_and_shows_what_needs_a_person(
     assert len(re.findall(r'<rect class="bar bar-', page.text)) == 3  # failed; completed, open
 
 
+def test_dashboard_counts_webhooks_waiting_in_the_inbox_beside_flagged_jobs(staff, post_webhook):
+    # An outcome for a note no job matches (yet): no job is flagged, but it waits for a person.
+    post_webhook(event("note.created", appointment_id="NO-SUCH-NOTE"))
+    page = staff.get("/console/").text
+    assert text_of(page, "flagged-count") == "0"
+    assert text_of(page, "inbox-count") == "1"
+    tile = re.search(r'<a class="tile[^"]*" href="([^"]+)">\s*<span[^>]*id="inbox-count"', page)
+    assert tile
+    assert tile.group(1) == "/console/inbox"
+    assert "webhooks in the inbox" in page
+
+
 def test_job_list_filters_like_the_api_and_pages_by_cursor(
     staff, client, worker, cobalt, clock: FakeClock
 ):
@@ -380,6 +403,23 @@ def test_details_show_every_key_of_the_outcome_including_cobalts_own(
     assert "&#34;tries&#34;: 2" in outcome
 
 
+def test_a_job_page_explains_its_states_in_plain_words(staff, client, worker, cobalt):
+    cobalt.add(responses.POST, f"{COBALT}/notes", body=requests.ReadTimeout("slow"))
+    job_id = note(client)
+    worker.run_once()  # no answer: the submission is unknown
+    page = html.unescape(staff.get(f"/console/jobs/{job_id}").text)
+    assert re.search(r"unknown, 1 attempt\s*<span class=\"explain\">it may or may not have", page)
+    assert "waiting for Cobalt to report what happened in the chart" in page
+    assert "no answer from Cobalt: the request may or may not have reached it" in page  # timeline
+
+
+def test_every_state_the_console_shows_has_plain_words():
+    assert set(words.JOB_STATUSES) == {str(s) for s in JobStatus}
+    assert set(words.SUBMISSIONS) == {str(s) for s in Submission}
+    states = {value for name, value in vars(DeliveryState).items() if name.isupper()}
+    assert set(words.DELIVERY_STATES) == states
+
+
 def test_unknown_jobs_deliveries_and_pages_are_friendly_404_pages(staff):
     paths = (
         f"/console/jobs/{uuid.uuid4()}",
@@ -433,23 +473,34 @@ def test_a_refused_retry_shows_the_services_reason_with_409(
     worker.run_once()  # failed as no_outcome: the first try may be in the chart
     page = staff.get(f"/console/jobs/{job_id}").text
     assert 'name="confirm_not_in_emr"' in page  # the service will ask for it
-    assert "may have reached Cobalt" in text_of(page, "retry-outlook")
+    outlook = text_of(page, "retry-outlook")
+    assert "may have reached Cobalt (Cobalt accepted it and never reported an outcome)" in outlook
+    # The next steps are the button and the checkbox on this page, not API calls.
+    assert "press Reconcile now on this page" in outlook
+    assert "tick \u201cI checked the chart\u201d and press Retry" in outlook
     before = count_jobs(sessions)
 
     refused = staff.post(f"/console/jobs/{job_id}/retry", {"reason": "caller asked"})
     assert refused.status_code == 409
-    assert "confirm_not_in_emr" in text_of(refused.text, "retry-error")
+    assert "I checked the chart" in text_of(refused.text, "retry-error")
     confirmed = staff.post(
         f"/console/jobs/{job_id}/retry", {"reason": "chart checked", "confirm_not_in_emr": "yes"}
     )
     assert confirmed.status_code == 409
-    assert "reconcile" in text_of(confirmed.text, "retry-error")
+    assert "press Reconcile now on this page" in text_of(confirmed.text, "retry-error")
+    for shown in (page, refused.text, confirmed.text):
+        for api_words in ("POST /v1", "confirm_not_in_emr:", "/reconcile)"):
+            assert api_words not in html.unescape(shown)
     assert count_jobs(sessions) == before
     assert audits(sessions, "job.retry") == []
 
     clock.advance(seconds=1)
     reconciled = staff.post(f"/console/jobs/{job_id}/reconcile", {"reason": "before retry"})
     assert reconciled.status_code == 303
+    # The flash says the lookup found nothing, never an outcome it did not find.
+    notice = html.unescape(staff.get(reconciled.headers["Location"]).text)
+    assert "Cobalt's log has no outcome for this job yet (searched 0 events)" in notice
+    assert "Looked the job up" not in notice
     retried = staff.post(
         f"/console/jobs/{job_id}/retry", {"reason": "chart checked", "confirm_not_in_emr": "yes"}
     )
@@ -487,8 +538,8 @@ def test_reconcile_now_applies_what_cobalt_logged_and_explains_a_failure(
     )
     response = staff.post(f"/console/jobs/{job_id}/reconcile", {"reason": "caller waiting"})
     assert response.status_code == 303
-    page = staff.get(response.headers["Location"]).text
-    assert "it is completed" in page
+    page = html.unescape(staff.get(response.headers["Location"]).text)
+    assert "Found telephone_encounter.created in Cobalt's log: the job is now completed." in page
     assert text_of(page, "job-status") == "completed"
     entries = audits(sessions, "job.reconcile")
     assert [(e.actor, e.detail["reason"]) for e in entries] == [("support-1", "caller waiting")] * 2
@@ -520,6 +571,7 @@ def test_replay_is_a_dry_run_first_then_applied_and_both_are_audited(
     result = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text_of(dry.text, "dry-run")))
     assert "nothing was kept" in result
     assert 'id="apply-replay"' in dry.text
+    assert 'id="settled-once"' not in dry.text
     assert re.search(r"failed\s*</span> → <span[^>]*>applied", dry.text)
     assert re.search(r"processing\s*</span> → <span[^>]*>completed", dry.text)
     assert client.get(f"/v1/jobs/{job_id}").json["status"] == "processing"
@@ -542,6 +594,72 @@ def test_replay_is_a_dry_run_first_then_applied_and_both_are_audited(
     )
     assert again.status_code == 409
     assert "applied already" in text_of(again.text, "replay-error")
+
+
+def test_a_dry_run_of_an_applied_delivery_offers_no_apply_button(
+    staff, client, worker, cobalt, post_webhook
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client)
+    worker.run_once()
+    post_webhook(
+        event("telephone_encounter.created", job_id="4242", telephone_encounter_id="te_77")
+    )
+    job_page = staff.get(f"/console/jobs/{job_id}").text
+    [delivery_id] = re.findall(r'href="/console/deliveries/(\d+)"', job_page)
+    page = staff.get(f"/console/deliveries/{delivery_id}").text
+    assert "a replay can only be a dry run" in text_of(page, "dry-run-only")
+
+    dry = staff.post(f"/console/deliveries/{delivery_id}/replay", {"reason": "curious"})
+    assert dry.status_code == 200
+    assert 'id="apply-replay"' not in dry.text  # it would only ever answer 409
+    assert "cannot be applied again" in text_of(dry.text, "settled-once")
+
+
+def test_a_parked_note_outcome_shows_the_likely_job_and_never_applies_it(
+    staff, client, worker, cobalt, post_webhook, clock: FakeClock
+):
+    accept_note(cobalt)
+    first = note(client, "APPT-1")
+    worker.run_once()
+    post_webhook(event("note.created", appointment_id="APPT-1"))  # settles the first note
+    clock.advance(minutes=1)
+    # A second outcome for that appointment: no note is in flight for it, so it is parked.
+    post_webhook(event("note.failed", appointment_id="APPT-1", message="EMR timeout"))
+    post_webhook(event("appointment.updated", appointment_id="APPT-1"))  # not a note event
+    post_webhook(event("note.created", appointment_id="APPT-OTHER"))
+    clock.advance(minutes=1)
+    later = note(client, "APPT-1")  # created after the delivery arrived: not its job
+
+    inbox = staff.get("/console/inbox").text
+    rows = re.findall(r'href="/console/deliveries/(\d+)">.*?<code>([\w.]+)</code>', inbox, re.S)
+    by_type = {event_type: delivery_id for delivery_id, event_type in rows}
+    assert re.findall(r'data-likely-job="([^"]+)"', inbox) == [first]
+    page = staff.get(f"/console/deliveries/{by_type['note.failed']}").text
+    likely = all_text_of(page, "likely-job", "dd")
+    assert "a note for the same appointment, same clinic" in likely
+    assert "never applied" in likely
+    assert f'href="/console/jobs/{first}"' in page
+    assert later not in page
+    for other in ("appointment.updated", "note.created"):
+        assert 'id="likely-job"' not in staff.get(f"/console/deliveries/{by_type[other]}").text
+    assert client.get(f"/v1/jobs/{first}").json["status"] == "completed"  # nothing applied
+
+
+def test_a_delivery_that_failed_to_apply_shows_the_job_with_its_cobalt_id(
+    staff, client, worker, cobalt, post_webhook, monkeypatch
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client)
+    worker.run_once()
+    break_applying(monkeypatch)
+    post_webhook(event("telephone_encounter.created", job_id="4242"))
+    monkeypatch.undo()
+    inbox = staff.get("/console/inbox").text
+    assert re.findall(r'data-likely-job="([^"]+)"', inbox) == [job_id]
+    [delivery_id] = re.findall(r'href="/console/deliveries/(\d+)"', inbox)
+    page = staff.get(f"/console/deliveries/{delivery_id}").text
+    assert "by the same Cobalt job id" in all_text_of(page, "likely-job", "dd")
 
 
 def csrf_free(page: str, name: str) -> str:

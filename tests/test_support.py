@@ -505,6 +505,15 @@ def test_reconcile_now_applies_an_outcome_found_in_cobalts_log(
     response = support.post(f"/v1/jobs/{job_id}/reconcile", json={"reason": "caller waiting"})
     assert response.status_code == 200, response.json
     assert response.json["status"] == "completed"
+    assert response.json["lookup"] == {
+        "found": True,
+        "event_type": "telephone_encounter.created",
+        "applied": True,
+        "events_searched": 1,
+        "status_before": "processing",
+        "status_after": "completed",
+        "summary": "Found telephone_encounter.created in Cobalt's log: the job is now completed.",
+    }
     lookup = next(c for c in cobalt.calls if "/webhook-events" in c.request.url)
     assert "job_id=4242" in lookup.request.url
     assert timeline(support, job_id)[-4:] == [
@@ -515,6 +524,68 @@ def test_reconcile_now_applies_an_outcome_found_in_cobalts_log(
     ]
     [entry] = audits(sessions, "job.reconcile")
     assert (str(entry.job_id), entry.detail["reason"]) == (job_id, "caller waiting")
+
+
+def test_reconcile_now_says_when_cobalts_log_has_nothing_for_the_job(
+    client, support, worker, cobalt
+):
+    accept_note(cobalt)
+    job_id = note(client, "728948")
+    worker.run_once()
+    # The log holds events, none of them this note's outcome: another appointment's note,
+    # and an event of another resource for the same appointment.
+    events_log(
+        cobalt,
+        {
+            "event_id": "evt_other_note",
+            "event_type": "note.created",
+            "data": {"appointment_id": "999"},
+            "created_at": "2026-11-23T12:00:30Z",
+        },
+        {
+            "event_id": "evt_appointment",
+            "event_type": "appointment.updated",
+            "data": {"appointment_id": "728948"},
+            "created_at": "2026-11-23T12:00:40Z",
+        },
+    )
+    response = support.post(f"/v1/jobs/{job_id}/reconcile", json={"reason": "caller waiting"})
+    assert response.status_code == 200, response.json
+    lookup = response.json["lookup"]
+    assert (lookup["found"], lookup["event_type"], lookup["applied"]) == (False, None, False)
+    assert lookup["events_searched"] == 2
+    assert lookup["status_before"] == lookup["status_after"] == response.json["status"]
+    assert lookup["summary"].startswith(
+        "Cobalt's log has no outcome for this job yet (searched 2 events)"
+    )
+    assert "nothing changed" in lookup["summary"]
+
+
+def test_reconcile_now_says_when_what_it_found_changes_nothing(
+    client, support, worker, cobalt, post_webhook
+):
+    accept_encounter(cobalt)
+    job_id = encounter(client)
+    worker.run_once()
+    post_webhook(event("telephone_encounter.failed", job_id="4242", message="no provider"))
+    events_log(
+        cobalt,
+        {
+            "event_id": "evt_failed",
+            "event_type": "telephone_encounter.failed",
+            "job_id": "4242",
+            "data": {},
+            "created_at": "2026-11-23T12:00:30Z",
+        },
+    )
+    response = support.post(f"/v1/jobs/{job_id}/reconcile", json={"reason": "double check"})
+    assert response.status_code == 200, response.json
+    lookup = response.json["lookup"]
+    assert (lookup["found"], lookup["applied"]) == (True, False)
+    assert lookup["summary"] == (
+        "Found telephone_encounter.failed in Cobalt's log, but the job already showed failed: "
+        "nothing changed."
+    )
 
 
 def test_reconcile_when_cobalt_fails_is_502_and_still_audited(

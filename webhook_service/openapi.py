@@ -17,6 +17,7 @@ from webhook_service.schemas import (
     JobSearchRequest,
     NoteRequest,
     Problem,
+    ReconcileOut,
     ReplayOut,
     ReplayRequest,
     RetryRequest,
@@ -45,6 +46,7 @@ _MODELS: list[type[BaseModel]] = [
     TimelineOut,
     DeliveryBodyOut,
     InboxOut,
+    ReconcileOut,
     ReplayOut,
 ]
 
@@ -302,7 +304,10 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
                 StaffAction,
                 "Look the job up in Cobalt's log now and apply what is found",
                 {
-                    "200": {"description": "The job.", "content": _json(SupportJobOut)},
+                    "200": {
+                        "description": "The job, and what the lookup found (`lookup`).",
+                        "content": _json(ReconcileOut),
+                    },
                     "502": _problem("Cobalt's log could not be read."),
                 },
             ),

@@ -478,6 +478,24 @@ class SupportJobOut(JobOut):
     retry_of: uuid.UUID | None
 
 
+class ReconcileLookupOut(BaseModel):
+    """What a staff-requested lookup in Cobalt's log found, and what it changed."""
+
+    found: bool = Field(description="Cobalt's log holds an outcome event for this job.")
+    event_type: str | None = Field(description="The outcome found, e.g. `note.created`.")
+    applied: bool = Field(description="The job took that outcome now.")
+    events_searched: int = Field(description="Events Cobalt's log answered with.")
+    status_before: str
+    status_after: str
+    summary: str = Field(description="The same, in plain words.")
+
+
+class ReconcileOut(SupportJobOut):
+    """The job after a staff-requested lookup, and what the lookup found."""
+
+    lookup: ReconcileLookupOut
+
+
 class JobListOut(BaseModel):
     jobs: list[SupportJobOut]
     next_cursor: str | None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -31,6 +30,8 @@ from webhook_service.schemas import (
     JobListOut,
     JobPageQuery,
     JobSearchRequest,
+    ReconcileLookupOut,
+    ReconcileOut,
     ReplayRequest,
     RetryRequest,
     StaffAction,
@@ -115,12 +116,22 @@ def retry_job(job_id: str) -> Response:
 def reconcile_job(job_id: str) -> Response:
     """Look the job up in Cobalt's webhook-events log now and apply what is found."""
     action = _body(StaffAction)
-    found = reconcile_now(_staff(), job_id, reason=action.reason)
+    result = reconcile_now(_staff(), job_id, reason=action.reason)
     with request_transaction() as session:
-        return _json(services.support_job_view(services.job_row(session, found)))
+        job = services.support_job_fields(services.job_row(session, result.job_id))
+    lookup = ReconcileLookupOut(
+        found=result.found,
+        event_type=result.event_type,
+        applied=result.applied,
+        events_searched=result.events_searched,
+        status_before=result.status_before,
+        status_after=result.status_after,
+        summary=result.summary,
+    )
+    return _json(ReconcileOut.model_validate({**job, "lookup": lookup}))
 
 
-def reconcile_now(staff: services.Staff, job_id: str, *, reason: str) -> uuid.UUID:
+def reconcile_now(staff: services.Staff, job_id: str, *, reason: str) -> services.ReconcileResult:
     """A staff-requested lookup in Cobalt's log (API and console): record it, ask Cobalt
     with no transaction open, apply what it found. Raises UpstreamFailed if Cobalt fails."""
     with request_transaction() as session:

@@ -12,7 +12,9 @@ from webhook_service.console import bp
 from webhook_service.console.pages import page, sentence, staff, validated, values
 from webhook_service.errors import Conflict
 from webhook_service.schemas import DeliveryOut, InboxQuery, ReplayRequest, encode_cursor
+from webhook_service.services import console as console_services
 from webhook_service.services.support import INBOX_STATES, get_delivery
+from webhook_service.services.support_actions import can_apply_replay
 from webhook_service.web import request_transaction, utcnow
 
 
@@ -63,10 +65,14 @@ def _delivery_page(
             body, headers = shown.body, shown.headers
         else:
             view = services.delivery_view(get_delivery(db, delivery_id))
+        likely = console_services.likely_jobs(db, [get_delivery(db, delivery_id)]).get(view.id)
     return page(
         "delivery.html",
         status=status,
         delivery=view,
+        likely=likely,
+        # A dry run rolls back: the state shown is the state the replay started from.
+        can_apply=can_apply_replay(view.state),
         revealed=reveal,
         body=body,
         headers=headers,
@@ -79,15 +85,17 @@ def inbox() -> Response:
     """Deliveries that need a person: parked, failed, unknown type, conflicting."""
     given = values(request.args)
     query, problems = validated(InboxQuery, given)
-    found, next_key = [], None
+    found, next_key, likely = [], None, {}
     if query is not None:
         with request_transaction() as db:
             rows, next_key = services.list_inbox(db, query)
             found = [services.delivery_view(d) for d in rows]
+            likely = console_services.likely_jobs(db, rows)
     return page(
         "inbox.html",
         status=422 if problems else 200,
         deliveries=found,
+        likely=likely,
         problems=problems,
         given=given,
         states=[str(s) for s in INBOX_STATES],

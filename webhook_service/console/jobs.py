@@ -182,6 +182,7 @@ def retry(job_id: str) -> Response:
                 reason=action.reason,
                 confirm_not_in_emr=action.confirm_not_in_emr,
                 now=utcnow(),
+                steps=console_services.CONSOLE_STEPS,
             )
     except Conflict as exc:
         return _job_page(job_id, status=409, retry_error=exc.detail, reason=reason)
@@ -196,14 +197,12 @@ def reconcile(job_id: str) -> Response:
     if action is None:
         return _job_page(job_id, status=422, reconcile_error=sentence(problems))
     try:
-        found = reconcile_now(staff(), job_id, reason=action.reason)
+        result = reconcile_now(staff(), job_id, reason=action.reason)
     except UpstreamFailed:
         message = "Cobalt's webhook-events log could not be read; try again in a moment."
         return _job_page(job_id, status=502, reconcile_error=message)
-    with request_transaction() as db:
-        status = services.job_row(db, found).job.status
-    flash(f"Looked the job up in Cobalt's log: it is {status}.")
-    return redirect(url_for("console.job", job_id=found), 303)
+    flash(result.summary)
+    return redirect(url_for("console.job", job_id=result.job_id), 303)
 
 
 def _job_page(job_id: str, *, status: int = 200, reveal: bool = False, **context: Any) -> Response:

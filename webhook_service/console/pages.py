@@ -11,6 +11,7 @@ from flask import Response, g, render_template, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
+from webhook_service.console import words
 from webhook_service.schemas import field_errors
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -25,6 +26,7 @@ def page(template: str, *, status: int = 200, **context: Any) -> Response:
         section=(request.endpoint or "").removeprefix("console."),
         when=when,
         pretty=pretty,
+        words=words,
         **context,
     )
     return Response(html, status=status, mimetype="text/html")

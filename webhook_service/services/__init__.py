@@ -60,6 +60,7 @@ from webhook_service.services.support import (
     support_job_view,
 )
 from webhook_service.services.support_actions import (
+    ReconcileResult,
     begin_reconcile,
     finish_reconcile,
     replay_delivery,
@@ -79,6 +80,7 @@ __all__ = [
     "JobRow",
     "Lookup",
     "Polled",
+    "ReconcileResult",
     "Recorded",
     "Staff",
     "accept_job",

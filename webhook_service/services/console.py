@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Row, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from webhook_service.lifecycle import JobStatus
-from webhook_service.models import ApiClient, AuditEvent, Clinic, Job
+from webhook_service.lifecycle import JobKind, JobStatus, kind_for_event
+from webhook_service.models import ApiClient, AuditEvent, Clinic, Job, WebhookDelivery
 from webhook_service.schemas import JobFilters, TimelineEntry
 from webhook_service.services.jobs import get_job
 from webhook_service.services.support import (
+    INBOX_STATES,
     JobRow,
     Staff,
     attention_condition,
@@ -25,12 +26,17 @@ from webhook_service.services.support import (
     find_jobs,
     overdue_condition,
 )
-from webhook_service.services.support_actions import EVIDENCE_EVENTS, retry_refusal
+from webhook_service.services.support_actions import EVIDENCE_EVENTS, NextSteps, retry_refusal
 
 # --- Support console --------------------------------------------------------------------------
 
 DASHBOARD_DAYS = 7
 DASHBOARD_SAMPLE = 5  # flagged and overdue jobs listed on the dashboard
+# A refused retry names the button and the checkbox on the job page, not the API's calls.
+CONSOLE_STEPS = NextSteps(
+    lookup="press Reconcile now on this page",
+    confirm="tick \u201cI checked the chart\u201d and press Retry",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Dashboard:
     days: list[DayCounts]  # oldest first, today last
     overdue: int
     flagged: int
+    inbox: int  # webhook deliveries that need a person (`INBOX_STATES`), not jobs
     overdue_jobs: list[JobRow]
     flagged_jobs: list[JobRow]
     clinics_to_relink: list[Clinic]
@@ -98,9 +105,130 @@ def retry_outlook(job: Job, events: list[TimelineEntry]) -> RetryOutlook:
     Uses the timeline already read for the page (the same entries the retry itself weighs).
     """
     evidence = [(e.at, e.type, e.detail) for e in events if e.type in EVIDENCE_EVENTS]
-    refusal = retry_refusal(job, evidence, confirmed=False)
-    confirmed = retry_refusal(job, evidence, confirmed=True) if refusal else None
+    refusal = retry_refusal(job, evidence, confirmed=False, steps=CONSOLE_STEPS)
+    confirmed = (
+        retry_refusal(job, evidence, confirmed=True, steps=CONSOLE_STEPS) if refusal else None
+    )
     return RetryOutlook(refusal, needs_confirmation=refusal is not None and confirmed != refusal)
+
+
+@dataclass(frozen=True)
+class LikelyJob:
+    """The job a delivery no job took most likely belongs to: a suggestion for a person."""
+
+    job_id: uuid.UUID
+    kind: str
+    status: str
+    created_at: datetime
+    by: str  # what links them, in words
+
+
+def likely_jobs(session: Session, deliveries: Sequence[WebhookDelivery]) -> dict[int, LikelyJob]:
+    """For each delivery without a job, the job it most likely belongs to, by delivery id.
+
+    Mirrors webhook matching (`services.webhooks.match_job`) for display only; nothing here
+    is ever applied. By the same Cobalt job id, else the same telephone encounter id, else,
+    for note events only (`note.*`), the most recent note for the same appointment in the
+    delivery's clinic that was created before the delivery arrived. One query per rule for a
+    whole page of deliveries.
+    """
+    loose = [d for d in deliveries if d.job_id is None]
+    found = _likely_by_ids(session, loose)
+    notes = [
+        d
+        for d in loose
+        if d.id not in found
+        and d.appointment_hash
+        and kind_for_event(d.event_type or "") == JobKind.NOTE
+    ]
+    return {**found, **_likely_by_appointment(session, notes)}
+
+
+def _likely_by_ids(session: Session, deliveries: Sequence[WebhookDelivery]) -> dict[int, LikelyJob]:
+    job_ids = {d.cobalt_job_id for d in deliveries if d.cobalt_job_id}
+    encounter_ids = {d.telephone_encounter_id for d in deliveries if d.telephone_encounter_id}
+    if not job_ids and not encounter_ids:
+        return {}
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.kind,
+            Job.status,
+            Job.created_at,
+            Job.cobalt_job_id,
+            Job.cobalt_telephone_encounter_id,
+        ).where(
+            or_(
+                Job.cobalt_job_id.in_(job_ids),
+                Job.cobalt_telephone_encounter_id.in_(encounter_ids),
+            )
+        )
+    ).all()
+    by_job_id = {row.cobalt_job_id: row for row in rows if row.cobalt_job_id}
+    by_encounter = {
+        row.cobalt_telephone_encounter_id: row for row in rows if row.cobalt_telephone_encounter_id
+    }
+    found = {}
+    for d in deliveries:
+        if d.cobalt_job_id in by_job_id:
+            found[d.id] = _likely(by_job_id[d.cobalt_job_id], "the same Cobalt job id")
+        elif d.telephone_encounter_id in by_encounter:
+            found[d.id] = _likely(
+                by_encounter[d.telephone_encounter_id], "the same telephone encounter id"
+            )
+    return found
+
+
+def _likely_by_appointment(
+    session: Session, deliveries: Sequence[WebhookDelivery]
+) -> dict[int, LikelyJob]:
+    if not deliveries:
+        return {}
+    notes = session.execute(
+        select(Job.id, Job.kind, Job.status, Job.created_at, Job.clinic_id, Job.appointment_hash)
+        .where(
+            Job.kind == JobKind.NOTE,
+            Job.appointment_hash.in_({d.appointment_hash for d in deliveries}),
+        )
+        .order_by(Job.created_at.desc(), Job.id.desc())
+    ).all()
+    clinics = _clinic_references(session)
+    found = {}
+    for d in deliveries:
+        allowed = _clinics_of(clinics, d.access_token_reference_id)
+        for note in notes:  # most recent first
+            if (
+                note.appointment_hash == d.appointment_hash
+                and (allowed is None or note.clinic_id in allowed)
+                and note.created_at <= d.received_at
+            ):
+                found[d.id] = _likely(note, "a note for the same appointment, same clinic")
+                break
+    return found
+
+
+def _likely(row: Row[*tuple[Any, ...]], by: str) -> LikelyJob:
+    return LikelyJob(
+        job_id=row.id, kind=row.kind, status=row.status, created_at=row.created_at, by=by
+    )
+
+
+def _clinic_references(session: Session) -> dict[int, str | None]:
+    return {
+        clinic_id: reference
+        for clinic_id, reference in session.execute(
+            select(Clinic.id, Clinic.access_token_reference_id)
+        )
+    }
+
+
+def _clinics_of(clinics: dict[int, str | None], reference_id: str | None) -> set[int] | None:
+    """The clinics a delivery may come from; None when it does not say. As webhook matching
+    reads it: the clinic with its reference id, else those whose id is not learned yet."""
+    if reference_id is None:
+        return None
+    known = {c for c, ref in clinics.items() if ref == reference_id}
+    return known or {c for c, ref in clinics.items() if ref is None}
 
 
 def job_audit(
@@ -143,6 +271,14 @@ def dashboard(session: Session, *, now: datetime, expected: dict[str, timedelta]
         days=days,
         overdue=_count(session, overdue_condition(now, expected)),
         flagged=_count(session, attention_condition()),
+        inbox=int(
+            session.scalar(
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.state.in_(INBOX_STATES))
+            )
+            or 0
+        ),
         overdue_jobs=_sample(session, overdue_only, now, expected),
         flagged_jobs=_sample(session, flagged_only, now, expected),
         clinics_to_relink=list(

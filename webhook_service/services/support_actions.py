@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,8 +50,28 @@ _SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 # --- Retry ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NextSteps:
+    """How a refusal names the next step: the API names its calls, the console its buttons.
+
+    The rule (`retry_refusal`) is one; only the words for what to do next differ.
+    """
+
+    lookup: str  # `{job_id}` is filled in
+    confirm: str
+
+
+API_STEPS = NextSteps(
+    lookup="run a reconcile lookup (POST /v1/jobs/{job_id}/reconcile)",
+    confirm="retry with confirm_not_in_emr: true",
+)
+
+
 def retry_refusal(
-    job: Job, evidence: Sequence[tuple[datetime, str, dict[str, Any]]], confirmed: bool
+    job: Job,
+    evidence: Sequence[tuple[datetime, str, dict[str, Any]]],
+    confirmed: bool,
+    steps: NextSteps = API_STEPS,
 ) -> str | None:
     """Why a job may not be resubmitted now, or None when it may (pure: job and timeline).
 
@@ -72,12 +93,17 @@ def retry_refusal(
     outcome_event = str((job.outcome or {}).get("event", ""))
     if status_for_event(outcome_event) == JobStatus.FAILED or JobStatus.FAILED in statuses:
         return None
-    lookup_hint = f"run a reconcile lookup (POST /v1/jobs/{job.id}/reconcile)"
+    lookup_hint = steps.lookup.format(job_id=job.id)
     if not confirmed:
+        why = (
+            "Cobalt accepted it and never reported an outcome"
+            if job.submission_state == Submission.ACCEPTED
+            else "Cobalt's answer to it never came back"
+        )
         return (
-            f"The first submission may have reached Cobalt (submission {job.submission_state}), "
-            "so a retry could put it in the chart twice. Check the chart; if it is not there, "
-            f"{lookup_hint}, then retry with confirm_not_in_emr: true."
+            f"The first try may have reached Cobalt ({why}), so a retry could put it in the "
+            f"chart twice. Check the chart; if it is not there, {lookup_hint}, then "
+            f"{steps.confirm}."
         )
     failed_at = job.finished_at or job.updated_at
     if not any(kind == "reconcile_lookup" and at > failed_at for at, kind, _ in evidence):
@@ -104,8 +130,12 @@ def retry_job(
     reason: str,
     confirm_not_in_emr: bool,
     now: datetime,
+    steps: NextSteps = API_STEPS,
 ) -> Job:
-    """Resubmit a failed job as a new job with the same request; link the two timelines."""
+    """Resubmit a failed job as a new job with the same request; link the two timelines.
+
+    A refusal (Conflict) names the next step in the caller's words (`steps`).
+    """
     job = _job_for_update(session, job_id)
     earlier = session.scalar(select(Job.id).where(Job.retry_of == job.id))
     if earlier is not None:
@@ -115,7 +145,7 @@ def retry_job(
             JobEvent.job_id == job.id, JobEvent.type.in_(EVIDENCE_EVENTS)
         )
     ).all()
-    refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr)
+    refusal = retry_refusal(job, [tuple(row) for row in evidence], confirm_not_in_emr, steps)
     if refusal is not None:
         raise Conflict(refusal)
     request = _stored_request(job)
@@ -211,15 +241,89 @@ def begin_reconcile(
     )
 
 
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What a staff-requested lookup found in Cobalt's log, and what it did to the job."""
+
+    job_id: uuid.UUID
+    events_searched: int  # events Cobalt's log answered with (this job's or not)
+    found: bool  # an outcome event for this job was among them
+    event_type: str | None  # the outcome found, e.g. `note.created`
+    applied: bool  # the job took that outcome now
+    status_before: str
+    status_after: str
+
+    @property
+    def summary(self) -> str:
+        """The result in plain words (API and console say the same)."""
+        if not self.found:
+            searched = f"searched {self.events_searched} event{_plural(self.events_searched)}"
+            return (
+                f"Cobalt's log has no outcome for this job yet ({searched}); "
+                f"the job is still {self.status_after}: nothing changed."
+            )
+        if self.applied:
+            return f"Found {self.event_type} in Cobalt's log: the job is now {self.status_after}."
+        if self.status_before == JobStatus.PROCESSING:
+            return (
+                f"Found {self.event_type} in Cobalt's log, but it could not be applied: the job "
+                "is still processing. The timeline and the inbox say why."
+            )
+        return (
+            f"Found {self.event_type} in Cobalt's log, but the job already showed "
+            f"{self.status_before}: nothing changed."
+        )
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
 def finish_reconcile(
     session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
-) -> uuid.UUID:
-    """Write the lookup on the timeline and apply what it found, as the worker does."""
-    record_lookup(session, lookup, events, now)
-    return lookup.job_id
+) -> ReconcileResult:
+    """Write the lookup on the timeline and apply what it found, as the worker does; say
+    what it found (read back from the timeline line the lookup writes) and what changed."""
+    job = _job_for_update(session, str(lookup.job_id))
+    status_before = str(job.status)
+    # Only the line this lookup writes, not an earlier lookup's.
+    earlier = session.scalar(
+        select(func.max(JobEvent.id)).where(
+            JobEvent.job_id == job.id, JobEvent.type == "reconcile_lookup"
+        )
+    )
+    applied = record_lookup(session, lookup, events, now)
+    written = session.scalar(
+        select(JobEvent.detail)
+        .where(
+            JobEvent.job_id == job.id,
+            JobEvent.type == "reconcile_lookup",
+            JobEvent.id > (earlier or 0),
+        )
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
+    detail = written or {}
+    event_type = detail.get("event_type")
+    return ReconcileResult(
+        job_id=job.id,
+        events_searched=len(events),
+        found=bool(detail.get("found")),
+        event_type=str(event_type) if event_type else None,
+        applied=applied,
+        status_before=status_before,
+        # Read from the database: applying may have written the job with a plain UPDATE.
+        status_after=str(session.scalar(select(Job.status).where(Job.id == job.id))),
+    )
 
 
 # --- Replay -----------------------------------------------------------------------------------
+
+
+def can_apply_replay(state: str) -> bool:
+    """Whether a delivery in this state may be replayed for real (a dry run always may):
+    one already settled once is never applied again."""
+    return state not in _SETTLED_ONCE
 
 
 def replay_delivery(
@@ -229,7 +333,7 @@ def replay_delivery(
     delivery = get_delivery(session, delivery_id, lock=True)
     if delivery.raw_body is None:
         raise Conflict("The delivery's body was purged after the retention period.")
-    if not dry_run and delivery.state in _SETTLED_ONCE:
+    if not dry_run and not can_apply_replay(delivery.state):
         raise Conflict(f"The delivery is {delivery.state} already: there is nothing to replay.")
     payload = _parse(delivery.raw_body)
     state_before = delivery.state
