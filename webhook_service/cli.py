@@ -19,10 +19,13 @@ def main() -> None:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Migrate the database (DATABASE_URL, or the embedded SQLite file) to REVISION."""
-    from webhook_service.migrations import upgrade
+    from webhook_service.migrations import MigrationsMissing, upgrade
 
     settings = Settings()
-    upgrade(settings.effective_database_url, revision)
+    try:
+        upgrade(settings.effective_database_url, revision)
+    except MigrationsMissing as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"database migrated to {revision}")
 
 
