@@ -191,3 +191,39 @@ def test_migrate_without_migrations_fails_with_one_line_saying_where_it_looked(
     assert len(lines) == 1
     assert lines[0].startswith("Error: no migration scripts beside webhook_service")
     assert str(migrations.PROJECT) in lines[0]
+
+
+# --- The release refuses settings the web and worker would refuse --------------------------
+
+
+@pytest.mark.parametrize(
+    ("unset", "short", "says"),
+    [
+        ("SECRET_KEY", None, "SECRET_KEY must be set in production"),
+        ("PHI_ENCRYPTION_KEYS", None, "PHI_ENCRYPTION_KEYS and PHI_SEARCH_KEY must be set"),
+        (None, "PHI_ENCRYPTION_KEYS", "or a random secret of at least 32 characters"),
+    ],
+)
+def test_the_release_fails_in_one_line_saying_what_to_set(
+    cli_env: dict[str, str], unset: str | None, short: str | None, says: str
+) -> None:
+    from click.testing import CliRunner
+
+    from webhook_service.cli import main
+
+    env: dict[str, str | None] = {
+        **cli_env,
+        "WEBHOOK_SERVICE_ENV": "production",
+        "SECRET_KEY": "s" * 64,
+        "PHI_ENCRYPTION_KEYS": "k" * 64,
+        "PHI_SEARCH_KEY": "h" * 64,
+    }
+    if unset:
+        env[unset] = None
+    if short:
+        env[short] = "too-short"
+    result = CliRunner().invoke(main, ["migrate"], env=env)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert says in lines[0]

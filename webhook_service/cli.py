@@ -23,6 +23,13 @@ def migrate(revision: str) -> None:
 
     settings = Settings()
     try:
+        # The release phase is the last gate before new web and worker processes start:
+        # settings they would refuse stop the release (and the old release keeps running).
+        settings.require_web_secrets()
+        settings.phi_keys()
+    except (RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
         upgrade(settings.effective_database_url, revision)
     except MigrationsMissing as exc:
         raise click.ClickException(str(exc)) from None
