@@ -1,27 +1,40 @@
 """The service as a platform builds and runs it, not as a checkout does.
 
-A wheel built from the project installs into a fresh virtualenv and migrates from anywhere;
-an installation that cannot find its migrations says so (one line, 503), never a 500.
+Heroku's way: a fresh Python gets exactly what uv.lock says (`uv sync --locked`, as the Python
+buildpack runs it), app.json's variables (secrets generated as the platform generates them),
+a `postgres://` DATABASE_URL, then the Procfile's release and web lines in a shell, and a note
+gets its 202. A wheel built from the project installs into a fresh virtualenv and migrates
+from anywhere; an installation that cannot find its migrations says so (one line, 503).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import tomllib
 import venv
 import zipfile
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 from sqlalchemy.engine import make_url
 
-from tests.processes import ROOT, throwaway_postgres_database
+from tests.processes import ROOT, free_port, throwaway_postgres_database
 from webhook_service import health, migrations
+from webhook_service.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from webhook_service.settings import Settings
 
 INSTALL_SECONDS = 300
 
@@ -75,13 +88,10 @@ def fresh_venv(path: Path) -> Path:
 
 
 def outside_environment(**settings: str) -> dict[str, str]:
-    """This process's environment less the service's settings and this venv, plus `settings`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"VIRTUAL_ENV", "PYTHONPATH", "DATABASE_URL", "PORT"}
-        and not k.startswith(("PHI_", "COBALT_", "WEBHOOK_SERVICE_"))
-    }
+    """This process's environment less this venv and the service's settings, plus `settings`."""
+    ours = {str(f.validation_alias) for f in Settings.model_fields.values()}
+    ours |= {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "VIRTUAL_ENV", "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != Path(sys.executable).parent
     )
@@ -93,6 +103,184 @@ def heroku_url(database_url: str) -> str:
     """The `postgres://` form Heroku's add-on sets."""
     url = make_url(database_url).set(drivername="postgres")
     return url.render_as_string(hide_password=False)
+
+
+# --- app.json --------------------------------------------------------------------------------
+
+# Set by the platform, not by a person: the add-on sets DATABASE_URL, the dyno manager PORT.
+PLATFORM_SET = {"DATABASE_URL", "PORT"}
+# What a person deploying with the button types into the fields app.json requires.
+TYPED_BY_A_PERSON = {
+    "COBALT_CLIENT_ID": DEFAULT_CLIENT_ID,
+    "COBALT_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+}
+
+
+def app_json(root: Path = ROOT) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((root / "app.json").read_text())
+    return manifest
+
+
+def example_env_names() -> set[str]:
+    lines = (ROOT / "config" / "example.env").read_text().splitlines()
+    return {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+
+
+def test_app_json_lists_every_setting_the_platform_does_not_set() -> None:
+    env = app_json()["env"]
+    assert set(env) == example_env_names() - PLATFORM_SET
+    for name, spec in env.items():
+        assert spec["description"].strip(), name
+        assert set(spec) <= {"description", "value", "required", "generator"}, name
+        # Each says how it gets a value: given, generated, or asked for (or optional).
+        assert ("value" in spec) + ("generator" in spec) + ("required" in spec) == 1, name
+        assert spec.get("generator", "secret") == "secret", name  # the only generator
+    for name in ("SECRET_KEY", "PHI_ENCRYPTION_KEYS", "PHI_SEARCH_KEY"):
+        assert env[name].get("generator") == "secret", name
+
+
+def test_app_json_runs_every_procfile_process_on_postgres() -> None:
+    manifest = app_json()
+    procfile = (ROOT / "Procfile").read_text().splitlines()
+    processes = {line.split(":", 1)[0] for line in procfile if ":" in line} - {"release"}
+    assert set(manifest["formation"]) == processes == {"web", "worker"}
+    for process in manifest["formation"].values():
+        assert process["quantity"] == 1
+    assert [a["plan"].split(":")[0] for a in manifest["addons"]] == ["heroku-postgresql"]
+
+
+def button_config(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The config vars a button deploy sets: values, generated secrets, what a person types."""
+    config = {}
+    for name, spec in manifest["env"].items():
+        if spec.get("generator") == "secret":
+            config[name] = secrets.token_hex(32)  # Heroku's: 64 hex characters
+        elif "value" in spec:
+            config[name] = spec["value"]
+        elif spec.get("required", True):
+            assert name in TYPED_BY_A_PERSON, f"app.json asks a person for {name}: add it here"
+            config[name] = TYPED_BY_A_PERSON[name]
+    return config
+
+
+def procfile_line(root: Path, name: str) -> str:
+    for line in (root / "Procfile").read_text().splitlines():
+        key, sep, command = line.partition(":")
+        if sep and key.strip() == name:
+            return command.strip()
+    raise LookupError(f"no {name!r} line in the Procfile")
+
+
+def dev_extra_names(root: Path) -> set[str]:
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]["dev"]
+    return {re.split(r"[\[=<>~!; ]", spec, maxsplit=1)[0].lower() for spec in extras}
+
+
+def installed_names(bin_dir: Path) -> set[str]:
+    listing = run(
+        [
+            bin_dir / "python",
+            "-c",
+            "import importlib.metadata as m;"
+            "print('\\n'.join(d.metadata['Name'] for d in m.distributions()))",
+        ],
+        cwd=bin_dir,
+    )
+    return {line.strip().lower().replace("_", "-") for line in listing.stdout.splitlines()}
+
+
+def stop(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group, SIGKILL to whatever is left after 10 s."""
+    if popen.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            popen.wait(10)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    popen.wait(10)
+
+
+def wait_ready(url: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            pytest.fail(f"web exited {popen.returncode}:\n{log.read_text(errors='replace')}")
+        with suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"web not ready within 60 s:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.e2e
+def test_a_heroku_build_from_the_lock_runs_release_and_web_and_takes_a_note(
+    source: Path, postgres_server_url: str, tmp_path: Path
+) -> None:
+    # The build: the platform's fresh Python, filled by `uv sync --locked` exactly as the
+    # buildpack runs it: the lock alone decides, and a lock out of step fails here.
+    pinned = (source / ".python-version").read_text().strip()
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert pinned == running, f"the platform builds Python {pinned}; this test runs {running}"
+    python_home = tmp_path / "python"
+    bin_dir = fresh_venv(python_home)
+    build_env = outside_environment(
+        UV_PROJECT_ENVIRONMENT=str(python_home),
+        UV_PYTHON_DOWNLOADS="never",
+        UV_NO_MANAGED_PYTHON="1",
+    )
+    uv = Path(sys.executable).parent / "uv"
+    run(
+        [uv, "sync", "--locked", "--no-default-groups", "--compile-bytecode", "--no-progress"],
+        cwd=source,
+        env=build_env,
+        timeout=INSTALL_SECONDS,
+    )
+    installed = installed_names(bin_dir)
+    assert {"webhook-service", "gunicorn", "psycopg-binary"} <= installed
+    assert installed & dev_extra_names(source) == set()  # production dependencies only
+
+    # The run: app.json's config vars, the add-on's postgres:// URL, the platform's PORT; each
+    # Procfile line run by a shell from the app's directory, the build's Python first on PATH.
+    port = free_port()
+    with throwaway_postgres_database(postgres_server_url, "deploy") as url:
+        env = outside_environment(
+            **button_config(app_json(source)), DATABASE_URL=heroku_url(url), PORT=str(port)
+        )
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        released = run(["bash", "-c", procfile_line(source, "release")], cwd=source, env=env)
+        assert "database migrated to head" in released.stdout
+        log = tmp_path / "web.log"
+        with log.open("wb") as output:
+            web = subprocess.Popen(
+                ["bash", "-c", procfile_line(source, "web")],
+                cwd=source,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(f"{base}/readyz", web, log)
+            created = run(
+                ["bash", "-c", "webhook-service clients create deploy-check --role frontend"],
+                cwd=source,
+                env=env,
+            )
+            token = created.stdout.strip().splitlines()[-1]
+            response = requests.post(
+                f"{base}/v1/notes",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"appointment_id": "728948", "note": "Patient doing well."},
+                timeout=10,
+            )
+            assert response.status_code == 202, response.text
+            assert response.json()["status"] == "processing"
+        finally:
+            stop(web)
 
 
 # --- The wheel ------------------------------------------------------------------------------
