@@ -37,6 +37,7 @@ from webhook_service.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SEC
 from webhook_service.settings import Settings
 
 INSTALL_SECONDS = 300
+CANARY = "PHI-CANARY-7f3a"
 
 
 def run(
@@ -91,6 +92,7 @@ def outside_environment(**settings: str) -> dict[str, str]:
     """This process's environment less this venv and the service's settings, plus `settings`."""
     ours = {str(f.validation_alias) for f in Settings.model_fields.values()}
     ours |= {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "VIRTUAL_ENV", "PYTHONPATH"}
+    ours |= set(BUILDPACK_PROFILE)
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != Path(sys.executable).parent
@@ -109,6 +111,8 @@ def heroku_url(database_url: str) -> str:
 
 # Set by the platform, not by a person: the add-on sets DATABASE_URL, the dyno manager PORT.
 PLATFORM_SET = {"DATABASE_URL", "PORT"}
+# What the Python buildpack's .profile.d scripts export on every dyno (python.gunicorn.sh).
+BUILDPACK_PROFILE = {"FORWARDED_ALLOW_IPS": "*", "GUNICORN_CMD_ARGS": "--access-logfile -"}
 # What a person deploying with the button types into the fields app.json requires.
 TYPED_BY_A_PERSON = {
     "COBALT_CLIENT_ID": DEFAULT_CLIENT_ID,
@@ -246,7 +250,10 @@ def test_a_heroku_build_from_the_lock_runs_release_and_web_and_takes_a_note(
     port = free_port()
     with throwaway_postgres_database(postgres_server_url, "deploy") as url:
         env = outside_environment(
-            **button_config(app_json(source)), DATABASE_URL=heroku_url(url), PORT=str(port)
+            **button_config(app_json(source)),
+            **BUILDPACK_PROFILE,
+            DATABASE_URL=heroku_url(url),
+            PORT=str(port),
         )
         env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
         released = run(["bash", "-c", procfile_line(source, "release")], cwd=source, env=env)
@@ -279,8 +286,16 @@ def test_a_heroku_build_from_the_lock_runs_release_and_web_and_takes_a_note(
             )
             assert response.status_code == 202, response.text
             assert response.json()["status"] == "processing"
+            # A query string may carry PHI (support searches by MRN): no log line may hold one.
+            polled = requests.get(
+                f"{base}/v1/jobs/{response.json()['id']}?canary={CANARY}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert polled.status_code == 200, polled.text
         finally:
             stop(web)
+    assert CANARY not in log.read_text(errors="replace")
 
 
 # --- The wheel ------------------------------------------------------------------------------
