@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install migrate bench reliability clean
+.PHONY: run test lint lock install migrate bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,15 +35,21 @@ test: lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
+	@# uv.lock (what the platform installs) must match pyproject.toml
+	$(BIN)/uv lock --check || { echo "uv.lock is out of step with pyproject.toml: run make lock" >&2; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	rm -f /tmp/webhook-service-alembic-check.sqlite3
-	DATABASE_URL=sqlite:////tmp/webhook-service-alembic-check.sqlite3 $(BIN)/webhook-service migrate >/dev/null
+	WEBHOOK_SERVICE_ENV=development DATABASE_URL=sqlite:////tmp/webhook-service-alembic-check.sqlite3 $(BIN)/webhook-service migrate >/dev/null
 	DATABASE_URL=sqlite:////tmp/webhook-service-alembic-check.sqlite3 $(BIN)/alembic check
 
+## Regenerate uv.lock from pyproject.toml (after changing a dependency; `make test` checks it).
+lock: $(STAMP)
+	$(BIN)/uv lock
+
 migrate: $(STAMP)
-	$(BIN)/webhook-service migrate
+	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
 
 ## Performance bench against bare baselines (needs wrk and PostgreSQL; see bench/README.md).
 bench: $(STAMP)

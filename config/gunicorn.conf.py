@@ -7,6 +7,7 @@ short and mostly waits on the database. Timeouts sit inside Heroku's 30 s router
 import gc
 import multiprocessing
 import os
+from typing import Any
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
@@ -25,6 +26,21 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 preload_app = False
 # gunicorn's admin control socket is shared by every gunicorn of the user; we use none of it.
 control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """Keep gunicorn's access log off, whatever the environment says.
+
+    Heroku's Python buildpack exports GUNICORN_CMD_ARGS="--access-logfile -" on every dyno,
+    which outranks this file; gunicorn's access line holds the query string, where PHI may be
+    (support searches by MRN). The app logs each request itself, without it.
+    """
+    if server.cfg.accesslog is not None:
+        server.cfg.set("accesslog", None)
+        server.log.setup(server.cfg)  # the logger was built from the settings before this
+
+
+on_reload = on_starting  # a SIGHUP reads GUNICORN_CMD_ARGS again
 
 
 def post_worker_init(worker: object) -> None:

@@ -19,10 +19,20 @@ def main() -> None:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Migrate the database (DATABASE_URL, or the embedded SQLite file) to REVISION."""
-    from webhook_service.migrations import upgrade
+    from webhook_service.migrations import MigrationsMissing, upgrade
 
     settings = Settings()
-    upgrade(settings.effective_database_url, revision)
+    try:
+        # The release phase is the last gate before new web and worker processes start:
+        # settings they would refuse stop the release (and the old release keeps running).
+        settings.require_web_secrets()
+        settings.phi_keys()
+    except (RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        upgrade(settings.effective_database_url, revision)
+    except MigrationsMissing as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"database migrated to {revision}")
 
 

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
+from webhook_service import migrations
 from webhook_service.errors import Unavailable
 from webhook_service.web import sessions
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _head: str | None = None
 
 
 def schema_head() -> str | None:
-    """The newest migration this code was shipped with."""
+    """The newest migration this code was shipped with (read once per process)."""
     global _head
     if _head is None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        _head = ScriptDirectory.from_config(config).get_current_head()
+        _head = migrations.schema_head()
     return _head
 
 
@@ -42,7 +40,15 @@ def readyz() -> Response:
             current = session.scalar(text("SELECT version_num FROM alembic_version"))
         except Exception:
             raise Unavailable("The database is unreachable or not migrated.") from None
-    head = schema_head()
+    try:
+        head = schema_head()
+    except (migrations.MigrationsMissing, CommandError) as exc:
+        # Not ready either: this installation cannot tell which schema it needs. The log says
+        # where it looked; the public answer does not.
+        log.error("readiness: the schema cannot be checked: %s", exc)
+        raise Unavailable(
+            "The schema cannot be checked: this installation has no readable migration scripts."
+        ) from None
     if current != head:
         raise Unavailable(f"The schema is at {current}, this code needs {head}: run migrations.")
     return jsonify(status="ready", schema=current)

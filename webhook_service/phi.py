@@ -4,6 +4,11 @@ Note text, MRNs, medications and webhook bodies are stored only as Fernet tokens
 (`cryptography`'s MultiFernet: the newest key encrypts, every listed key decrypts). Fields
 support must search by (MRN, appointment id) are stored as HMAC-SHA256 hashes under a
 separate, never-rotated search key, so equal values match without being readable.
+
+An encryption key is a Fernet key, used as it is, or any other random secret of at least
+32 characters (a platform's generated secret, such as Heroku's 64 hex characters), which is
+stretched into a Fernet key with HKDF-SHA256. Every key Fernet accepted before still means
+the same key, so data already encrypted keeps decrypting.
 """
 
 from __future__ import annotations
@@ -15,12 +20,41 @@ import json
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Dialect, LargeBinary, TypeDecorator
 
 # Used only when no keys are configured outside production: data is then encrypted with a
 # key anyone can read in this file, which is fine for a laptop and never for real PHI.
 _DEVELOPMENT_SECRET = b"webhook_service development key: not for real PHI"
 DEVELOPMENT_KEY = base64.urlsafe_b64encode(hashlib.sha256(_DEVELOPMENT_SECRET).digest()).decode()
+
+# A secret that is not a Fernet key must be at least this long: 64 hex characters (Heroku's
+# generated secret) carry 256 bits; 32 characters of random text still carry well over 128.
+MIN_SECRET_CHARS = 32
+# HKDF's "info": binds the derived key to this use, so the same secret used elsewhere (say,
+# as SECRET_KEY by mistake) yields an unrelated key. Changing it loses every derived key.
+_DERIVATION_INFO = b"webhook_service PHI_ENCRYPTION_KEYS v1"
+
+
+def fernet(key: str) -> Fernet:
+    """The Fernet for one configured key: a Fernet key as it is, any other secret derived."""
+    try:
+        return Fernet(key.encode())
+    except ValueError:
+        pass  # not a Fernet key (binascii.Error is a ValueError too): a secret to stretch
+    if len(key) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"each PHI_ENCRYPTION_KEYS entry must be a Fernet key (`webhook-service keys "
+            f"generate` prints one) or a random secret of at least {MIN_SECRET_CHARS} "
+            f"characters (such as the platform's generated secret); one has {len(key)}"
+        )
+    # The input is already a random secret, not a password: HKDF (no salt, no work factor)
+    # is the right stretch, and it is deterministic, so every process derives the same key.
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DERIVATION_INFO).derive(
+        key.encode("utf-8")
+    )
+    return Fernet(base64.urlsafe_b64encode(derived))
 
 
 class PhiKeys:
@@ -29,13 +63,7 @@ class PhiKeys:
     def __init__(self, encryption_keys: tuple[str, ...], search_key: str) -> None:
         if not encryption_keys:
             raise ValueError("at least one PHI encryption key is required")
-        try:
-            self.fernet = MultiFernet([Fernet(key.encode()) for key in encryption_keys])
-        except ValueError as exc:
-            raise ValueError(
-                "PHI_ENCRYPTION_KEYS must be Fernet keys (32 url-safe base64-encoded bytes); "
-                "make one with `webhook-service keys generate`"
-            ) from exc
+        self.fernet = MultiFernet([fernet(key) for key in encryption_keys])
         self.search_key = search_key.encode("utf-8")
 
     def encrypt(self, data: bytes) -> bytes:

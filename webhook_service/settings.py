@@ -113,8 +113,9 @@ class Settings(BaseSettings):
             return PhiKeys(self.phi_encryption_keys, self.phi_search_key)
         if self.environment == "production":
             raise RuntimeError(
-                "PHI_ENCRYPTION_KEYS and PHI_SEARCH_KEY must be set in production "
-                "(`webhook-service keys generate` prints new ones)"
+                "PHI_ENCRYPTION_KEYS and PHI_SEARCH_KEY must be set in production: each a "
+                "random secret of at least 32 characters (`openssl rand -hex 32`, or "
+                "`webhook-service keys generate`)"
             )
         return PhiKeys(
             self.phi_encryption_keys or (DEVELOPMENT_KEY,),
