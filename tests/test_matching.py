@@ -1,0 +1,138 @@
+"""What may settle a job, checked on every path that applies an outcome.
+
+The rules live once (`lifecycle.settles`, `lifecycle.held_reason`, `webhooks.find_job`);
+this walks each path a Cobalt event can take to a job (a webhook as it arrives, a parked
+one applied when the job learns its ids, a reconcile lookup of Cobalt's log, support's
+replay of a stored delivery) and checks each path obeys them, and still applies the
+job's own outcome (so a path that applied nothing at all would fail too).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import responses
+from flask.testing import FlaskClient
+from sqlalchemy import select, update
+
+from tests.conftest import COBALT, FakeClock, event
+from tests.test_lifecycle_http import ENCOUNTER, accept_encounter, poll, submit
+from webhook_service.db import SessionFactory
+from webhook_service.models import Job, JobEvent, WebhookDelivery
+from webhook_service.worker import Worker
+
+# (event type, its signed `created`) for an encounter created at 12:00:00 (the fake clock).
+EVENTS = {
+    # The job's own outcome: applied on every path.
+    "own-outcome": ("telephone_encounter.failed", "2026-11-23T12:00:04Z"),
+    # Another resource's event carrying the job's Cobalt ids: never its outcome.
+    "other-resource": ("appointment.failed", "2026-11-23T12:00:04Z"),
+    # The job's kind, but created before the job: an earlier job's outcome, replayed.
+    "older-than-job": ("telephone_encounter.failed", "2026-11-23T11:59:00Z"),
+}
+
+
+def _payload(name: str) -> dict[str, Any]:
+    event_type, created = EVENTS[name]
+    payload = event(event_type, job_id="4242", telephone_encounter_id="te_77", message="x")
+    payload["created"] = created
+    return payload
+
+
+class Paths:
+    """Each way an event reaches a telephone encounter accepted as Cobalt job 4242."""
+
+    def __init__(
+        self,
+        client: FlaskClient,
+        support: FlaskClient,
+        worker: Worker,
+        cobalt: responses.RequestsMock,
+        clock: FakeClock,
+        sessions: SessionFactory,
+        post_webhook: Callable[..., Any],
+    ) -> None:
+        self.client, self.support, self.worker = client, support, worker
+        self.cobalt, self.clock, self.sessions = cobalt, clock, sessions
+        self.post_webhook = post_webhook
+
+    def submit(self) -> str:
+        accept_encounter(self.cobalt)
+        return str(submit(self.client, "/v1/telephone-encounters", ENCOUNTER)["id"])
+
+    def webhook(self, payload: dict[str, Any]) -> str:
+        job_id = self.submit()
+        assert self.worker.run_once()
+        assert self.post_webhook(payload).status_code == 200
+        return job_id
+
+    def parked_sweep(self, payload: dict[str, Any]) -> str:
+        job_id = self.submit()
+        assert self.post_webhook(payload).status_code == 200  # before the job has its ids
+        assert self.worker.run_once()  # learns 4242 and applies what was parked for it
+        self.clock.advance(seconds=10)
+        self.worker.housekeeping()  # and the sweep, for what the worker's own pass missed
+        return job_id
+
+    def reconcile(self, payload: dict[str, Any]) -> str:
+        job_id = self.submit()
+        assert self.worker.run_once()
+        logged = {
+            "event_id": payload["id"],
+            "event_type": payload["type"],
+            "job_id": payload["job_id"],
+            "data": payload["data"],
+            "created_at": payload["created"],
+            "delivery_status": "failed",
+        }
+        self.cobalt.add(
+            responses.GET,
+            f"{COBALT}/webhook-events",
+            json={"success": True, "webhook_events": [logged], "pagination": {"total_pages": 1}},
+        )
+        self.clock.advance(minutes=3)
+        self.worker.run_once()
+        return job_id
+
+    def support_replay(self, payload: dict[str, Any]) -> str:
+        job_id = self.submit()
+        assert self.post_webhook(payload).status_code == 200  # stored; no job knows 4242
+        with self.sessions.begin() as session:  # the job learns its ids, nothing applied
+            session.execute(
+                update(Job)
+                .where(Job.id == uuid.UUID(job_id))
+                .values(cobalt_job_id="4242", cobalt_telephone_encounter_id="te_77")
+            )
+            delivery_id = session.scalars(select(WebhookDelivery.id)).one()
+        replay = self.support.post(
+            f"/v1/deliveries/{delivery_id}/replay", json={"reason": "check", "dry_run": False}
+        )
+        assert replay.status_code == 200, replay.json
+        return job_id
+
+
+PATHS = ["webhook", "parked_sweep", "reconcile", "support_replay"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", list(EVENTS))
+def test_every_path_settles_a_job_only_with_its_own_outcome(
+    client, support, worker, cobalt, clock, sessions, post_webhook, path, name
+):
+    paths = Paths(client, support, worker, cobalt, clock, sessions, post_webhook)
+    job_id = getattr(paths, path)(_payload(name))
+    job = poll(client, job_id)
+    with sessions() as session:
+        applied = session.scalars(
+            select(JobEvent.type).where(
+                JobEvent.job_id == uuid.UUID(job_id), JobEvent.type == "webhook_applied"
+            )
+        ).all()
+    if name == "own-outcome":
+        assert (job["status"], len(applied)) == ("failed", 1)
+    else:
+        assert (job["status"], applied) == ("processing", [])
+    assert job["cobalt"] == {"job_id": "4242", "telephone_encounter_id": "te_77"}
