@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,7 +22,9 @@ from sqlalchemy import select, update
 from tests.conftest import COBALT, FakeClock, event
 from tests.test_lifecycle_http import ENCOUNTER, accept_encounter, poll, submit
 from webhook_service.db import SessionFactory
+from webhook_service.lifecycle import kind_for_event
 from webhook_service.models import Job, JobEvent, WebhookDelivery
+from webhook_service.services.webhooks import EVENT_KIND
 from webhook_service.worker import Worker
 
 # (event type, its signed `created`) for an encounter created at 12:00:00 (the fake clock).
@@ -136,3 +139,38 @@ def test_every_path_settles_a_job_only_with_its_own_outcome(
     else:
         assert (job["status"], applied) == ("processing", [])
     assert job["cobalt"] == {"job_id": "4242", "telephone_encounter_id": "te_77"}
+
+
+EVENT_TYPES = [
+    "note.created",
+    "note.upload_failed",
+    "telephone_encounter.created_partial",
+    "telephoneXencounter.created",  # `_` is a LIKE wildcard: it must match only itself
+    "appointment.failed",
+    "login_required",
+    "notes.created",
+    "note",
+    "",
+]
+
+
+def test_the_parked_sweeps_sql_kind_of_an_event_is_lifecycles(sessions):
+    """The parked sweep filters in SQL on `EVENT_KIND`, the SQL form of
+    `lifecycle.kind_for_event`: both must say the same of every event type."""
+    with sessions.begin() as session:
+        for number, event_type in enumerate(EVENT_TYPES):
+            session.add(
+                WebhookDelivery(
+                    dedup_key=f"k{number}",
+                    event_type=event_type,
+                    headers={},
+                    signature_match="raw:secret[0]",
+                    received_at=datetime(2026, 11, 23, tzinfo=UTC),
+                    state="parked",
+                )
+            )
+    with sessions() as session:
+        rows = session.execute(select(WebhookDelivery.event_type, EVENT_KIND)).all()
+    assert {event_type: kind for event_type, kind in rows} == {
+        event_type: kind_for_event(event_type) for event_type in EVENT_TYPES
+    }

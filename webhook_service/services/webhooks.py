@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, exists, inspect, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    bindparam,
+    case,
+    exists,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, defer
@@ -638,6 +649,16 @@ def apply_parked_for(session: Session, job: Job, now: datetime) -> int:
     return len(parked)
 
 
+# `lifecycle.kind_for_event` of a stored delivery's type, in SQL (a test checks they agree).
+EVENT_KIND = case(
+    *(
+        (WebhookDelivery.event_type.startswith(f"{kind}.", autoescape=True), str(kind))
+        for kind in JobKind
+    ),
+    else_=None,
+)
+
+
 def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
     """Sweep: apply parked deliveries whose job has since learned its ids.
 
@@ -646,12 +667,18 @@ def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
     # Driven from the (few) parked deliveries, each checked against the jobs' unique-ish id
     # indexes: `IN (SELECT … FROM jobs)` read every job's ids (375 ms at 1M jobs, with
     # nothing parked).
+    # Only jobs of the event's kind (`find_job` would pass over the others): a parked event
+    # sharing an id with a job of another kind would otherwise be taken up, and parked
+    # again, on every sweep, ahead of the rest.
     has_job = exists().where(
-        Job.cobalt_job_id.is_not(None), Job.cobalt_job_id == WebhookDelivery.cobalt_job_id
+        Job.cobalt_job_id.is_not(None),
+        Job.cobalt_job_id == WebhookDelivery.cobalt_job_id,
+        Job.kind == EVENT_KIND,
     )
     has_encounter = exists().where(
         Job.cobalt_telephone_encounter_id.is_not(None),
         Job.cobalt_telephone_encounter_id == WebhookDelivery.telephone_encounter_id,
+        Job.kind == EVENT_KIND,
     )
     parked = session.scalars(
         select(WebhookDelivery)
