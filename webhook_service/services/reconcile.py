@@ -26,6 +26,7 @@ from webhook_service.lifecycle import (
     Outcome,
     Submission,
     held_reason,
+    learned_ids,
     matches_by_appointment,
     open_to_outcome,
     settles,
@@ -288,9 +289,11 @@ def record_lookup(
             return False  # stored by a webhook that committed meanwhile: it was applied there
     elif delivery.state != DeliveryState.PARKED:
         return False  # already applied, or held for a person: never applied twice
-    if job.cobalt_job_id is None and delivery.cobalt_job_id:
-        # Bind the job to the event found for it, so matching cannot pick another job.
-        job.cobalt_job_id = delivery.cobalt_job_id
+    # Bind the job to the event found for it, so matching cannot pick another job.
+    job.cobalt_job_id, job.cobalt_telephone_encounter_id = learned_ids(
+        (job.cobalt_job_id, job.cobalt_telephone_encounter_id),
+        (delivery.cobalt_job_id, delivery.telephone_encounter_id),
+    )
     _apply_safely(session, delivery, payload, now)
     if delivery.state == DeliveryState.APPLIED:
         add_event(session, job, "reconciled", now, delivery_id=delivery.id)
