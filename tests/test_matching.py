@@ -24,7 +24,7 @@ from tests.test_lifecycle_http import ENCOUNTER, accept_encounter, poll, submit
 from webhook_service.db import SessionFactory
 from webhook_service.lifecycle import kind_for_event
 from webhook_service.models import Job, JobEvent, WebhookDelivery
-from webhook_service.services.webhooks import EVENT_KIND
+from webhook_service.services.webhooks import EVENT_KIND, match_parked
 from webhook_service.worker import Worker
 
 # (event type, its signed `created`) for an encounter created at 12:00:00 (the fake clock).
@@ -174,3 +174,31 @@ def test_the_parked_sweeps_sql_kind_of_an_event_is_lifecycles(sessions):
     assert {event_type: kind for event_type, kind in rows} == {
         event_type: kind_for_event(event_type) for event_type in EVENT_TYPES
     }
+
+
+def test_the_parked_sweep_is_not_held_up_by_an_event_of_another_kind(
+    client, worker, cobalt, clock, sessions, post_webhook
+):
+    """An encounter event carrying a note's Cobalt job id is parked for good (no job of its
+    kind has that id); the sweep must not take it up, again and again, ahead of the rest."""
+    accept_note = {"success": True, "message": "ok", "job_id": "cj_shared"}
+    cobalt.add(responses.POST, f"{COBALT}/notes", json=accept_note)
+    submit(client, "/v1/notes", {"appointment_id": "728948", "note": "Doing well."})
+    stray = event("telephone_encounter.failed", job_id="cj_shared", failure_reason="x")
+    assert post_webhook(stray).status_code == 200
+    assert worker.run_once()  # the note learns cj_shared: the stray event stays parked
+    encounter = Paths(client, client, worker, cobalt, clock, sessions, post_webhook).submit()
+    clock.advance(seconds=1)
+    assert post_webhook(_payload("own-outcome")).status_code == 200  # parked: no id yet
+    with sessions.begin() as session:  # the ids recorded in the same instant, as in a race
+        session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(encounter))
+            .values(cobalt_job_id="4242", cobalt_telephone_encounter_id="te_77")
+        )
+    with sessions.begin() as session:
+        assert match_parked(session, clock.now, limit=1) == 1
+    assert poll(client, encounter)["status"] == "failed"
+    with sessions() as session:
+        states = session.scalars(select(WebhookDelivery.state).order_by(WebhookDelivery.id))
+        assert list(states) == ["parked", "applied"]
