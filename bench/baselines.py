@@ -454,7 +454,7 @@ def _apply(
         job = conn.execute(_LOCK_JOB, {"cobalt_job_id": delivery.cobalt_job_id}).first()
     if job is None:
         return "parked", "no job matches yet", None
-    verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
+    verdict = judge_outcome(JobStatus(job.status), outcome.status)
     facts = {
         "delivery_id": delivery.id,
         "event_type": delivery.event_type,

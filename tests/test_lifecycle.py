@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from webhook_service.lifecycle import (
+    DOCUMENTED_OUTCOMES,
     MAX_PASSED_THROUGH_BYTES,
-    NO_OUTCOME,
+    JobKind,
     JobStatus,
     Verdict,
+    held_reason,
     judge_outcome,
+    learned_ids,
+    open_to_outcome,
     outcome_from_event,
     retry_delay,
+    settles,
     status_for_event,
 )
 
@@ -30,8 +35,11 @@ from webhook_service.lifecycle import (
         ("note.failed", JobStatus.FAILED),
         ("telephone_encounter.failed", JobStatus.FAILED),
         ("note.upload_failed", JobStatus.FAILED),
-        ("login_required", JobStatus.FAILED),
+        ("login_required", None),
         ("appointment.created", None),
+        ("appointment.failed", None),
+        ("task.failed", None),
+        ("patient.update_failed", None),
         ("note.processing", None),
         ("", None),
     ],
@@ -42,19 +50,78 @@ def test_event_type_maps_to_status(event_type, status):
 
 @pytest.mark.parametrize("incoming", list(JobStatus))
 def test_processing_job_takes_any_outcome(incoming):
-    assert judge_outcome(JobStatus.PROCESSING, None, incoming) == Verdict.APPLY
+    assert judge_outcome(JobStatus.PROCESSING, incoming) == Verdict.APPLY
 
 
 @pytest.mark.parametrize("current", [JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED])
 def test_terminal_job_never_changes_outcome(current):
     for incoming in (JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED):
         expected = Verdict.REPEAT if incoming == current else Verdict.CONFLICT
-        assert judge_outcome(current, "cobalt_failed", incoming) == expected
+        assert judge_outcome(current, incoming) == expected
 
 
-def test_job_failed_for_lack_of_news_takes_a_late_real_outcome():
-    assert judge_outcome(JobStatus.FAILED, NO_OUTCOME, JobStatus.COMPLETED) == Verdict.APPLY
-    assert judge_outcome(JobStatus.FAILED, NO_OUTCOME, JobStatus.FAILED) == Verdict.APPLY
+@pytest.mark.parametrize(
+    ("kind", "event_type", "expected"),
+    [
+        ("note", "note.created", True),
+        ("note", "note.failed", True),
+        ("note", "note.upload_failed", True),
+        ("note", "telephone_encounter.failed", False),
+        ("note", "appointment.failed", False),
+        ("note", "task.failed", False),
+        ("note", "login_required", False),
+        ("note", "note.processing", False),
+        ("telephone_encounter", "telephone_encounter.created_partial", True),
+        ("telephone_encounter", "note.created", False),
+        ("telephone_encounter", "patient.failed", False),
+    ],
+)
+def test_only_events_of_the_jobs_own_resource_settle_it(kind, event_type, expected):
+    assert settles(kind, event_type) is expected
+
+
+def test_every_documented_outcome_type_settles_its_kind_and_no_other():
+    for kind, types in DOCUMENTED_OUTCOMES.items():
+        for event_type in types:
+            assert settles(kind, event_type)
+            assert not any(settles(other, event_type) for other in JobKind if other != kind)
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_only_a_processing_job_is_open_to_an_outcome(status):
+    assert open_to_outcome(status) is (status == JobStatus.PROCESSING)
+
+
+def test_a_job_keeps_the_cobalt_ids_it_learned_first():
+    assert learned_ids((None, None), ("cj_1", "te_1")) == ("cj_1", "te_1")
+    assert learned_ids(("cj_1", None), ("cj_other", "te_1")) == ("cj_1", "te_1")
+    assert learned_ids(("cj_1", "te_1"), (None, None)) == ("cj_1", "te_1")
+
+
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("created", "received", "job_created", "held"),
+    [
+        (NOON, NOON + timedelta(seconds=5), NOON - timedelta(minutes=1), None),
+        (NOON, NOON + timedelta(hours=23), None, None),
+        (NOON, NOON + timedelta(days=1, seconds=1), None, "more than a day"),
+        (NOON, NOON + timedelta(seconds=5), NOON + timedelta(seconds=1), "before the job"),
+        # Found in Cobalt's log (no receipt time): only "older than the job" applies.
+        (NOON, None, NOON - timedelta(days=3), None),
+        (NOON, None, NOON + timedelta(seconds=1), "before the job"),
+        # No signed `created` (older payloads): taken as current.
+        (None, NOON + timedelta(days=9), NOON + timedelta(days=8), None),
+    ],
+)
+def test_an_event_too_old_or_older_than_its_job_is_held(created, received, job_created, held):
+    reason = held_reason(created, received_at=received, job_created_at=job_created)
+    if held is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert held in reason
 
 
 def test_failure_outcome_keeps_reasons_and_medications():

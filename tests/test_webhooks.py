@@ -25,6 +25,8 @@ from tests.conftest import COBALT, OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, event, ma
 from webhook_service import create_app
 from webhook_service.db import SessionFactory
 from webhook_service.models import Clinic, Job, JobEvent, WebhookDelivery
+from webhook_service.services.clinics import relink_clinic
+from webhook_service.services.jobs import DEFAULT_CLINIC
 from webhook_service.signatures import compact_json, compute_signature
 from webhook_service.worker import Worker
 
@@ -243,13 +245,22 @@ def test_same_webhook_id_is_stored_and_applied_once(
     assert event_types(sessions, encounter).count("webhook_applied") == 1
 
 
-def test_webhook_id_is_the_key_even_when_payload_id_repeats(client, encounter, sessions):
+@pytest.mark.parametrize(
+    "resent", [{"headers": {"webhook-id": "msg_b"}}, {"omit": ("webhook-id",)}], ids=["new", "none"]
+)
+def test_signed_body_resent_with_a_new_or_no_webhook_id_is_a_repeat(
+    client, encounter, sessions, count_rows, resent
+):
+    """The headers are not signed: the signed event id decides what was already received."""
     body = compact_json(encounter_created())
     assert deliver(client, body, headers={"webhook-id": "msg_a"}).status_code == 200
-    assert deliver(client, body, headers={"webhook-id": "msg_b"}).status_code == 200
-    rows = deliveries(sessions)
-    assert [r.webhook_id for r in rows] == ["msg_a", "msg_b"]
-    assert [r.state for r in rows] == ["applied", "repeat"]
+    events_after_first = count_rows("job_events")
+    again = deliver(client, body, **resent)
+    assert (again.status_code, again.json) == (200, {"received": True})
+    row = only_delivery(sessions)
+    assert (row.webhook_id, row.state) == ("msg_a", "applied")
+    assert row.dedup_key == "event-id:" + json.loads(body)["id"]
+    assert count_rows("job_events") == events_after_first
 
 
 def test_missing_webhook_id_dedups_on_payload_id(client, sessions):
@@ -403,14 +414,145 @@ def test_unknown_event_type_is_stored_and_changes_nothing(client, note, sessions
     assert count_rows("job_events") == events_before
 
 
-def test_login_required_event_flags_the_clinic(client, note, sessions):
+def test_login_required_without_job_id_flags_the_clinic_and_is_not_parked(client, note, sessions):
+    """A clinic event: the clinic must be re-linked; no job is its outcome, none waits."""
     with sessions() as session:
         clinic = session.scalars(select(Clinic)).one()
         assert (clinic.access_token_reference_id, clinic.needs_relink) == ("atr_clinic_1", False)
     assert deliver(client, event("login_required")).status_code == 200
     with sessions() as session:
         assert session.scalars(select(Clinic)).one().needs_relink is True
-    assert only_delivery(sessions).event_type == "login_required"
+    row = only_delivery(sessions)
+    assert (row.event_type, row.state, row.job_id) == ("login_required", "clinic_event", None)
+    assert row.state_detail == f"clinic {DEFAULT_CLINIC!r} flagged: it must be re-linked in Cobalt"
+    assert load_job(sessions, note).status == "processing"
+
+
+def test_replayed_login_required_does_not_flag_a_clinic_relinked_since(
+    client, note, sessions, clock
+):
+    payload = event("login_required")  # created 12:00:04
+    clock.advance(minutes=10)
+    with sessions.begin() as session:
+        relink_clinic(session, name=DEFAULT_CLINIC, access_token="tok_new", now=clock.now)
+        # The worker learns the (same) login's reference id again on its next call.
+        session.scalars(select(Clinic)).one().access_token_reference_id = "atr_clinic_1"
+    assert deliver(client, payload).status_code == 200
+    with sessions() as session:
+        assert session.scalars(select(Clinic)).one().needs_relink is False
+    row = only_delivery(sessions)
+    assert row.state == "clinic_event"
+    assert "re-linked after this event" in (row.state_detail or "")
+
+
+# --- 3b. what may settle what: other resources, replays, old events ----------------------
+
+
+@pytest.mark.parametrize("shared", ["appointment", "job-id"])
+def test_an_event_of_another_resource_never_settles_or_binds_a_note(
+    client, worker, cobalt, sessions, shared
+):
+    """An `appointment.failed` from another Cobalt operation on the account shares the
+    note's appointment (or even its Cobalt job id): it is not the note's outcome, and the
+    note's own `note.created` then settles it."""
+    accept_note(cobalt, **({"job_id": "cj_note"} if shared == "job-id" else {}))
+    job_id = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    foreign_job = "cj_note" if shared == "job-id" else "cj_appointment_op"
+    foreign = event("appointment.failed", job_id=foreign_job, appointment_id="728948")
+    assert deliver(client, foreign).status_code == 200
+    job = load_job(sessions, job_id)
+    assert (job.status, job.cobalt_job_id) == (
+        "processing",
+        "cj_note" if shared == "job-id" else None,
+    )
+    assert (deliveries(sessions)[-1].state, deliveries(sessions)[-1].job_id) == (
+        "unknown_type",
+        None,
+    )
+    own = event("note.created", job_id=job.cobalt_job_id, appointment_id="728948")
+    assert deliver(client, own).status_code == 200
+    job = load_job(sessions, job_id)
+    assert (job.status, job.error_code) == ("completed", None)
+    assert deliveries(sessions)[-1].state == "applied"
+
+
+def test_an_encounter_event_carrying_a_notes_job_id_does_not_settle_it(
+    client, worker, cobalt, sessions
+):
+    accept_note(cobalt, job_id="cj_shared")
+    job_id = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    payload = event("telephone_encounter.failed", job_id="cj_shared", failure_reason="x")
+    assert deliver(client, payload).status_code == 200
+    assert load_job(sessions, job_id).status == "processing"
+    assert only_delivery(sessions).state == "parked"
+
+
+def test_a_replayed_note_outcome_does_not_settle_the_next_note_for_the_appointment(
+    client, worker, cobalt, sessions, clock
+):
+    """The issue's demonstration: a note outcome without a job id, re-sent with a new
+    `webhook-id` once the next note for the appointment is at Cobalt, must not settle it."""
+    accept_note(cobalt)
+    first = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    body = compact_json(event("note.created", appointment_id="728948"))
+    assert deliver(client, body, headers={"webhook-id": "msg_original"}).status_code == 200
+    assert load_job(sessions, first).status == "completed"
+    clock.advance(seconds=30)
+    second = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    assert load_job(sessions, second).inflight_key is not None  # at Cobalt now
+    replay = deliver(client, body, headers={"webhook-id": "msg_replayed"})
+    assert (replay.status_code, replay.json) == (200, {"received": True})
+    assert load_job(sessions, second).status == "processing"
+    assert [r.webhook_id for r in deliveries(sessions)] == ["msg_original"]
+
+
+def test_an_old_note_outcome_without_event_id_is_held_not_given_to_a_later_note(
+    client, worker, cobalt, sessions, clock, support
+):
+    """Without an event id to deduplicate on, the signed `created` still tells: an event
+    older than the note in flight is an earlier note's, held for a person."""
+    clock.advance(minutes=5)
+    accept_note(cobalt)
+    job_id = submit(client, "/v1/notes", NOTE)
+    assert worker.run_once()
+    payload = event("note.created", appointment_id="728948")  # created 12:00:04
+    del payload["id"]
+    assert deliver(client, payload).status_code == 200
+    job = load_job(sessions, job_id)
+    assert (job.status, job.cobalt_job_id, job.flagged) == ("processing", None, False)
+    row = only_delivery(sessions)
+    assert (row.state, row.job_id) == ("held", None)
+    assert "before the job it would settle was submitted" in (row.state_detail or "")
+    inbox = support.get("/v1/inbox?state=held").json["deliveries"]
+    assert [d["id"] for d in inbox] == [row.id]
+
+
+def test_an_event_created_over_a_day_before_it_arrived_is_held_for_support(
+    client, encounter, sessions, clock, support, count_rows
+):
+    events_before = count_rows("job_events")
+    before = load_job(sessions, encounter)
+    clock.advance(days=1, minutes=1)
+    payload = encounter_created()  # created 12:00:04 the day before
+    assert deliver(client, payload).status_code == 200
+    job = load_job(sessions, encounter)
+    assert (job.status, job.updated_at, job.flagged) == ("processing", before.updated_at, False)
+    assert count_rows("job_events") == events_before
+    row = only_delivery(sessions)
+    assert (row.state, row.job_id) == ("held", None)
+    assert "more than a day before it reached us" in (row.state_detail or "")
+    inbox = support.get("/v1/inbox").json["deliveries"]
+    assert [(d["id"], d["state"]) for d in inbox] == [(row.id, "held")]
+
+
+def test_the_unsigned_timestamp_header_never_decides(client, encounter, sessions):
+    headers = {"webhook-timestamp": "2020-01-01T00:00:00Z"}
+    assert deliver(client, encounter_created(), headers=headers).status_code == 200
+    assert load_job(sessions, encounter).status == "completed"
 
 
 # --- 4. terminal rules -----------------------------------------------------------------------
@@ -460,30 +602,33 @@ def test_same_outcome_again_is_a_repeat_and_changes_nothing(
     assert event_types(sessions, completed_note)[-2:] == ["webhook_applied", "webhook_repeat"]
 
 
-@pytest.mark.parametrize("cobalt_job_id", ["cj_9", None], ids=["by-job-id", "by-appointment"])
-def test_job_failed_for_no_outcome_is_settled_by_a_late_real_outcome(
-    client, worker, cobalt, sessions, clock, cobalt_job_id
+@pytest.mark.parametrize(
+    ("cobalt_job_id", "state"), [("cj_9", "conflict"), (None, "parked")], ids=["job-id", "appt"]
+)
+def test_a_failed_job_is_never_settled_by_a_later_outcome(
+    client, worker, cobalt, sessions, clock, cobalt_job_id, state
 ):
+    """Terminal is terminal, with no exception: not even for a job failed as `no_outcome`
+    (rows left by the old deadline rule). The later outcome is recorded, never applied."""
     accept_note(cobalt, **({"job_id": cobalt_job_id} if cobalt_job_id else {}))
     job_id = submit(client, "/v1/notes", NOTE)
     assert worker.run_once()
     clock.advance(minutes=31)
-    with sessions.begin() as session:  # what the deadline sweep leaves behind
+    with sessions.begin() as session:  # what the old deadline sweep left behind
         session.execute(
             update(Job)
             .where(Job.id == uuid.UUID(job_id))
             .values(status="failed", error_code="no_outcome", error_message="No outcome.")
             .values(inflight_key=None, finished_at=clock.now, updated_at=clock.now)
         )
+    failed_at = clock.now
     clock.advance(minutes=5)
     payload = event("note.created", job_id=cobalt_job_id, appointment_id="728948")
     assert deliver(client, payload).status_code == 200
     job = load_job(sessions, job_id)
-    assert (job.status, job.error_code, job.flagged) == ("completed", None, False)
-    assert job.finished_at == clock.now
-    applied = timeline(sessions, job_id)[-1]
-    assert (applied.type, applied.detail["settled_late"]) == ("webhook_applied", True)
-    assert only_delivery(sessions).state == "applied"
+    assert (job.status, job.error_code, job.finished_at) == ("failed", "no_outcome", failed_at)
+    assert only_delivery(sessions).state == state
+    assert job.flagged is (state == "conflict")
 
 
 # --- 5. never a 500, never lost --------------------------------------------------------------
@@ -595,11 +740,11 @@ def test_oversize_body_is_413_problem_and_not_stored(client, app, count_rows):
 # --- 6. a failure while applying never loses the delivery -----------------------------------
 
 
-def _raise_python_error(session: Session, delivery: WebhookDelivery) -> Job | None:
+def _raise_python_error(session: Session, delivery: WebhookDelivery, kind: str) -> Job | None:
     raise RuntimeError("bug while matching")
 
 
-def _raise_database_error(session: Session, delivery: WebhookDelivery) -> Job | None:
+def _raise_database_error(session: Session, delivery: WebhookDelivery, kind: str) -> Job | None:
     session.execute(text("SELECT * FROM no_such_table"))
     return None
 
@@ -612,9 +757,8 @@ def test_apply_failure_keeps_the_delivery_marked_failed(
 ):
     before = load_job(sessions, encounter)
     events_before = count_rows("job_events")
-    # Both ways of matching: the received delivery's plain row, and the general path's job.
-    monkeypatch.setattr("webhook_service.services.webhooks.match_row", boom)
-    monkeypatch.setattr("webhook_service.services.webhooks.match_job", boom)
+    # The one lookup both ways of applying (plain row, ORM job) match through.
+    monkeypatch.setattr("webhook_service.services.webhooks.find_job", boom)
     response = deliver(client, encounter_created())
     assert response.status_code == 200
     assert response.json == {"received": True}
@@ -660,15 +804,15 @@ def test_losing_the_database_while_applying_is_a_503_and_the_retry_applies(
     and its retry of the same delivery is applied as if it were the first."""
     from webhook_service.services import webhooks as service
 
-    match_row = service.match_row
+    find_job = service.find_job
 
-    def drop_the_connection_then_match(session: Session, delivery: Any) -> Any:
+    def drop_the_connection_then_match(session: Session, delivery: Any, kind: str) -> Any:
         pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        return match_row(session, delivery)
+        return find_job(session, delivery, kind)
 
-    monkeypatch.setattr(service, "match_row", drop_the_connection_then_match)
+    monkeypatch.setattr(service, "find_job", drop_the_connection_then_match)
     body = compact_json(encounter_created())
     attempt = {"webhook-id": "msg_failover"}
     assert_problem(deliver(client, body, headers=attempt), 503)

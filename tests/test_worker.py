@@ -40,6 +40,7 @@ def test_second_note_for_same_appointment_waits_for_the_first(
 ):
     accept_note(cobalt)
     first = submit(client, "/v1/notes", NOTE)
+    clock.advance(seconds=1)  # due a moment later: equal instants are claimed in no set order
     second = submit(client, "/v1/notes", {**NOTE, "note": "Addendum"})
     assert worker.run_once()
     assert not worker.run_once(), "the second note must not go while the first is in flight"

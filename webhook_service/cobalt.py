@@ -107,21 +107,41 @@ class CobaltClient:
         return self._get("/webhook-events", access_token, params)
 
     def webhook_events(
-        self, access_token: str, params: dict[str, str | int], *, max_pages: int = 20
-    ) -> list[dict[str, Any]]:
-        """Every event in Cobalt's log that matches `params`, page after page (at most
-        `max_pages` pages: a lookup must read past the first page on a busy day)."""
+        self, access_token: str, params: dict[str, str | int], *, max_pages: int | None = None
+    ) -> EventLog:
+        """Every event in Cobalt's log that matches `params`, every page of it.
+
+        The query's own filters (job id, or event type and dates) bound the read, not a
+        page count. `max_pages`, and stopping at an empty page or a page that repeats the
+        one before, only protect against a Cobalt whose pagination is broken; the reason is
+        returned in `stopped` so the caller can log it.
+        """
+        max_pages = max_pages or MAX_LOG_PAGES
         events: list[dict[str, Any]] = []
+        previous: list[object] | None = None
         for page in range(1, max_pages + 1):
             payload = self.list_webhook_events(access_token, **params, page=page)
             items = payload.get("webhook_events")
-            items = items if isinstance(items, list) else []
-            events.extend(item for item in items if isinstance(item, dict))
+            items = (
+                [item for item in items if isinstance(item, dict)]
+                if isinstance(items, list)
+                else []
+            )
             pagination = payload.get("pagination")
             total = pagination.get("total_pages") if isinstance(pagination, dict) else None
-            if not items or not isinstance(total, int) or page >= total:
-                break
-        return events
+            ids: list[object] = [item.get("event_id") for item in items]
+            if not items:  # the end, or (before the last page) a broken pagination
+                early = isinstance(total, int) and page < total
+                return EventLog(
+                    events, page, f"page {page} of {total} was empty" if early else None
+                )
+            if ids and ids == previous:
+                return EventLog(events, page, f"page {page} repeated page {page - 1}")
+            events.extend(items)
+            if not isinstance(total, int) or page >= total:
+                return EventLog(events, page, None)
+            previous = ids
+        return EventLog(events, max_pages, f"stopped after {max_pages} pages")
 
     def _headers(self, access_token: str) -> dict[str, str]:
         return {
@@ -364,3 +384,18 @@ def _find_key(payload: object, key: str) -> str | None:
         if isinstance(value, dict) and key in value:
             return _as_id(value[key])
     return None
+
+
+# A lookup reads every page its filters select; past this many (100 events each), Cobalt's
+# pagination is taken to be broken rather than the log that long.
+MAX_LOG_PAGES = 500
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """What a read of Cobalt's webhook-events log found: the events, the pages read, and
+    why the read stopped early (None when it reached the last page)."""
+
+    events: list[dict[str, Any]]
+    pages: int
+    stopped: str | None

@@ -61,23 +61,77 @@ def attention_message(code: str) -> str:
 
 
 def status_for_event(event_type: str) -> JobStatus | None:
-    """Map a Cobalt event type to the job status it settles, or None if it settles nothing."""
+    """Map a Cobalt event type to the job status it settles, or None if it settles nothing.
+
+    Only events of the resources this service writes (`note.*`, `telephone_encounter.*`)
+    settle anything: an `appointment.failed` from another Cobalt operation on the account is
+    no note's outcome. `login_required` is about a clinic, not a job (`CLINIC_EVENTS`).
+    """
+    if kind_for_event(event_type) is None:
+        return None
     if event_type in {"note.created", "note.uploaded", "telephone_encounter.created"}:
         return JobStatus.COMPLETED
     if event_type == "telephone_encounter.created_partial":
         return JobStatus.PARTIAL
-    if event_type == LOGIN_REQUIRED or event_type.endswith((".failed", "_failed")):
+    if event_type.endswith((".failed", "_failed")):
         return JobStatus.FAILED
     return None
 
 
+# Events about a linked clinic rather than a job: stored and acted on for the clinic.
+CLINIC_EVENTS = frozenset({LOGIN_REQUIRED})
+
+
 def kind_for_event(event_type: str) -> JobKind | None:
-    """The job kind an event type is about, when it says."""
-    if event_type.startswith("note."):
-        return JobKind.NOTE
-    if event_type.startswith("telephone_encounter."):
-        return JobKind.TELEPHONE_ENCOUNTER
+    """The job kind an event type is about, when it says: its resource, `<kind>.…`.
+
+    (`webhooks.EVENT_KIND` states this rule in SQL for the parked sweep; a test checks both.)
+    """
+    for kind in JobKind:
+        if event_type.startswith(f"{kind}."):
+            return kind
     return None
+
+
+def settles(kind: str, event_type: str) -> bool:
+    """Whether an event of `event_type` can be the outcome of a job of `kind`.
+
+    A note is settled only by `note.*` outcomes and an encounter only by
+    `telephone_encounter.*` ones, however the event was matched: Cobalt's job id names an
+    RPA job, and an event of another resource carrying it is not this job's outcome.
+    """
+    return kind_for_event(event_type) == kind and status_for_event(event_type) is not None
+
+
+# The outcome event types Cobalt documents for each kind: what a lookup of Cobalt's log by
+# event type asks for (its `event_type` filter takes one type). Each settles its kind.
+DOCUMENTED_OUTCOMES = {
+    JobKind.NOTE: ("note.created", "note.uploaded", "note.failed"),
+    JobKind.TELEPHONE_ENCOUNTER: (
+        "telephone_encounter.created",
+        "telephone_encounter.created_partial",
+        "telephone_encounter.failed",
+    ),
+}
+
+
+def matches_by_appointment(kind: str) -> bool:
+    """Whether a job of `kind` may be found by the event's `data.appointment_id`.
+
+    Only notes: at most one note per (clinic, appointment) is at Cobalt at a time, so the
+    match is never ambiguous; nothing of that kind holds for any other resource.
+    """
+    return kind == JobKind.NOTE
+
+
+# Statuses in which a job still takes an outcome. Terminal is terminal, with no exception:
+# a job whose fate is unknown past its deadline stays `processing` (with `attention`).
+OPEN_TO_OUTCOME = frozenset({JobStatus.PROCESSING})
+
+
+def open_to_outcome(status: str) -> bool:
+    """Whether a job in `status` still takes an outcome (SQL filters use `OPEN_TO_OUTCOME`)."""
+    return status in OPEN_TO_OUTCOME
 
 
 class Verdict(StrEnum):
@@ -86,21 +140,58 @@ class Verdict(StrEnum):
     CONFLICT = "conflict"  # a different outcome than the one applied: record and flag
 
 
-def judge_outcome(
-    current: JobStatus, current_error_code: str | None, incoming: JobStatus
-) -> Verdict:
-    """Decide what an outcome from Cobalt does to a job in status `current`.
-
-    Terminal is terminal, with one exception: a job the service failed for lack of news
-    (`no_outcome`) is settled by the real outcome when it finally turns up.
-    """
-    if current == JobStatus.PROCESSING:
-        return Verdict.APPLY
-    if current == JobStatus.FAILED and current_error_code == NO_OUTCOME:
+def judge_outcome(current: JobStatus, incoming: JobStatus) -> Verdict:
+    """Decide what an outcome from Cobalt does to a job in status `current`."""
+    if open_to_outcome(current):
         return Verdict.APPLY
     if current == incoming:
         return Verdict.REPEAT
     return Verdict.CONFLICT
+
+
+def learned_ids(
+    known: tuple[str | None, str | None], seen: tuple[str | None, str | None]
+) -> tuple[str | None, str | None]:
+    """A job's Cobalt (job id, encounter id) once `seen` in a reply or an event: an id the
+    job already learned is kept (the first one Cobalt gave binds it), a missing one is taken."""
+    return known[0] or seen[0], known[1] or seen[1]
+
+
+# A signed body created longer ago than this when it reached us is held for a person: Cobalt
+# retries a delivery once, a second later, so an old one is a replay (anyone holding a
+# captured body can re-send it, and the signature still holds).
+REPLAY_WINDOW = timedelta(days=1)
+
+
+def held_reason(
+    event_created_at: datetime | None,
+    *,
+    received_at: datetime | None,
+    job_created_at: datetime | None,
+) -> str | None:
+    """Why an event must not be applied automatically (plain words), or None.
+
+    Only the signed `created` decides, never an unsigned header. An event without one (older
+    payloads) is taken as current: it is signed, but neither rule can then apply to it.
+    `received_at`: when a body pushed to us arrived (None for an event found by asking
+    Cobalt's log about a job, which is no replay). `job_created_at`: the job the event would
+    settle, once matched; an event created before the job cannot be its outcome (it is an
+    earlier job's, replayed).
+    """
+    if event_created_at is None:
+        return None
+    created = event_created_at.strftime("%Y-%m-%d %H:%M UTC")
+    if received_at is not None and received_at - event_created_at > REPLAY_WINDOW:
+        return (
+            f"Held for support: the event was created {created}, more than a day before it "
+            "reached us, so it may be a replay. Check the chart before applying it."
+        )
+    if job_created_at is not None and event_created_at < job_created_at:
+        return (
+            f"Held for support: the event was created {created}, before the job it would "
+            "settle was submitted, so it is an earlier job's outcome, not this job's."
+        )
+    return None
 
 
 @dataclass(frozen=True)

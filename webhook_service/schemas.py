@@ -435,7 +435,7 @@ class JobSearchRequest(JobPageQuery):
 class InboxQuery(_Query):
     """Query of `GET /v1/inbox`."""
 
-    state: Literal["parked", "failed", "unknown_type", "conflict"] | None = None
+    state: Literal["parked", "failed", "unknown_type", "conflict", "held"] | None = None
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
     cursor: DeliveryCursor | None = None
 

@@ -36,6 +36,8 @@ DELIVERY_STATES: Final = {
     "conflict": "a different outcome from the one its job already has: kept, not applied",
     "unknown_type": "kept for the record; it changes no job",
     "failed": "applying it hit an error, so nothing of it was applied: replay it",
+    "held": "signed, but older than a day or than its job: kept for a person, never applied",
+    "clinic_event": "about the clinic (its EMR login), not a job: the clinic was flagged",
 }
 
 # Only the timeline entries whose name alone says little to someone outside engineering.

@@ -7,6 +7,7 @@ exactly as a webhook would be; past the deadline, a job with no news fails as `n
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,19 +19,31 @@ from sqlalchemy.orm import Session
 
 from webhook_service.cobalt import CobaltClient
 from webhook_service.lifecycle import (
+    DOCUMENTED_OUTCOMES,
     NO_OUTCOME,
     JobKind,
     JobStatus,
     Outcome,
     Submission,
-    kind_for_event,
-    status_for_event,
+    held_reason,
+    learned_ids,
+    matches_by_appointment,
+    open_to_outcome,
+    settles,
 )
 from webhook_service.models import Clinic, Job, WebhookDelivery
-from webhook_service.phi import search_hash
 from webhook_service.services.jobs import add_event, settle
-from webhook_service.services.webhooks import DeliveryState, _apply_safely, _clean_id
+from webhook_service.services.webhooks import (
+    RECONCILE_MATCH,
+    DeliveryState,
+    _apply_safely,
+    _clean_id,
+    dedup_key,
+    delivery_fields,
+)
 from webhook_service.signatures import compact_json
+
+log = logging.getLogger(__name__)
 
 # Submissions whose outcome may be waiting in Cobalt's log.
 LOOKUP_STATES = (Submission.ACCEPTED, Submission.UNKNOWN, Submission.SENDING)
@@ -104,49 +117,89 @@ def due_lookups(
     return lookups
 
 
-def lookup_params(lookup: Lookup) -> dict[str, str | int]:
-    """Query parameters for `GET /v1/webhook-events` that can find this job's events."""
-    params: dict[str, str | int] = {"page_size": 100, "sort": "-created_at"}
+def lookup_params(lookup: Lookup) -> list[dict[str, str | int]]:
+    """The queries of `GET /v1/webhook-events` that can find this job's events (each read
+    to its last page).
+
+    By Cobalt job id when the job has one: a job's events are few. A note without one is
+    found by its appointment among the note outcomes since it was submitted: one query per
+    documented outcome type, since Cobalt's `event_type` takes one type and, on a busy
+    account, the log is mostly other resources' events (appointments, patients, tasks), so
+    reading it unfiltered could mean thousands of pages per lookup. An undocumented failure
+    type would not be found: the job then stays `processing` with attention, never wrong.
+    The range starts a day before the job's date and has no end: Cobalt does not say in
+    which time zone its dates are, and "today" in ours could cut off its newest events.
+    """
+    common: dict[str, str | int] = {"page_size": 100, "sort": "created_at"}
     if lookup.cobalt_job_id:
-        params["job_id"] = lookup.cobalt_job_id
-    else:
-        # Notes may have no job id: search the days since submission, match the appointment.
-        params["start_date"] = lookup.since.date().isoformat()
-    return params
+        return [{**common, "job_id": lookup.cobalt_job_id}]
+    if lookup.kind == JobKind.NOTE and lookup.appointment_hash:
+        start = (lookup.since - timedelta(days=1)).date().isoformat()
+        return [
+            {**common, "event_type": event_type, "start_date": start}
+            for event_type in DOCUMENTED_OUTCOMES[JobKind.NOTE]
+        ]
+    return []  # an encounter without a Cobalt job id: nothing in the log names it
 
 
 def read_cobalt_log(cobalt: CobaltClient, lookup: Lookup) -> list[dict[str, Any]]:
-    """Every event in Cobalt's log that could be this job's (all pages; raises CobaltError).
+    """Every event in Cobalt's log that could be this job's (every page; raises CobaltError).
 
     Called with no transaction open: Cobalt may take seconds to answer.
     """
-    return cobalt.webhook_events(lookup.access_token, lookup_params(lookup))
+    found: dict[object, dict[str, Any]] = {}
+    for params in lookup_params(lookup):
+        read = cobalt.webhook_events(lookup.access_token, params)
+        if read.stopped is not None:
+            log.warning(
+                "cobalt log read stopped early",
+                extra={"job_id": str(lookup.job_id), "pages": read.pages, "why": read.stopped},
+            )
+        for item in read.events:
+            found.setdefault(_clean_id(item.get("event_id")) or id(item), item)
+    return list(found.values())
 
 
 def candidate_outcomes(lookup: Lookup, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The outcome events in Cobalt's log that may belong to this job, earliest first."""
+    """The outcome events in Cobalt's log that may belong to this job, earliest first.
+
+    The rules are the ones every delivery is matched by (`webhooks.find_job`): only events
+    that settle the job's kind, by its Cobalt job id, or for a note by its appointment; and
+    never one created before the job (`lifecycle.held_reason`).
+    """
     mine = []
     for item in events:
-        if not isinstance(item, dict):
+        fields = delivery_fields(_as_payload(item))
+        event_type = fields["event_type"]
+        if event_type is None or not settles(lookup.kind, event_type):
             continue
-        event_type = item.get("event_type")
-        if not isinstance(event_type, str) or status_for_event(event_type) is None:
-            continue
-        data = item.get("data") if isinstance(item.get("data"), dict) else {}
-        assert isinstance(data, dict)
         if lookup.cobalt_job_id:
-            if _clean_id(item.get("job_id")) != lookup.cobalt_job_id:
+            if fields["cobalt_job_id"] != lookup.cobalt_job_id:
                 continue
-        elif lookup.kind == JobKind.NOTE:
-            if kind_for_event(event_type) != JobKind.NOTE:
-                continue
-            if search_hash(_clean_id(data.get("appointment_id"))) != lookup.appointment_hash:
-                continue
-        else:
+        elif not (
+            matches_by_appointment(lookup.kind)
+            and fields["appointment_hash"] is not None
+            and fields["appointment_hash"] == lookup.appointment_hash
+        ):
+            continue
+        created = fields["event_created_at"]
+        if held_reason(created, received_at=None, job_created_at=lookup.since) is not None:
             continue
         mine.append(item)
     mine.sort(key=lambda item: str(item.get("created_at", "")))
     return mine
+
+
+def _as_payload(item: dict[str, Any]) -> dict[str, Any]:
+    """An event of Cobalt's log in the shape of a webhook's body (what a delivery stores)."""
+    return {
+        "id": item.get("event_id"),
+        "object": "event",
+        "created": item.get("created_at"),
+        "type": item.get("event_type"),
+        "job_id": item.get("job_id"),
+        "data": item.get("data") if isinstance(item.get("data"), dict) else {},
+    }
 
 
 def _first_unclaimed(
@@ -189,7 +242,9 @@ def record_lookup(
     """Write the lookup on the timeline and apply the outcome found, like a webhook would.
 
     The job is locked and read afresh: a webhook for it may have committed while Cobalt
-    was being asked, and its outcome must not be applied a second time.
+    was being asked, and its outcome must not be applied a second time. The event is stored
+    under the key its webhook is (`webhooks.dedup_key`): one event is one delivery, whichever
+    way it reached us, and a stored one still waiting (parked) is applied, not copied.
     """
     job = session.get(Job, lookup.job_id, with_for_update=True, populate_existing=True)
     if job is None:
@@ -204,47 +259,41 @@ def record_lookup(
         found=found is not None,
         event_type=found.get("event_type") if found else None,
     )
-    open_to_outcome = job.status == JobStatus.PROCESSING or (
-        job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
-    )
-    if found is None or not open_to_outcome:
+    if found is None or not open_to_outcome(job.status):
         return False
-    event_id = _clean_id(found.get("event_id")) or uuid.uuid4().hex
-    raw_data = found.get("data")
-    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-    payload: dict[str, Any] = {
-        "id": event_id,
-        "object": "event",
-        "created": found.get("created_at"),
-        "type": found.get("event_type"),
-        "job_id": _clean_id(found.get("job_id")),
-        "data": data,
-    }
-    delivery = WebhookDelivery(
-        dedup_key=f"reconcile:{event_id}",
-        webhook_id=None,
-        attempt=None,
-        event_timestamp=None,
-        event_id=event_id,
-        event_type=_clean_id(found.get("event_type")),
-        cobalt_job_id=payload["job_id"],
-        telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
-        appointment_hash=search_hash(_clean_id(data.get("appointment_id"))),
-        access_token_reference_id=None,
-        headers={},
-        raw_body=compact_json(payload),
-        signature_match="reconcile",
-        received_at=now,
-        state=DeliveryState.RECEIVED,
+    payload = _as_payload(found)
+    fields = delivery_fields(payload)
+    payload["job_id"] = fields["cobalt_job_id"]
+    raw_body = compact_json(payload)
+    key = dedup_key(fields["event_id"], None, raw_body)
+    delivery = session.scalar(
+        select(WebhookDelivery).where(WebhookDelivery.dedup_key == key).with_for_update()
     )
-    try:
-        with session.begin_nested():
-            session.add(delivery)
-    except IntegrityError:
-        return False  # already found by an earlier lookup
-    if job.cobalt_job_id is None and delivery.cobalt_job_id:
-        # Bind the job to the event found for it, so matching cannot pick another job.
-        job.cobalt_job_id = delivery.cobalt_job_id
+    if delivery is None:
+        delivery = WebhookDelivery(
+            dedup_key=key,
+            webhook_id=None,
+            attempt=None,
+            event_timestamp=None,
+            headers={},
+            raw_body=raw_body,
+            signature_match=RECONCILE_MATCH,
+            received_at=now,
+            state=DeliveryState.RECEIVED,
+            **fields,
+        )
+        try:
+            with session.begin_nested():
+                session.add(delivery)
+        except IntegrityError:
+            return False  # stored by a webhook that committed meanwhile: it was applied there
+    elif delivery.state != DeliveryState.PARKED:
+        return False  # already applied, or held for a person: never applied twice
+    # Bind the job to the event found for it, so matching cannot pick another job.
+    job.cobalt_job_id, job.cobalt_telephone_encounter_id = learned_ids(
+        (job.cobalt_job_id, job.cobalt_telephone_encounter_id),
+        (delivery.cobalt_job_id, delivery.telephone_encounter_id),
+    )
     _apply_safely(session, delivery, payload, now)
     if delivery.state == DeliveryState.APPLIED:
         add_event(session, job, "reconciled", now, delivery_id=delivery.id)

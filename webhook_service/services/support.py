@@ -52,6 +52,7 @@ INBOX_STATES = (
     DeliveryState.FAILED,
     DeliveryState.UNKNOWN_TYPE,
     DeliveryState.CONFLICT,
+    DeliveryState.HELD,
 )
 CSV_COLUMNS = (
     "id",

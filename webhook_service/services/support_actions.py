@@ -337,8 +337,8 @@ def replay_delivery(
         raise Conflict(f"The delivery is {delivery.state} already: there is nothing to replay.")
     payload = _parse(delivery.raw_body)
     state_before = delivery.state
-    settles = delivery.event_type is not None and status_for_event(delivery.event_type)
-    job = _job_of(session, delivery.job_id) or (match_job(session, delivery) if settles else None)
+    # The job it would settle, found as applying finds it (`match_job`: the same rules).
+    job = _job_of(session, delivery.job_id) or match_job(session, delivery)
     status_before = job.status if job is not None else None
     savepoint = session.begin_nested()
     try:

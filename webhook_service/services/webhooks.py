@@ -16,23 +16,37 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypedDict, cast
 
-from sqlalchemy import Connection, Row, Table, and_, bindparam, exists, inspect, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    bindparam,
+    case,
+    exists,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, defer
 
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.lifecycle import (
-    LOGIN_REQUIRED,
-    NO_OUTCOME,
+    CLINIC_EVENTS,
+    OPEN_TO_OUTCOME,
     JobKind,
     JobStatus,
     Outcome,
     Verdict,
+    held_reason,
     judge_outcome,
     kind_for_event,
+    learned_ids,
+    matches_by_appointment,
     outcome_from_event,
 )
 from webhook_service.logs import log_failure
@@ -70,6 +84,13 @@ class DeliveryState:
     CONFLICT = "conflict"  # a different outcome than the job's: recorded, flagged, not applied
     UNKNOWN_TYPE = "unknown_type"  # not an event this service acts on: stored and acknowledged
     FAILED = "failed"  # applying raised: kept for support, nothing half-applied
+    HELD = "held"  # signed, but too old or older than its job: kept for a person, not applied
+    CLINIC_EVENT = "clinic_event"  # about a clinic (`login_required`), not a job's outcome
+
+
+# Stored deliveries made by a reconcile lookup (Cobalt's log read with our credentials, not a
+# body pushed to us): the replay window does not apply to them.
+RECONCILE_MATCH = "reconcile"
 
 
 class Delivery(Protocol):
@@ -82,9 +103,51 @@ class Delivery(Protocol):
     telephone_encounter_id: str | None
     appointment_hash: str | None
     access_token_reference_id: str | None
+    event_created_at: datetime | None
+    received_at: datetime
+    signature_match: str
     state: str
     state_detail: str | None
     job_id: uuid.UUID | None
+
+
+class DeliveryFields(TypedDict):
+    """What a delivery says about itself, read from its (signed) payload."""
+
+    event_id: str | None
+    event_created_at: datetime | None
+    event_type: str | None
+    cobalt_job_id: str | None
+    telephone_encounter_id: str | None
+    appointment_hash: str | None
+    access_token_reference_id: str | None
+
+
+def delivery_fields(payload: dict[str, Any]) -> DeliveryFields:
+    """A delivery's ids, type and creation time from its payload (Cobalt's event envelope),
+    whether pushed to us (`record_webhook`) or found in Cobalt's log (`reconcile`)."""
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    return {
+        "event_id": _clean_id(payload.get("id")),
+        "event_created_at": _parse_time(_clean_id(payload.get("created"))),
+        "event_type": _clean_id(payload.get("type")),
+        "cobalt_job_id": _clean_id(payload.get("job_id")) or _clean_id(data.get("job_id")),
+        "telephone_encounter_id": _clean_id(data.get("telephone_encounter_id")),
+        "appointment_hash": search_hash(_clean_id(data.get("appointment_id"))),
+        "access_token_reference_id": _clean_id(payload.get("access_token_reference_id")),
+    }
+
+
+def dedup_key(event_id: str | None, webhook_id: str | None, raw_body: bytes) -> str:
+    """The key one event is stored under, once: the signed body's event id when it has one
+    (so a body re-sent with a new or no `webhook-id` is a repeat, and a reconcile lookup
+    finding the same event finds its row), else the unsigned `webhook-id`, else the body."""
+    if event_id is not None:
+        return "event-id:" + event_id
+    if webhook_id is not None:
+        return "webhook-id:" + webhook_id
+    return "sha256:" + hashlib.sha256(raw_body).hexdigest()
 
 
 @dataclass(slots=True)
@@ -168,25 +231,18 @@ def record_webhook(
     it. Bad input never raises; a failure while applying raises `ApplyFailed`, which the
     caller answers by rolling back (`receive_webhook`)."""
     payload = _parse(raw_body)
-    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
-    assert isinstance(data, dict)
+    fields = delivery_fields(payload)
     webhook_id = _clean_id(headers.get("webhook-id"))
     delivery = IncomingDelivery(
-        dedup_key=_dedup_key(webhook_id, payload, raw_body),
+        dedup_key=dedup_key(fields["event_id"], webhook_id, raw_body),
         webhook_id=webhook_id,
         attempt=_parse_int(headers.get("webhook-attempt")),
         event_timestamp=_parse_time(headers.get("webhook-timestamp")),
-        event_id=_clean_id(payload.get("id")),
-        event_created_at=_parse_time(_clean_id(payload.get("created"))),
-        event_type=_clean_id(payload.get("type")),
-        cobalt_job_id=_clean_id(payload.get("job_id")) or _clean_id(data.get("job_id")),
-        telephone_encounter_id=_clean_id(data.get("telephone_encounter_id")),
-        appointment_hash=search_hash(_clean_id(data.get("appointment_id"))),
-        access_token_reference_id=_clean_id(payload.get("access_token_reference_id")),
         headers={k: _printable(headers[k]) for k in KEPT_HEADERS if k in headers},
         raw_body=raw_body,
         signature_match=match.describe(),
         received_at=now,
+        **fields,
     )
     connection = session.connection()
     recorded = _store(connection, delivery)
@@ -282,22 +338,28 @@ def apply_delivery(
     *,
     received: bool = False,
 ) -> None:
-    """Match a stored delivery to its job and apply the event (or park it).
+    """Match a stored delivery to its job and apply the event (or park or hold it).
+
+    Every path that applies a delivery comes here (webhook, parked sweep, reconcile, support
+    replay), so each rule is decided once: what an event can settle (`lifecycle.settles`,
+    through `find_job`), when a signed event is held (`lifecycle.held_reason`), what an
+    outcome does to a job (`lifecycle.judge_outcome`).
 
     `received`: the delivery has just been received, in a session that holds no job yet.
-    Then the common case, an outcome for a job found by its Cobalt ids, is applied with plain
-    statements on the job's row (`_apply_to_row`): settled, or noted as a repeat or a
-    conflict; nothing encrypted is read, and no ORM object is loaded and flushed. Elsewhere
-    (replay, parked deliveries, reconcile) the session may hold the job, which those
-    statements would leave stale.
+    Then the job found is settled, or noted as a repeat or a conflict, with plain statements
+    on its row (`_apply_to_row`): nothing encrypted is read, and no ORM object is loaded and
+    flushed. Elsewhere (replay, parked deliveries, reconcile) the session may hold the job,
+    which those statements would leave stale, so the ORM loads the row found.
     """
-    event_type = delivery.event_type
+    event_type = delivery.event_type or ""
+    if event_type in CLINIC_EVENTS:
+        _apply_clinic_event(session, delivery, now)
+        return
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     assert isinstance(data, dict)
     outcome = outcome_from_event(event_type, data) if event_type else None
-    if event_type == LOGIN_REQUIRED:
-        _flag_clinic_of(session, delivery, now)
-    if outcome is None:
+    kind = kind_for_event(event_type)
+    if outcome is None or kind is None:
         delivery.state = DeliveryState.UNKNOWN_TYPE
         delivery.state_detail = (
             "not an outcome event this service acts on"
@@ -305,23 +367,27 @@ def apply_delivery(
             else "the body is not a JSON object (or not UTF-8): nothing to apply"
         )
         return
-    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
-    row = match_row(session, delivery) if received else None
-    if row is not None:
-        _apply_to_row(session, row, delivery, outcome, now, facts)
+    if _hold(delivery, None):
         return
-    job = match_job(session, delivery)
-    if job is None:
+    row = find_job(session, delivery, kind)
+    if row is None:
         delivery.state = DeliveryState.PARKED
         delivery.state_detail = "no job matches yet"
         return
+    if _hold(delivery, row.created_at):
+        return
+    facts = {"delivery_id": delivery.id, "event_type": event_type, "status": outcome.status}
+    if received:
+        _apply_to_row(session, row, delivery, outcome, now, facts)
+        return
+    job = _load_locked(session, row.id)
     delivery.job_id = job.id
-    if delivery.cobalt_job_id and job.cobalt_job_id is None:
-        job.cobalt_job_id = delivery.cobalt_job_id
-    if delivery.telephone_encounter_id and job.cobalt_telephone_encounter_id is None:
-        job.cobalt_telephone_encounter_id = delivery.telephone_encounter_id
-    verdict = judge_outcome(JobStatus(job.status), job.error_code, outcome.status)
-    event_type, detail = _judged(delivery, verdict, job.status, job.error_code, outcome, facts)
+    job.cobalt_job_id, job.cobalt_telephone_encounter_id = learned_ids(
+        (job.cobalt_job_id, job.cobalt_telephone_encounter_id),
+        (delivery.cobalt_job_id, delivery.telephone_encounter_id),
+    )
+    verdict = judge_outcome(JobStatus(job.status), outcome.status)
+    event_type, detail = _judged(delivery, verdict, job.status, outcome, facts)
     if verdict == Verdict.APPLY:
         settle(session, job, outcome, now)
     else:
@@ -331,11 +397,26 @@ def apply_delivery(
     add_event(session, job, event_type, now, **detail)
 
 
+def _hold(delivery: Delivery, job_created_at: datetime | None) -> bool:
+    """Hold the delivery for support (True) when its signed `created` says it must not be
+    applied automatically (`lifecycle.held_reason`); the job, if any, is left untouched."""
+    # Found by asking Cobalt for a job's events, it is no replay, whatever its age.
+    pushed = delivery.signature_match != RECONCILE_MATCH
+    reason = held_reason(
+        delivery.event_created_at,
+        received_at=delivery.received_at if pushed else None,
+        job_created_at=job_created_at,
+    )
+    if reason is None:
+        return False
+    delivery.state, delivery.state_detail, delivery.job_id = DeliveryState.HELD, reason, None
+    return True
+
+
 def _judged(
     delivery: Delivery,
     verdict: Verdict,
     status: str,
-    error_code: str | None,
     outcome: Outcome,
     facts: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
@@ -343,7 +424,7 @@ def _judged(
     timeline line for it (its type and detail). The job itself is written by the caller."""
     if verdict == Verdict.APPLY:
         delivery.state, delivery.state_detail = DeliveryState.APPLIED, None
-        return "webhook_applied", {"settled_late": _settles_late(status, error_code), **facts}
+        return "webhook_applied", facts
     if verdict == Verdict.REPEAT:
         delivery.state, delivery.state_detail = DeliveryState.REPEAT, f"job already {status}"
         return "webhook_repeat", facts
@@ -360,19 +441,22 @@ def _apply_to_row(
     now: datetime,
     facts: dict[str, Any],
 ) -> None:
-    """What the ORM branch below does to a job, as one UPDATE of its row and one INSERT of
-    its timeline line: settle it (`webhook_applied`), or note a repeat or a conflict."""
+    """What the ORM branch of `apply_delivery` does to a job, as one UPDATE of its row and
+    one INSERT of its timeline line: settle it (`webhook_applied`), or note a repeat or a
+    conflict. The rules are the same functions; only the transport differs."""
     status = JobStatus(row.status)
-    verdict = judge_outcome(status, row.error_code, outcome.status)
+    verdict = judge_outcome(status, outcome.status)
+    cobalt_job_id, encounter_id = learned_ids(
+        (row.cobalt_job_id, row.cobalt_telephone_encounter_id),
+        (delivery.cobalt_job_id, delivery.telephone_encounter_id),
+    )
     values: dict[str, Any] = {
-        "cobalt_job_id": row.cobalt_job_id or delivery.cobalt_job_id,
-        "cobalt_telephone_encounter_id": (
-            row.cobalt_telephone_encounter_id or delivery.telephone_encounter_id
-        ),
+        "cobalt_job_id": cobalt_job_id,
+        "cobalt_telephone_encounter_id": encounter_id,
         "updated_at": now,
         "job_key": row.id,
     }
-    event_type, detail = _judged(delivery, verdict, status, row.error_code, outcome, facts)
+    event_type, detail = _judged(delivery, verdict, status, outcome, facts)
     if verdict == Verdict.APPLY:
         settled = settled_values(outcome, now, row.submission_state)
         values.update({_JOB_COLUMN[key]: value for key, value in settled.items()})
@@ -389,42 +473,85 @@ def _apply_to_row(
     delivery.job_id = row.id
 
 
-def _settles_late(status: str, error_code: str | None) -> bool:
-    """A job the service failed for lack of news, now settled by its real outcome."""
-    return status == JobStatus.FAILED and error_code == NO_OUTCOME
+def find_job(session: Session, delivery: Delivery, kind: str) -> Row[*tuple[Any, ...]] | None:
+    """The one lookup of which job a delivery of `kind`'s events is about: its plain columns,
+    locked, found by Cobalt job id, then encounter id, then (notes only) the appointment.
 
-
-def match_row(session: Session, delivery: Delivery) -> Row[*tuple[Any, ...]] | None:
-    """The job's plain columns, locked, when the delivery names its Cobalt job or encounter id
-    (what `match_job` finds first, without loading the job)."""
+    Only jobs of the event's kind are looked at (`lifecycle.settles`): an event of another
+    resource sharing a job's ids is not its outcome. Every path matches through here; the
+    ORM path then loads the row found (`_load_locked`).
+    """
     connection = session.connection()
-    row = None
     if delivery.cobalt_job_id:
-        row = connection.execute(_ROW_BY_JOB_ID, {"value": delivery.cobalt_job_id}).first()
-    if row is None and delivery.telephone_encounter_id:
         row = connection.execute(
-            _ROW_BY_ENCOUNTER_ID, {"value": delivery.telephone_encounter_id}
+            _ROW_BY_JOB_ID, {"value": delivery.cobalt_job_id, "kind": kind}
         ).first()
-    return row
+        if row is not None:
+            return row
+    if delivery.telephone_encounter_id:
+        row = connection.execute(
+            _ROW_BY_ENCOUNTER_ID, {"value": delivery.telephone_encounter_id, "kind": kind}
+        ).first()
+        if row is not None:
+            return row
+    if delivery.appointment_hash and matches_by_appointment(kind):
+        return _note_for_appointment(session, delivery)
+    return None
 
 
-# The plain columns deciding and settling read, locked as `match_job` locks the job.
+# The plain columns deciding and settling read, locked as the ORM path locks the job.
 _ROW = select(
     JOBS.c.id,
     JOBS.c.status,
-    JOBS.c.error_code,
     JOBS.c.submission_state,
     JOBS.c.inflight_key,
     JOBS.c.clinic_id,
     JOBS.c.appointment_hash,
     JOBS.c.cobalt_job_id,
     JOBS.c.cobalt_telephone_encounter_id,
+    JOBS.c.created_at,
 ).with_for_update()
-_ROW_BY_JOB_ID = _ROW.where(JOBS.c.cobalt_job_id == bindparam("value"))
-_ROW_BY_ENCOUNTER_ID = _ROW.where(JOBS.c.cobalt_telephone_encounter_id == bindparam("value"))
+_OF_KIND = JOBS.c.kind == bindparam("kind")
+_ROW_BY_JOB_ID = _ROW.where(JOBS.c.cobalt_job_id == bindparam("value"), _OF_KIND)
+_ROW_BY_ENCOUNTER_ID = _ROW.where(
+    JOBS.c.cobalt_telephone_encounter_id == bindparam("value"), _OF_KIND
+)
+# The note in flight for an appointment: it holds the (clinic, appointment) slot and is open
+# to an outcome (`lifecycle.OPEN_TO_OUTCOME`, the set `open_to_outcome` reads).
+_NOTE_FOR_APPOINTMENT = (
+    _ROW.where(
+        JOBS.c.kind == JobKind.NOTE,
+        JOBS.c.appointment_hash == bindparam("value"),
+        JOBS.c.cobalt_job_id.is_(None),
+        JOBS.c.inflight_key.is_not(None),
+        JOBS.c.status.in_(sorted(OPEN_TO_OUTCOME)),
+    )
+    .order_by(JOBS.c.created_at.desc())
+    .limit(1)
+)
+_NOTE_IN_CLINICS = _NOTE_FOR_APPOINTMENT.where(
+    JOBS.c.clinic_id.in_(bindparam("clinics", expanding=True))
+)
 # The columns to set are the parameters given (by column name), as in `_SETTLE_DELIVERY`.
 _UPDATE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job_key"))
 _JOB_COLUMN = {key: column.name for key, column in Job.__mapper__.columns.items()}
+
+
+def _note_for_appointment(session: Session, delivery: Delivery) -> Row[*tuple[Any, ...]] | None:
+    """The note in flight for this appointment in the delivery's clinic.
+
+    Only one note per (clinic, appointment) is ever at Cobalt at once, so this is not a
+    guess; a note that already learned its Cobalt job id is matched by that id instead.
+    """
+    connection = session.connection()
+    clinic_ids = _clinics_for(session, delivery.access_token_reference_id)
+    if clinic_ids is None:
+        return connection.execute(
+            _NOTE_FOR_APPOINTMENT, {"value": delivery.appointment_hash}
+        ).first()
+    return connection.execute(
+        _NOTE_IN_CLINICS, {"value": delivery.appointment_hash, "clinics": clinic_ids}
+    ).first()
 
 
 _LOCKED: dict[str, Any] = {"populate_existing": True}
@@ -433,65 +560,27 @@ _LOCKED: dict[str, Any] = {"populate_existing": True}
 _UNREAD = (defer(Job.request_body), defer(Job.outcome), defer(Job.error_message))
 
 
-def match_job(session: Session, delivery: Delivery) -> Job | None:
-    """Find the delivery's job: by Cobalt job id, then encounter id, then note appointment.
-
-    Each job is locked and read afresh (`_LOCKED`): a job already in this session may be
-    stale if another transaction settled it while this one waited for the lock.
-    """
-    if delivery.cobalt_job_id:
-        job = session.scalar(
-            select(Job)
-            .where(Job.cobalt_job_id == delivery.cobalt_job_id)
-            .with_for_update()
-            .options(*_UNREAD)
-            .execution_options(**_LOCKED)
-        )
-        if job is not None:
-            return job
-    if delivery.telephone_encounter_id:
-        job = session.scalar(
-            select(Job)
-            .where(Job.cobalt_telephone_encounter_id == delivery.telephone_encounter_id)
-            .with_for_update()
-            .options(*_UNREAD)
-            .execution_options(**_LOCKED)
-        )
-        if job is not None:
-            return job
-    kind = kind_for_event(delivery.event_type or "")
-    if delivery.appointment_hash and kind in (JobKind.NOTE, None):
-        return _note_for_appointment(session, delivery)
-    return None
-
-
-def _note_for_appointment(session: Session, delivery: Delivery) -> Job | None:
-    """The note in flight for this appointment in the delivery's clinic.
-
-    Only one note per (clinic, appointment) is ever at Cobalt at once, so this is not a
-    guess. A note the service failed for lack of news still matches a late real outcome.
-    """
-    query = (
+def _load_locked(session: Session, job_id: uuid.UUID) -> Job:
+    """The job `find_job` found and locked, read afresh: one already in this session may be
+    stale if another transaction settled it while this one waited for the lock."""
+    job = session.scalar(
         select(Job)
-        .where(
-            Job.kind == JobKind.NOTE,
-            Job.appointment_hash == delivery.appointment_hash,
-            Job.cobalt_job_id.is_(None),
-            or_(
-                Job.inflight_key.is_not(None),
-                and_(Job.status == JobStatus.FAILED, Job.error_code == NO_OUTCOME),
-            ),
-        )
-        .order_by(Job.inflight_key.is_(None), Job.created_at.desc())
-        .limit(1)
+        .where(Job.id == job_id)
         .with_for_update()
         .options(*_UNREAD)
         .execution_options(**_LOCKED)
     )
-    clinic_ids = _clinics_for(session, delivery.access_token_reference_id)
-    if clinic_ids is not None:
-        query = query.where(Job.clinic_id.in_(clinic_ids))
-    return session.scalar(query)
+    assert job is not None  # locked by `find_job` in this transaction
+    return job
+
+
+def match_job(session: Session, delivery: Delivery) -> Job | None:
+    """The job a delivery's event would settle, loaded and locked (support's replay preview)."""
+    kind = kind_for_event(delivery.event_type or "")
+    if kind is None:
+        return None
+    row = find_job(session, delivery, kind)
+    return _load_locked(session, row.id) if row is not None else None
 
 
 def _clinics_for(session: Session, reference_id: str | None) -> list[int] | None:
@@ -509,15 +598,33 @@ def _clinics_for(session: Session, reference_id: str | None) -> list[int] | None
     )
 
 
-def _flag_clinic_of(session: Session, delivery: Delivery, now: datetime) -> None:
-    if delivery.access_token_reference_id is None:
+def _apply_clinic_event(session: Session, delivery: Delivery, now: datetime) -> None:
+    """`login_required`: the clinic's EMR link expired. It is no job's outcome: the clinic
+    is flagged for re-linking, unless it was re-linked after the event was created (a
+    replayed or late event must not undo the re-link)."""
+    delivery.job_id = None
+    if _hold(delivery, None):
         return
-    clinic = session.scalar(
-        select(Clinic).where(Clinic.access_token_reference_id == delivery.access_token_reference_id)
-    )
-    if clinic is not None and not clinic.needs_relink:
+    delivery.state = DeliveryState.CLINIC_EVENT
+    reference_id = delivery.access_token_reference_id
+    clinic = None
+    if reference_id is not None:
+        clinic = session.scalar(
+            select(Clinic).where(Clinic.access_token_reference_id == reference_id)
+        )
+    if clinic is None:
+        delivery.state_detail = "no linked clinic has this access token: nothing flagged"
+        return
+    created = delivery.event_created_at
+    if created is not None and clinic.linked_at is not None and clinic.linked_at > created:
+        delivery.state_detail = (
+            f"clinic {clinic.name!r} was re-linked after this event: nothing to do"
+        )
+        return
+    if not clinic.needs_relink:
         clinic.needs_relink = True
         clinic.updated_at = now
+    delivery.state_detail = f"clinic {clinic.name!r} flagged: it must be re-linked in Cobalt"
 
 
 def apply_parked_for(session: Session, job: Job, now: datetime) -> int:
@@ -542,6 +649,16 @@ def apply_parked_for(session: Session, job: Job, now: datetime) -> int:
     return len(parked)
 
 
+# `lifecycle.kind_for_event` of a stored delivery's type, in SQL (a test checks they agree).
+EVENT_KIND = case(
+    *(
+        (WebhookDelivery.event_type.startswith(f"{kind}.", autoescape=True), str(kind))
+        for kind in JobKind
+    ),
+    else_=None,
+)
+
+
 def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
     """Sweep: apply parked deliveries whose job has since learned its ids.
 
@@ -550,12 +667,18 @@ def match_parked(session: Session, now: datetime, limit: int = 100) -> int:
     # Driven from the (few) parked deliveries, each checked against the jobs' unique-ish id
     # indexes: `IN (SELECT … FROM jobs)` read every job's ids (375 ms at 1M jobs, with
     # nothing parked).
+    # Only jobs of the event's kind (`find_job` would pass over the others): a parked event
+    # sharing an id with a job of another kind would otherwise be taken up, and parked
+    # again, on every sweep, ahead of the rest.
     has_job = exists().where(
-        Job.cobalt_job_id.is_not(None), Job.cobalt_job_id == WebhookDelivery.cobalt_job_id
+        Job.cobalt_job_id.is_not(None),
+        Job.cobalt_job_id == WebhookDelivery.cobalt_job_id,
+        Job.kind == EVENT_KIND,
     )
     has_encounter = exists().where(
         Job.cobalt_telephone_encounter_id.is_not(None),
         Job.cobalt_telephone_encounter_id == WebhookDelivery.telephone_encounter_id,
+        Job.kind == EVENT_KIND,
     )
     parked = session.scalars(
         select(WebhookDelivery)
@@ -593,15 +716,6 @@ def _clean_id(value: object) -> str | None:
     if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
         return None
     return text
-
-
-def _dedup_key(webhook_id: str | None, payload: dict[str, Any], raw_body: bytes) -> str:
-    if webhook_id is not None:
-        return "webhook-id:" + webhook_id
-    event_id = _clean_id(payload.get("id"))
-    if event_id is not None:
-        return "event-id:" + event_id
-    return "sha256:" + hashlib.sha256(raw_body).hexdigest()
 
 
 def _parse_int(value: str | None) -> int | None:
