@@ -1,4 +1,4 @@
-"""Reconciliation and the deadline: outcomes Cobalt produced but never delivered."""
+"""Reconciliation: outcomes Cobalt produced but never delivered (the deadline: test_deadline)."""
 
 from __future__ import annotations
 
@@ -120,26 +120,6 @@ def test_nothing_found_is_recorded_and_looked_up_again_later(
     assert poll(client, job["id"])["status"] == "processing"
 
 
-def test_deadline_fails_job_with_no_outcome_and_late_webhook_settles_it(
-    client, worker, cobalt, clock: FakeClock, post_webhook
-):
-    accept_note(cobalt)
-    job = submit(client, "/v1/notes", NOTE)
-    worker.run_once()
-    events_log(cobalt)
-    clock.advance(minutes=31)
-    worker.run_once()
-    failed = poll(client, job["id"])
-    assert failed["status"] == "failed"
-    assert failed["error"]["code"] == "no_outcome"
-    assert "check the chart before resubmitting" in failed["error"]["message"]
-
-    post_webhook(event("note.created", appointment_id="728948"))
-    late = poll(client, job["id"])
-    assert late["status"] == "completed"
-    assert late["error"] is None
-
-
 def test_reconciled_outcome_then_real_webhook_changes_nothing(
     client, worker, cobalt, clock: FakeClock, post_webhook, sessions
 ):
@@ -155,32 +135,6 @@ def test_reconciled_outcome_then_real_webhook_changes_nothing(
     with sessions() as session:
         states = sorted(session.scalars(select(WebhookDelivery.state)))
     assert states == ["applied", "repeat"]
-
-
-def test_outcome_logged_after_the_deadline_still_settles_the_job(
-    client, worker, cobalt, clock: FakeClock, sessions
-):
-    accept_encounter(cobalt)
-    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
-    worker.run_once()
-    events_log(cobalt)
-    clock.advance(minutes=31)
-    worker.run_once()
-    assert poll(client, job["id"])["error"]["code"] == "no_outcome"
-
-    cobalt.replace(
-        responses.GET,
-        f"{COBALT}/webhook-events",
-        json={"success": True, "webhook_events": [logged("telephone_encounter.created", "4242")]},
-    )
-    clock.advance(minutes=11)
-    worker.run_once()
-    settled = poll(client, job["id"])
-    assert settled["status"] == "completed"
-    assert settled["error"] is None
-    clock.advance(days=2)
-    worker.run_once()
-    assert timeline(sessions, job["id"]).count("reconciled") == 1
 
 
 def test_a_second_note_for_an_appointment_is_not_given_the_first_notes_outcome(

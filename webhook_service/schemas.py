@@ -343,6 +343,12 @@ class JobFilters(_Query):
         "failed (false: all others).",
     )
 
+    attention: bool | None = Field(
+        default=None,
+        description="Processing past the deadline with no outcome (`attention` set): someone "
+        "should check the chart (false: all others).",
+    )
+
     @field_validator("created_to")
     @classmethod
     def _after_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -405,6 +411,15 @@ class RetryRequest(StaffAction):
     )
 
 
+class ChartOutcomeRequest(StaffAction):
+    """Body of `POST /v1/jobs/{id}/chart-outcome`: what support saw in the EMR's chart."""
+
+    found_in_chart: StrictBool = Field(
+        description="true: the note or encounter is in the chart (the job completes); false: "
+        "it is not (the job fails as `not_in_chart`, and may then be retried)."
+    )
+
+
 class ReplayRequest(StaffAction):
     dry_run: StrictBool = Field(default=True, description="Roll back and report instead.")
 
@@ -455,6 +470,11 @@ class TimelineOut(BaseModel):
 class InboxOut(BaseModel):
     deliveries: list[DeliveryOut]
     next_cursor: str | None
+    attention_jobs: list[SupportJobOut] = Field(
+        default_factory=list,
+        description="Jobs processing past the deadline with no outcome, longest waiting first "
+        "(first page only, at most 50; all of them: `GET /v1/jobs?attention=true`).",
+    )
 
 
 class ReplayOut(BaseModel):

@@ -25,8 +25,8 @@ from webhook_service.services.jobs import (
 from webhook_service.services.reconcile import (
     Lookup,
     due_lookups,
-    fail_past_deadline,
     lookup_params,
+    mark_past_deadline,
     read_cobalt_log,
     record_lookup,
 )
@@ -46,6 +46,7 @@ from webhook_service.services.support import (
     JobPage,
     JobRow,
     Staff,
+    attention_jobs,
     audit_staff,
     csv_row,
     delivery_view,
@@ -62,6 +63,7 @@ from webhook_service.services.support import (
 from webhook_service.services.support_actions import (
     begin_reconcile,
     finish_reconcile,
+    record_chart_outcome,
     replay_delivery,
     retry_job,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "Recorded",
     "Staff",
     "accept_job",
+    "attention_jobs",
     "audit",
     "audit_staff",
     "authenticate",
@@ -96,7 +99,6 @@ __all__ = [
     "due_lookups",
     "etag_of",
     "expire_claims",
-    "fail_past_deadline",
     "filters_detail",
     "find_jobs",
     "finish_reconcile",
@@ -109,6 +111,7 @@ __all__ = [
     "list_inbox",
     "list_jobs",
     "lookup_params",
+    "mark_past_deadline",
     "match_parked",
     "poll_job",
     "purge_expired_phi",
@@ -117,6 +120,7 @@ __all__ = [
     "receive_webhook",
     "record_accepted",
     "record_ambiguous",
+    "record_chart_outcome",
     "record_lookup",
     "record_rejected",
     "record_transient",
