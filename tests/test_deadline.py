@@ -189,3 +189,19 @@ def test_a_legacy_failed_no_outcome_job_is_not_looked_up(
     expected = {"note": timedelta(minutes=3), "telephone_encounter": timedelta(minutes=2)}
     with transaction(sessions) as session:
         assert due_lookups(session, now=clock(), expected=expected) == []
+
+
+def test_a_job_not_yet_past_its_deadline_is_looked_up_before_attention_jobs(
+    client, worker, cobalt, clock: FakeClock, sessions
+):
+    """However many jobs wait with attention, one whose front end still waits goes first."""
+    waiting = past_the_deadline(client, worker, cobalt, clock, encounter=True)
+    accept_note(cobalt)
+    fresh = submit(client, "/v1/notes", NOTE)
+    worker.run_once()
+    clock.advance(minutes=11)  # both due: the attention job older, and first by age
+    expected = {"note": timedelta(minutes=3), "telephone_encounter": timedelta(minutes=2)}
+    with transaction(sessions) as session:
+        [first] = due_lookups(session, now=clock(), expected=expected, limit=1)
+        [second] = due_lookups(session, now=clock(), expected=expected, limit=1)
+    assert (str(first.job_id), str(second.job_id)) == (fresh["id"], waiting["id"])

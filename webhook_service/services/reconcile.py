@@ -87,17 +87,23 @@ def due_lookups(
         Job.attention_since <= now - LATE_LOOKUP_FOR,
         _not_looked_up_since(now - LATER_LOOKUP_EVERY),
     )
-    jobs = session.scalars(
-        select(Job)
-        .where(
-            Job.status == JobStatus.PROCESSING,
-            Job.submission_state.in_(LOOKUP_STATES),
-            or_(overdue, recent_attention, old_attention),
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    jobs: list[Job] = []
+    # Jobs not yet past their deadline first: a front end is still waiting on them, while a
+    # job with attention has told its user to check the chart (and there may be many).
+    for due in (overdue, or_(recent_attention, old_attention)):
+        jobs += session.scalars(
+            select(Job)
+            .where(
+                Job.status == JobStatus.PROCESSING,
+                Job.submission_state.in_(LOOKUP_STATES),
+                due,
+            )
+            .order_by(Job.created_at)
+            .limit(limit - len(jobs))
+            .with_for_update(skip_locked=True)
+        ).all()
+        if len(jobs) >= limit:
+            break
     lookups = []
     for job in jobs:
         if job.created_at >= now - expected[job.kind]:
