@@ -18,7 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from webhook_service.errors import Conflict, NotFound
-from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission, status_for_event
+from webhook_service.lifecycle import (
+    JobKind,
+    JobStatus,
+    Outcome,
+    Submission,
+    is_overdue,
+    status_for_event,
+)
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
 from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
 from webhook_service.services.jobs import add_event, get_job, settle, submit_job
@@ -201,7 +208,7 @@ def chart_outcome_refusal(job: Job, now: datetime, expected: timedelta) -> str |
     """
     if job.status != JobStatus.PROCESSING:
         return f"Only a processing job can be settled from the chart; this one is {job.status}."
-    if job.attention_code is None and now - job.created_at <= expected:
+    if job.attention_code is None and not is_overdue(job.status, job.created_at, expected, now):
         return (
             "Cobalt may still be working on this job (it is not past its expected time): "
             "wait for its outcome before checking the chart."
