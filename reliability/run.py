@@ -10,10 +10,13 @@ submissions, event log and delivery attempts). A job is judged by these rules:
 
 - Cobalt accepted it at most once (no duplicate note in a chart), and
 - it settled to the outcome Cobalt produced for it, with that submission's Cobalt job id, or
-- Cobalt never had it and the service says so (`failed`, `no_outcome` or `cobalt_unavailable`),
-  or it is an encounter whose reply never came: Cobalt's log then holds no key the service
-  knows (see "Known limits" in README.md), so it ends `failed`/`no_outcome` at the deadline,
-- and no outcome was applied to it twice; nothing is left `processing` ("lost").
+- Cobalt never had it and the service says so (`failed` as `cobalt_unavailable` or
+  `appointment_busy`), or cannot know it (`processing` with `attention`: a worker died
+  between claiming and sending), or it is an encounter whose reply never came: Cobalt's log
+  then holds no key the service knows (see "Known limits" in README.md), so it stays
+  `processing` with `attention: no_outcome` past the deadline, for a person to check,
+- and no outcome was applied to it twice; nothing is left `processing` without `attention`,
+  nor with `attention` while Cobalt's outcome for it was there to be found ("lost").
 
 The scenarios (`tests/test_faults.py` runs each at CI size; this script at full size):
 
@@ -276,11 +279,11 @@ def query(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def open_jobs(database_url: str) -> int | None:
-    """Jobs still `processing`, or None while the database does not answer."""
+    """Jobs still `processing` without `attention` (those with it have said all the service
+    knows, and wait for a person), or None while the database does not answer."""
+    sql = "SELECT count(*) FROM jobs WHERE status = 'processing' AND attention_code IS NULL"
     try:
-        return int(
-            query(database_url, "SELECT count(*) FROM jobs WHERE status = 'processing'")[0][0]
-        )
+        return int(query(database_url, sql)[0][0])
     except psycopg.Error:
         return None
 
@@ -573,12 +576,11 @@ def account_for(
     account.add("terminal states", _counts(finals))
     for verdict, count in sorted(verdicts.items()):
         account.add(f"  {verdict}", count)
-    lost = sum(1 for job in jobs.values() if job.get("status") not in TERMINAL)
-    account.add("lost (not terminal; must be 0)", lost, "lost")
+    account.add("lost (must be 0)", verdicts["LOST"], "lost")
     account.add("duplicated submissions (must be 0)", twice, "duplicated_submissions")
     account.add("outcomes applied twice (must be 0)", applied_twice, "applied_twice")
     account.add("wrong outcome (must be 0)", verdicts["WRONG"], "wrong")
-    account.figures["unmatchable"] = verdicts["no_outcome: reply lost, encounter unmatchable"]
+    account.figures["unmatchable"] = verdicts[UNMATCHABLE]
     account.figures["settled_as_cobalt_said"] = verdicts["settled as Cobalt said"]
     web_5xx = Counter(str(line.get("status")) for line in system.server_errors())
     account.add("web answers 5xx", _counts(web_5xx))
@@ -627,6 +629,9 @@ def _attempt_result(attempt: dict[str, Any]) -> str:
     return f"{code // 100}xx"
 
 
+UNMATCHABLE = "processing with attention: reply lost, encounter unmatchable"
+
+
 def _judge(
     plan: Planned,
     job: dict[str, Any],
@@ -638,11 +643,14 @@ def _judge(
     error = (job.get("error") or {}).get("code")
     cobalt = job.get("cobalt") or {}
     state = (job.get("submission") or {}).get("state")
-    if status not in TERMINAL:
+    attention = (job.get("attention") or {}).get("code")
+    if status not in TERMINAL and attention is None:
         return "LOST", f"ended {status!r} (submission {state!r})"
     if submission is None:
-        if status == "failed" and error in ("no_outcome", "cobalt_unavailable"):
+        if status == "failed" and error in ("cobalt_unavailable", "appointment_busy"):
             return f"never reached Cobalt: failed {error}", None
+        if attention == "no_outcome":
+            return "never reached Cobalt: processing with attention (cannot be known)", None
         return "WRONG", f"Cobalt never had it, yet it ended {status}/{error}"
     event = events_by_job.get(str(submission["job_id"]))
     if event is None:
@@ -658,12 +666,13 @@ def _judge(
         return "settled as Cobalt said", None
     if (
         plan.kind == "telephone_encounter"
-        and status == "failed"
-        and error == "no_outcome"
+        and attention == "no_outcome"
         and cobalt.get("job_id") is None
         and state in ("unknown", "sending")
     ):
-        return "no_outcome: reply lost, encounter unmatchable", None
+        return UNMATCHABLE, None
+    if status not in TERMINAL:
+        return "LOST", f"processing with attention, though Cobalt logged {event['event_type']}"
     return "WRONG", (
         f"ended {status}/{error} with Cobalt job {cobalt.get('job_id')!r}; Cobalt said "
         f"{event['event_type']} for job {submission['job_id']!r}"

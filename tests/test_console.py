@@ -470,7 +470,11 @@ def test_a_refused_retry_shows_the_services_reason_with_409(
     worker.run_once()
     events_log(cobalt)  # Cobalt's log has nothing for it
     clock.advance(minutes=31)
-    worker.run_once()  # failed as no_outcome: the first try may be in the chart
+    worker.run_once()
+    with transaction(sessions) as db:  # failed with no proof (as before the deadline rule)
+        row = db.get(Job, uuid.UUID(job_id))
+        row.status, row.error_code, row.attention_code = "failed", "no_outcome", None
+        row.finished_at, row.inflight_key = clock(), None
     page = staff.get(f"/console/jobs/{job_id}").text
     assert 'name="confirm_not_in_emr"' in page  # the service will ask for it
     outlook = text_of(page, "retry-outlook")

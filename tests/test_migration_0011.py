@@ -22,7 +22,7 @@ ROWS = [
 
 
 def test_stored_deliveries_are_rekeyed_on_their_event_id_once_per_event(empty_database):  # noqa: F811
-    upgrade(empty_database, "0009")
+    upgrade(empty_database, "0010")
     engine = make_engine(empty_database)
     try:
         with engine.begin() as conn:

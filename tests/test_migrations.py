@@ -155,3 +155,151 @@ def test_the_kind_index_migration_replaces_a_half_built_leftover(empty_database)
     finally:
         engine.dispose()
     assert indexes["ix_jobs_kind_created_id"]["column_names"] == ["kind", "created_at", "id"]
+
+
+def test_jobs_failed_as_no_outcome_tell_the_truth_after_0010(empty_database):
+    """Those whose request may be at Cobalt go back to processing with attention (a note
+    takes its appointment slot back only when it is free); those whose request never reached
+    Cobalt stay failed, with the code that says so."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select, text
+
+    from webhook_service.db import make_session_factory
+    from webhook_service.models import Job, JobEvent
+
+    upgrade(empty_database, "0009")
+    sqlite = empty_database.startswith("sqlite")
+    engine = make_engine(empty_database)
+
+    def at(minute: int) -> object:
+        moment = datetime(2026, 11, 23, 12, minute, tzinfo=UTC)
+        return moment.replace(tzinfo=None).isoformat(" ") if sqlite else moment
+
+    def job(name: str, minute: int, **columns: object) -> uuid.UUID:
+        key = uuid.uuid5(uuid.NAMESPACE_URL, name)
+        values = {
+            "id": key.hex if sqlite else str(key),
+            "kind": "note",
+            "status": "failed",
+            "clinic_id": 1,
+            "request_hash": "h",
+            "submission_state": "accepted",
+            "submit_attempts": 1,
+            "flagged": False,
+            "created_at": at(minute),
+            "updated_at": at(minute + 30),
+            "finished_at": at(minute + 30),
+            "error_code": "no_outcome",
+            "error_message_enc": b"ciphertext",
+            "outcome_enc": b"ciphertext",
+            "appointment_hash": f"appt-{name}",
+            "inflight_key": None,
+            **columns,
+        }
+        names = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        conn.execute(text(f"INSERT INTO jobs ({names}) VALUES ({marks})"), values)  # noqa: S608
+        return key
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO clinics (id, name, access_token_enc, needs_relink, created_at,"
+                " updated_at) VALUES (1, 'default', :token, false, :now, :now)"
+            ),
+            {"token": b"ciphertext", "now": at(0)},
+        )
+        free = job("free", 0)
+        busy = job("busy", 1, appointment_hash="appt-shared")
+        job(
+            "holder",
+            2,
+            appointment_hash="appt-shared",
+            status="processing",
+            error_code=None,
+            finished_at=None,
+            inflight_key="1:appt-shared",
+        )
+        first = job("first", 3, appointment_hash="appt-twice")
+        second = job("second", 4, appointment_hash="appt-twice", submission_state="unknown")
+        sending = job(
+            "sending",
+            5,
+            kind="telephone_encounter",
+            appointment_hash=None,
+            submission_state="sending",
+        )
+        unsent = job(
+            "unsent",
+            6,
+            kind="telephone_encounter",
+            appointment_hash=None,
+            submission_state="rejected",
+            submit_attempts=3,
+        )
+        waited = job("waited", 7, submission_state="rejected", submit_attempts=0)
+        conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, at, type, detail)"
+                " VALUES (:job, :at, 'submission_waiting', '{}')"
+            ),
+            {"job": waited.hex if sqlite else str(waited), "at": at(7)},
+        )
+        other = job("other", 8, error_code="cobalt_failed")
+    try:
+        upgrade(empty_database)
+        with make_session_factory(engine)() as session:
+            columns = (
+                Job.id,
+                Job.status,
+                Job.error_code,
+                Job.attention_code,
+                Job.attention_since,
+                Job.finished_at,
+                Job.submission_state,
+                Job.inflight_key,
+            )
+            rows = {row.id: row for row in session.execute(select(*columns))}
+            cleared = {
+                row[0]
+                for row in session.execute(
+                    text(
+                        "SELECT id FROM jobs WHERE outcome_enc IS NULL"
+                        " AND error_message_enc IS NULL"
+                    )
+                )
+            }
+            lines = {
+                (row.job_id, row.detail["became"])
+                for row in session.scalars(
+                    select(JobEvent).where(JobEvent.type == "deadline_rule_applied")
+                )
+            }
+    finally:
+        engine.dispose()
+
+    for key in (free, busy, first, second, sending):
+        row = rows[key]
+        assert (row.status, row.attention_code, row.error_code, row.finished_at) == (
+            "processing",
+            "no_outcome",
+            None,
+            None,
+        ), key
+        assert row.attention_since is not None
+        assert (key, "processing, attention no_outcome") in lines
+    assert rows[free].attention_since == datetime(2026, 11, 23, 12, 30, tzinfo=UTC)
+    assert rows[free].inflight_key == "1:appt-free"
+    assert rows[busy].inflight_key is None, "another note holds the slot"
+    assert rows[first].inflight_key == "1:appt-twice", "the earliest of two takes it"
+    assert rows[second].inflight_key is None
+    assert rows[sending].submission_state == "unknown"
+    assert (rows[unsent].status, rows[unsent].error_code) == ("failed", "cobalt_unavailable")
+    assert (rows[waited].status, rows[waited].error_code) == ("failed", "appointment_busy")
+    assert (rows[other].status, rows[other].error_code) == ("failed", "cobalt_failed")
+    assert (unsent, "failed, cobalt_unavailable") in lines
+    assert (waited, "failed, appointment_busy") in lines
+    stored = {value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)) for value in cleared}
+    assert {free, busy, first, second, sending, unsent, waited} <= stored
+    assert other not in stored

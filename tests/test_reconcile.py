@@ -1,4 +1,4 @@
-"""Reconciliation and the deadline: outcomes Cobalt produced but never delivered."""
+"""Reconciliation: outcomes Cobalt produced but never delivered (the deadline: test_deadline)."""
 
 from __future__ import annotations
 

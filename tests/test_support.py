@@ -422,30 +422,30 @@ def test_retry_is_refused_while_the_first_try_may_be_in_the_chart(
 
     events_log(cobalt)  # Cobalt's log has nothing for them
     clock.advance(minutes=31)
-    worker.run_once()  # the worker's last lookup finds nothing; past the deadline both fail
+    worker.run_once()  # nothing found: past the deadline both stay processing, with attention
     assert "reconcile_lookup" in timeline(support, unknown)
     for job_id in (accepted, unknown):
-        refused = support.post(f"/v1/jobs/{job_id}/retry", json=reason)
-        assert refused.status_code == 409
-        assert refused.mimetype == "application/problem+json"
-        assert "confirm_not_in_emr" in refused.json["detail"]
+        assert support.get(f"/v1/jobs/{job_id}").json["attention"]["code"] == "no_outcome"
         confirmed = support.post(
             f"/v1/jobs/{job_id}/retry", json={**reason, "confirm_not_in_emr": True}
         )
         assert confirmed.status_code == 409
-        assert "reconcile" in confirmed.json["detail"]
+        assert confirmed.mimetype == "application/problem+json"
+        assert "processing" in confirmed.json["detail"]
 
-    clock.advance(seconds=1)
+    # Someone looks in the chart: not there. That is the proof a retry needs.
     for job_id in (accepted, unknown):
-        assert support.post(f"/v1/jobs/{job_id}/reconcile", json=reason).status_code == 200
-        assert support.post(f"/v1/jobs/{job_id}/retry", json=reason).status_code == 409
-        confirmed = support.post(
-            f"/v1/jobs/{job_id}/retry", json={**reason, "confirm_not_in_emr": True}
+        checked = support.post(
+            f"/v1/jobs/{job_id}/chart-outcome",
+            json={"reason": "checked the chart", "found_in_chart": False},
         )
-        assert confirmed.status_code == 202, confirmed.json
-        assert timeline(support, confirmed.json["id"])[-1] == "retry_of"
+        assert checked.status_code == 200, checked.json
+        assert checked.json["error"]["code"] == "not_in_chart"
+        retried = support.post(f"/v1/jobs/{job_id}/retry", json=reason)
+        assert retried.status_code == 202, retried.json
+        assert timeline(support, retried.json["id"])[-1] == "retry_of"
     entries = audits(sessions, "job.retry")
-    assert [e.detail["confirm_not_in_emr"] for e in entries] == [True, True]
+    assert [e.detail["confirm_not_in_emr"] for e in entries] == [False, False]
 
 
 def test_retry_is_refused_when_cobalt_reported_a_success(
@@ -467,7 +467,7 @@ def test_retry_is_refused_when_cobalt_reported_a_success(
     clock.advance(seconds=1)
     reconciled = support.post(f"/v1/jobs/{job_id}/reconcile", json={"reason": "check"})
     assert reconciled.status_code == 200
-    # The success found in Cobalt's log settles the overdue job.
+    # The success found in Cobalt's log settles the job that had attention for lack of news.
     assert reconciled.json["status"] == "completed"
     refused = support.post(
         f"/v1/jobs/{job_id}/retry", json={"reason": "sure", "confirm_not_in_emr": True}

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from webhook_service.schemas import (
+    ChartOutcomeRequest,
     DeliveryBodyOut,
     InboxOut,
     InboxQuery,
@@ -35,6 +36,7 @@ _REQUESTS: list[type[BaseModel]] = [
     StaffAction,
     RetryRequest,
     ReplayRequest,
+    ChartOutcomeRequest,
 ]
 _MODELS: list[type[BaseModel]] = [
     *_REQUESTS,
@@ -299,6 +301,16 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             ),
             "parameters": [job_id],
         },
+        "/v1/jobs/{job_id}/chart-outcome": {
+            **action(
+                ChartOutcomeRequest,
+                "Settle a processing job from what support saw in the chart: found → "
+                "completed, not found → failed as `not_in_chart` (then retryable). 409 unless "
+                "the job is processing and past its expected time",
+                {"200": {"description": "The settled job.", "content": _json(SupportJobOut)}},
+            ),
+            "parameters": [job_id],
+        },
         "/v1/jobs/{job_id}/reconcile": {
             **action(
                 StaffAction,
@@ -327,7 +339,8 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             "parameters": [delivery_id],
         },
         "/v1/inbox": read(
-            "Deliveries that need a person: parked, failed, unknown type, conflict",
+            "Deliveries that need a person: parked, failed, unknown type, conflict; and, on the "
+            "first page, jobs with `attention`",
             _query_parameters(InboxQuery),
             {"description": "One page, newest first.", "content": _json(InboxOut)},
         ),

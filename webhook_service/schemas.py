@@ -403,6 +403,12 @@ class JobFilters(_Query):
         "failed (false: all others).",
     )
 
+    attention: bool | None = Field(
+        default=None,
+        description="Processing past the deadline with no outcome (`attention` set): someone "
+        "should check the chart (false: all others).",
+    )
+
     @field_validator("created_to")
     @classmethod
     def _after_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -463,6 +469,15 @@ class RetryRequest(StaffAction):
         default=False,
         description="Staff checked the chart: the first submission is not in the EMR. Needed "
         "when it may have reached Cobalt, and only after a reconcile lookup since it failed.",
+    )
+
+
+class ChartOutcomeRequest(StaffAction):
+    """Body of `POST /v1/jobs/{id}/chart-outcome`: what support saw in the EMR's chart."""
+
+    found_in_chart: StrictBool = Field(
+        description="true: the note or encounter is in the chart (the job completes); false: "
+        "it is not (the job fails as `not_in_chart`, and may then be retried)."
     )
 
 
@@ -534,6 +549,11 @@ class TimelineOut(BaseModel):
 class InboxOut(BaseModel):
     deliveries: list[DeliveryOut]
     next_cursor: str | None
+    attention_jobs: list[SupportJobOut] = Field(
+        default_factory=list,
+        description="Jobs processing past the deadline with no outcome, longest waiting first "
+        "(first page only, at most 50; all of them: `GET /v1/jobs?attention=true`).",
+    )
 
 
 class ReplayOut(BaseModel):

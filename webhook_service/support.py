@@ -24,6 +24,7 @@ from webhook_service.db import SessionFactory, transaction
 from webhook_service.errors import FieldError, UpstreamFailed, ValidationFailed
 from webhook_service.lifecycle import JobKind
 from webhook_service.schemas import (
+    ChartOutcomeRequest,
     InboxOut,
     InboxQuery,
     JobFilters,
@@ -111,6 +112,24 @@ def retry_job(job_id: str) -> Response:
     return response
 
 
+@bp.post("/v1/jobs/<job_id>/chart-outcome")
+@require("support")
+def record_chart_outcome(job_id: str) -> Response:
+    """Settle a processing job from what support saw in the chart; 409 if it cannot be."""
+    action = _body(ChartOutcomeRequest)
+    with request_transaction() as session:
+        job = services.record_chart_outcome(
+            session,
+            _staff(),
+            job_id,
+            found_in_chart=action.found_in_chart,
+            reason=action.reason,
+            now=utcnow(),
+            expected=expected_durations(),
+        )
+        return _json(services.support_job_view(services.job_row(session, job.id)))
+
+
 @bp.post("/v1/jobs/<job_id>/reconcile")
 @require("support")
 def reconcile_job(job_id: str) -> Response:
@@ -177,13 +196,17 @@ def replay_delivery(delivery_id: str) -> Response:
 @bp.get("/v1/inbox")
 @require("support")
 def inbox() -> Response:
-    """Deliveries that need a person: parked, failed, unknown type, conflicting."""
+    """Deliveries that need a person: parked, failed, unknown type, conflicting; and, on the
+    first page, the jobs whose fate is unknown past their deadline (attention)."""
     query = _query(InboxQuery)
     with request_transaction() as session:
         deliveries, next_key = services.list_inbox(session, query)
+        first_page = query.cursor is None and query.state is None
+        jobs = services.attention_jobs(session) if first_page else []
         body = InboxOut(
             deliveries=[services.delivery_view(d) for d in deliveries],
             next_cursor=encode_cursor(*next_key) if next_key else None,
+            attention_jobs=[services.support_job_view(row) for row in jobs],
         )
     return _json(body)
 

@@ -1,4 +1,4 @@
-"""`webhook-service jobs …`: support staff's list, show and retry, from a terminal.
+"""`webhook-service jobs …`: support staff's list, show, retry and chart outcome, from a terminal.
 
 The same services as the support API, audited under the person named by `--as` (or $USER).
 Output carries ids, statuses and times only: never PHI on a terminal.
@@ -49,7 +49,12 @@ def jobs() -> None:
 @click.option("--from", "created_from", help="Created at or after (ISO 8601).")
 @click.option("--to", "created_to", help="Created before (ISO 8601).")
 @click.option("--overdue/--not-overdue", default=None, help="Processing past expected time.")
-@click.option("--flagged/--not-flagged", default=None, help="Needs attention.")
+@click.option("--flagged/--not-flagged", default=None, help="Needs a person.")
+@click.option(
+    "--attention/--no-attention",
+    default=None,
+    help="Processing past the deadline with no outcome: check the chart.",
+)
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--cursor", help="The `next` cursor printed by the previous page.")
 @_acting_as
@@ -85,6 +90,8 @@ def jobs_show(job_id: str, actor: str | None) -> None:
         job = services.support_job_view(services.job_row(session, timeline.job_id))
     error = job.error.code if job.error else "-"
     click.echo(f"job {job.id}  {job.kind}  {job.status}  error: {error}")
+    if job.attention is not None:
+        click.echo(f"attention: {job.attention.code} since {job.attention.since.isoformat()}")
     click.echo(
         f"submission: {job.submission.state} ({job.submission.attempts} attempts)  "
         f"cobalt job: {job.cobalt.job_id or '-'}  "
@@ -131,6 +138,40 @@ def jobs_retry(job_id: str, reason: str, confirm_not_in_emr: bool, actor: str | 
             now=datetime.now(UTC),
         )
     click.echo(f"retried {job_id} as {new.id}; the worker will submit it")
+
+
+@jobs.command("chart-outcome")
+@click.argument("job_id")
+@click.option(
+    "--found/--not-found",
+    "found_in_chart",
+    required=True,
+    help="What you saw in the EMR's chart: the note or encounter is there, or it is not.",
+)
+@click.option("--reason", required=True, help="Why (kept in the audit log; no PHI).")
+@_acting_as
+def jobs_chart_outcome(job_id: str, found_in_chart: bool, reason: str, actor: str | None) -> None:
+    """Settle a processing job from the chart: found → completed; not found → failed
+    (`not_in_chart`), which may then be retried."""
+    from webhook_service import services
+    from webhook_service.schemas import ChartOutcomeRequest
+    from webhook_service.settings import Settings
+
+    action = _validated(ChartOutcomeRequest, {"reason": reason, "found_in_chart": found_in_chart})
+    settings = Settings()
+    expected = {str(kind): settings.expected_duration(kind) for kind in JobKind}
+    with _transaction() as session:
+        job = services.record_chart_outcome(
+            session,
+            _staff(actor),
+            job_id,
+            found_in_chart=action.found_in_chart,
+            reason=action.reason,
+            now=datetime.now(UTC),
+            expected=expected,
+        )
+        status = job.status
+    click.echo(f"job {job_id} is now {status}")
 
 
 def _staff(actor: str | None) -> Staff:

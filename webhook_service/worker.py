@@ -187,7 +187,8 @@ class Worker:
 
     def housekeeping(self) -> None:
         """Every few seconds: expire abandoned claims, apply parked webhooks, reconcile
-        overdue jobs against Cobalt's log, and fail jobs past the deadline."""
+        overdue jobs against Cobalt's log, and mark jobs past the deadline (attention, or
+        failed when their request never reached Cobalt)."""
         now = self.clock()
         if not self._does_housekeeping:
             return
@@ -199,7 +200,7 @@ class Worker:
             matched = services.match_parked(session, now)
         reconciled = self.reconcile()
         with transaction(self.sessions) as session:
-            failed = services.fail_past_deadline(
+            past = services.mark_past_deadline(
                 session, now=self.clock(), deadline=self.settings.job_deadline
             )
             purged = services.purge_expired_phi(
@@ -207,14 +208,15 @@ class Worker:
                 now=self.clock(),
                 retention=timedelta(days=self.settings.phi_retention_days),
             )
-        if expired or matched or reconciled or failed or purged:
+        if expired or matched or reconciled or past.attention or past.failed or purged:
             log.info(
                 "housekeeping",
                 extra={
                     "claims_expired": expired,
                     "parked_applied": matched,
                     "reconciled": reconciled,
-                    "deadline_failed": failed,
+                    "deadline_attention": past.attention,
+                    "deadline_failed": past.failed,
                     "phi_purged": purged,
                 },
             )

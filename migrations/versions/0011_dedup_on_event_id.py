@@ -16,7 +16,7 @@ delivery without a usable `webhook-id`), and a key is only ever read to find a r
 Downgrade leaves the keys as they are, for the same reason.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-06
 """
 
@@ -27,7 +27,7 @@ from alembic import op
 revision: str = "0011"
 # 0010 (the deadline's) is on another branch as this is written: whoever merges both makes
 # this revise 0010, so the chain stays one line.
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -23,6 +23,7 @@ from webhook_service.console.pages import (
 from webhook_service.errors import Conflict, UpstreamFailed
 from webhook_service.lifecycle import JobStatus
 from webhook_service.schemas import (
+    ChartOutcomeRequest,
     JobPageQuery,
     JobSearchRequest,
     RetryRequest,
@@ -45,6 +46,7 @@ CARRIED_FIELDS: Final = (
     "created_to",
     "overdue",
     "flagged",
+    "attention",
     "limit",
 )
 STATUSES: Final = tuple(str(s) for s in JobStatus)
@@ -203,6 +205,35 @@ def reconcile(job_id: str) -> Response:
         return _job_page(job_id, status=502, reconcile_error=message)
     flash(result.summary)
     return redirect(url_for("console.job", job_id=result.job_id), 303)
+
+
+@bp.post("/jobs/<job_id>/chart-outcome")
+def chart_outcome(job_id: str) -> Response:
+    """Settle a processing job from what the support person saw in the chart."""
+    reason = request.form.get("reason", "")
+    seen = request.form.get("found_in_chart")
+    found = {"yes": True, "no": False}.get(seen or "")
+    if found is None:
+        return _job_page(job_id, status=422, chart_error="Say what the chart shows.")
+    action, problems = validated(ChartOutcomeRequest, {"reason": reason, "found_in_chart": found})
+    if action is None:
+        return _job_page(job_id, status=422, chart_error=sentence(problems))
+    try:
+        with request_transaction() as db:
+            job = services.record_chart_outcome(
+                db,
+                staff(),
+                job_id,
+                found_in_chart=action.found_in_chart,
+                reason=action.reason,
+                now=utcnow(),
+                expected=expected_durations(),
+            )
+            status = job.status
+    except Conflict as exc:
+        return _job_page(job_id, status=409, chart_error=exc.detail)
+    flash(f"Recorded what the chart shows: the job is {status}.")
+    return redirect(url_for("console.job", job_id=job_id), 303)
 
 
 def _job_page(job_id: str, *, status: int = 200, reveal: bool = False, **context: Any) -> Response:

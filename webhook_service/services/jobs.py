@@ -475,6 +475,9 @@ def settled_values(outcome: Outcome, now: datetime, submission_state: str) -> di
         # A settled job no longer needs a person to find out what happened.
         "attention_code": None,
         "attention_since": None,
+        # The outcome just written is PHI, to be purged `retention` after `finished_at` like
+        # any other: a job purged before it settled (one migration 0010 reopened) is due again.
+        "purged_at": None,
     }
     if submission_state in _DUE_STATES:
         # Settled before it was ever sent (e.g. by staff): nothing will be sent now.

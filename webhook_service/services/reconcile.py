@@ -2,7 +2,8 @@
 
 Cobalt delivers each webhook at most twice and never after a timeout, so a job can be left
 `processing` with its outcome sitting in Cobalt's log. A found outcome is stored and applied
-exactly as a webhook would be; past the deadline, a job with no news fails as `no_outcome`.
+exactly as a webhook would be. Past the deadline, a job whose request may be at Cobalt stays
+`processing` with `attention` and is looked up less often; one that never reached Cobalt fails.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,13 +46,23 @@ from webhook_service.signatures import compact_json
 
 log = logging.getLogger(__name__)
 
-# Submissions whose outcome may be waiting in Cobalt's log.
+# Submissions whose outcome may be waiting in Cobalt's log: the request may be at Cobalt.
 LOOKUP_STATES = (Submission.ACCEPTED, Submission.UNKNOWN, Submission.SENDING)
 LOOKUP_EVERY = timedelta(seconds=60)
-# A job failed for lack of news is still looked up, less often, for a day: a dropped
-# webhook's outcome may yet appear in Cobalt's log, and it settles the job.
+# A job past its deadline with no news (`attention`) is still looked up, less often: every
+# ten minutes for a day (a dropped webhook's outcome usually sits in Cobalt's log by then),
+# then hourly until the truth arrives or support records what the chart shows. Never given up
+# on: the only alternative to knowing is a person checking the chart.
 LATE_LOOKUP_EVERY = timedelta(minutes=10)
 LATE_LOOKUP_FOR = timedelta(days=1)
+LATER_LOOKUP_EVERY = timedelta(hours=1)
+# Codes of a job failed at its deadline because its request certainly never reached Cobalt.
+NOT_SENT_CODES = {
+    Submission.PENDING: "cobalt_unavailable",
+    Submission.RETRYING: "cobalt_unavailable",
+    # Waiting behind an earlier note for the same appointment whose outcome is not known.
+    Submission.WAITING: "appointment_busy",
+}
 
 
 @dataclass(frozen=True)
@@ -69,30 +80,43 @@ class Lookup:
 def due_lookups(
     session: Session, *, now: datetime, expected: dict[str, timedelta], limit: int = 20
 ) -> list[Lookup]:
-    """Claim jobs due for a lookup: overdue processing jobs (at most once a minute), and
-    jobs failed as `no_outcome` in the last day (every ten minutes)."""
+    """Claim jobs due for a lookup: overdue processing jobs (at most once a minute), and those
+    past the deadline with `attention` (every ten minutes for a day, then hourly)."""
     oldest_expected = min(expected.values())
     overdue = and_(
-        Job.status == JobStatus.PROCESSING,
+        Job.attention_code.is_(None),
         Job.created_at < now - oldest_expected,
-        (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LOOKUP_EVERY),
+        _not_looked_up_since(now - LOOKUP_EVERY),
     )
-    failed_for_lack_of_news = and_(
-        Job.status == JobStatus.FAILED,
-        Job.error_code == NO_OUTCOME,
-        Job.finished_at > now - LATE_LOOKUP_FOR,
-        (Job.reconciled_at.is_(None)) | (Job.reconciled_at < now - LATE_LOOKUP_EVERY),
+    # `attention_code IS NOT NULL`: the partial index ix_jobs_attention's predicate.
+    attention = Job.attention_code.is_not(None)
+    recent_attention = and_(
+        attention,
+        Job.attention_since > now - LATE_LOOKUP_FOR,
+        _not_looked_up_since(now - LATE_LOOKUP_EVERY),
     )
-    jobs = session.scalars(
-        select(Job)
-        .where(
-            Job.submission_state.in_(LOOKUP_STATES),
-            or_(overdue, failed_for_lack_of_news),
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    old_attention = and_(
+        attention,
+        Job.attention_since <= now - LATE_LOOKUP_FOR,
+        _not_looked_up_since(now - LATER_LOOKUP_EVERY),
+    )
+    jobs: list[Job] = []
+    # Jobs not yet past their deadline first: a front end is still waiting on them, while a
+    # job with attention has told its user to check the chart (and there may be many).
+    for due in (overdue, or_(recent_attention, old_attention)):
+        jobs += session.scalars(
+            select(Job)
+            .where(
+                Job.status == JobStatus.PROCESSING,
+                Job.submission_state.in_(LOOKUP_STATES),
+                due,
+            )
+            .order_by(Job.created_at)
+            .limit(limit - len(jobs))
+            .with_for_update(skip_locked=True)
+        ).all()
+        if len(jobs) >= limit:
+            break
     lookups = []
     for job in jobs:
         if job.created_at >= now - expected[job.kind]:
@@ -115,6 +139,10 @@ def due_lookups(
             )
         )
     return lookups
+
+
+def _not_looked_up_since(since: datetime) -> ColumnElement[bool]:
+    return or_(Job.reconciled_at.is_(None), Job.reconciled_at < since)
 
 
 def lookup_params(lookup: Lookup) -> list[dict[str, str | int]]:
@@ -301,32 +329,65 @@ def record_lookup(
     return False
 
 
-def fail_past_deadline(session: Session, *, now: datetime, deadline: timedelta) -> int:
-    """Fail processing jobs with no outcome past the deadline; a late outcome still settles."""
+@dataclass(frozen=True)
+class PastDeadline:
+    """What `mark_past_deadline` did: jobs given `attention`, jobs failed as never sent."""
+
+    attention: int
+    failed: int
+
+
+def mark_past_deadline(session: Session, *, now: datetime, deadline: timedelta) -> PastDeadline:
+    """Processing jobs with no outcome past the deadline: say what is known, and no more.
+
+    A job whose request may be at Cobalt (accepted, unknown, or being sent: a `sending` job
+    may be mid-call) stays `processing` with `attention: no_outcome` and is looked up less
+    often; a note keeps its appointment slot, so an outcome for the appointment still has
+    exactly one note to match. A job whose request certainly never reached Cobalt fails.
+    """
     jobs = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.PROCESSING, Job.created_at < now - deadline)
+        .where(
+            Job.status == JobStatus.PROCESSING,
+            Job.attention_code.is_(None),
+            Job.created_at < now - deadline,
+        )
         .limit(100)
         .with_for_update(skip_locked=True)
     ).all()
+    attention = 0
     minutes = int(deadline.total_seconds() // 60)
-    message = (
-        f"No outcome from Cobalt within {minutes} minutes. The note or encounter may or may "
-        "not be in the EMR: check the chart before resubmitting."
-    )
     for job in jobs:
-        if job.submission_state == Submission.SENDING:
-            job.submission_state = Submission.UNKNOWN
-        settle(
-            session,
-            job,
-            Outcome(
-                status=JobStatus.FAILED,
-                event="deadline_passed",
-                detail={"event": "deadline_passed", "message": message},
-                error={"code": NO_OUTCOME, "message": message},
-            ),
-            now,
+        state = job.submission_state
+        add_event(session, job, "deadline_passed", now, submission=state)
+        if state in LOOKUP_STATES:
+            job.attention_code = NO_OUTCOME
+            job.attention_since = now
+            job.updated_at = now
+            attention += 1
+        else:
+            settle(session, job, _not_sent(state, minutes), now)
+    return PastDeadline(attention=attention, failed=len(jobs) - attention)
+
+
+def _not_sent(state: str, minutes: int) -> Outcome:
+    """The failure of a job whose request never reached Cobalt by the deadline."""
+    code = NOT_SENT_CODES.get(Submission(state), "cobalt_unavailable")
+    if code == "appointment_busy":
+        message = (
+            f"Not sent to Cobalt within {minutes} minutes: an earlier note for this "
+            "appointment has no outcome yet, and Cobalt cannot tell two notes for one "
+            "appointment apart. Nothing of this note was written to the chart; check the chart "
+            "for the earlier note before submitting again."
         )
-        add_event(session, job, "deadline_passed", now, submission=job.submission_state)
-    return len(jobs)
+    else:
+        message = (
+            f"Cobalt could not be reached within {minutes} minutes: the request never reached "
+            "it, so nothing was written to the chart. It is safe to submit again."
+        )
+    return Outcome(
+        status=JobStatus.FAILED,
+        event="deadline_passed",
+        detail={"event": "deadline_passed", "message": message},
+        error={"code": code, "message": message},
+    )

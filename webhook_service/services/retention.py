@@ -20,7 +20,11 @@ PURGE_BATCH = 500
 
 
 def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) -> int:
-    """Erase PHI from jobs settled before `now - retention`, and from old deliveries."""
+    """Erase PHI from jobs settled before `now - retention`, and from old deliveries.
+
+    A job that settles after its purge has `purged_at` cleared by settling (`settled_values`),
+    so the outcome it then takes is found here again: one rule, and the same partial index.
+    """
     cutoff = now - retention
     # PURGE_PREDICATE is the partial index ix_jobs_purge_due's: settled, unpurged jobs are
     # found oldest first without scanning `jobs` (a sequential scan took 250-420 ms at 1M).

@@ -54,6 +54,8 @@ INBOX_STATES = (
     DeliveryState.CONFLICT,
     DeliveryState.HELD,
 )
+# Jobs with attention listed on the inbox's first page (all of them: the `attention` filter).
+INBOX_ATTENTION_LIMIT = 50
 CSV_COLUMNS = (
     "id",
     "kind",
@@ -193,7 +195,9 @@ def find_jobs(
     if after is not None:
         values["after_created_at"], values["after_id"] = after
     kinds = tuple(expected)
-    query = _job_query(frozenset(values), filters.overdue, filters.flagged, kinds, with_phi)
+    query = _job_query(
+        frozenset(values), filters.overdue, filters.flagged, filters.attention, kinds, with_phi
+    )
     if filters.overdue is not None:
         values.update(overdue_values(now, expected))
     rows = _fetch(session, query, {**values, "limit": limit + 1})
@@ -208,6 +212,7 @@ def _job_query(
     bound: frozenset[str],
     overdue: bool | None,
     flagged: bool | None,
+    attention: bool | None,
     kinds: tuple[str, ...],
     with_phi: bool,
 ) -> Select[Any]:
@@ -252,8 +257,11 @@ def _job_query(
         late = _overdue(kinds)
         conditions.append(late if overdue else not_(late))
     if flagged is not None:
-        attention = attention_condition()
-        conditions.append(attention if flagged else not_(attention))
+        needs_person = attention_condition()
+        conditions.append(needs_person if flagged else not_(needs_person))
+    if attention is not None:
+        # Spelt as the partial index ix_jobs_attention's predicate, which serves `true`.
+        conditions.append(_HAS_ATTENTION if attention else Job.attention_code.is_(None))
     if "patient_mrn_hash" in bound:
         conditions.append(Job.patient_mrn_hash == bindparam("patient_mrn_hash"))
     if "appointment_hash" in bound:
@@ -370,8 +378,9 @@ def _overdue(
 
 
 def attention_condition() -> ColumnElement[bool]:
-    """Flagged: a conflicting outcome was recorded; or the clinic must be re-linked and the job
-    is open or failed; or a delivery carrying its Cobalt ids is parked or failed to apply.
+    """Flagged: a conflicting outcome was recorded; or the job has `attention`; or the clinic
+    must be re-linked and the job is open or failed; or a delivery carrying its Cobalt ids is
+    parked or failed to apply.
 
     Every branch is NULL-free, so `not_()` of it is exactly "all the other jobs".
     """
@@ -385,6 +394,8 @@ def attention_condition() -> ColumnElement[bool]:
     )
     return or_(
         Job.flagged.is_(True),
+        # Past the deadline with no outcome: someone should check the chart.
+        Job.attention_code.is_not(None),
         and_(
             Job.status.in_([JobStatus.PROCESSING, JobStatus.FAILED]),
             Job.clinic_id.in_(relink),
@@ -397,6 +408,7 @@ def attention_condition() -> ColumnElement[bool]:
     )
 
 
+_HAS_ATTENTION = Job.attention_code.is_not(None)
 # Every column of `JobSummary`: the job resource's plain columns and support's two; the
 # encrypted ones labelled with their attributes' names (stored under other column names),
 # decrypted by their column types as rows are read.
@@ -414,6 +426,11 @@ def _build_job_rows(*columns: Any) -> Select[Any]:
 _JOB_ROWS = _build_job_rows(*_SUMMARY_COLUMNS, *_ENCRYPTED_COLUMNS)
 _JOB_ROWS_WITHOUT_PHI = _build_job_rows(*_SUMMARY_COLUMNS)
 _ONE_JOB_ROW = _JOB_ROWS.where(Job.id == bindparam("job_id"))
+_ATTENTION_ROWS = (
+    _JOB_ROWS.where(_HAS_ATTENTION)
+    .order_by(Job.attention_since, Job.id)
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 # --- Timeline, deliveries, inbox ---------------------------------------------------------------
@@ -495,6 +512,11 @@ def list_inbox(
     page = found[: query.limit]
     last = page[-1] if page and len(found) > query.limit else None
     return page, (last.received_at, last.id) if last is not None else None
+
+
+def attention_jobs(session: Session, limit: int = INBOX_ATTENTION_LIMIT) -> list[JobRow]:
+    """Jobs with `attention` (past the deadline, fate unknown), longest waiting first."""
+    return _fetch(session, _ATTENTION_ROWS, {"limit": limit})
 
 
 def delivery_view(delivery: WebhookDelivery) -> DeliveryOut:

@@ -1,4 +1,5 @@
-"""Support staff's actions: retry a failed job, reconcile it now, replay a stored delivery.
+"""Support staff's actions: retry a failed job, reconcile it now, replay a stored delivery,
+record what the chart shows.
 
 Each carries a reason, is audited, and is written on the job's timeline. A retry never risks a
 second copy of a note in a chart without a person's explicit, audited confirmation.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,10 +19,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from webhook_service.errors import Conflict, NotFound
-from webhook_service.lifecycle import JobKind, JobStatus, Submission, status_for_event
+from webhook_service.lifecycle import (
+    JobKind,
+    JobStatus,
+    Outcome,
+    Submission,
+    is_overdue,
+    status_for_event,
+)
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
 from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
-from webhook_service.services.jobs import add_event, get_job, submit_job
+from webhook_service.services.jobs import add_event, get_job, settle, submit_job
 from webhook_service.services.reconcile import Lookup, record_lookup
 from webhook_service.services.support import Staff, audit_staff, get_delivery
 from webhook_service.services.webhooks import (
@@ -44,6 +52,8 @@ NEVER_REACHED = frozenset(
 )
 # Timeline entries that say what Cobalt did with the first try.
 EVIDENCE_EVENTS = ("reconcile_lookup", "outcome_conflict")
+# The error code of a job support looked for in the chart and did not find.
+NOT_IN_CHART = "not_in_chart"
 _SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 
 
@@ -77,7 +87,8 @@ def retry_refusal(
 
     Proof that the first try is not in the chart is one of: the submission never reached
     Cobalt or Cobalt refused it; Cobalt reported the failure itself (a `*.failed` or
-    `login_required` outcome, by webhook or found in its log by a reconcile lookup). Without
+    `login_required` outcome, by webhook or found in its log by a reconcile lookup); support
+    looked in the chart and recorded that it is not there (`not_in_chart`). Without
     proof a person must confirm the chart was checked, and only after a reconcile lookup made
     since the job failed has found nothing. Any success Cobalt reported refuses the retry.
     """
@@ -88,7 +99,7 @@ def retry_refusal(
     statuses = _reported_statuses(evidence)
     if statuses & {JobStatus.COMPLETED, JobStatus.PARTIAL}:
         return "Cobalt reported a success for this job: it is in the EMR; do not resubmit it."
-    if job.submission_state in NEVER_REACHED:
+    if job.submission_state in NEVER_REACHED or job.error_code == NOT_IN_CHART:
         return None
     outcome_event = str((job.outcome or {}).get("event", ""))
     if status_for_event(outcome_event) == JobStatus.FAILED or JobStatus.FAILED in statuses:
@@ -213,6 +224,86 @@ def _stored_request(job: Job) -> NoteRequest | TelephoneEncounterRequest:
         raise Conflict(
             "The stored request no longer passes validation: resubmit it from the front end."
         ) from None
+
+
+# --- What the chart shows --------------------------------------------------------------------
+
+
+def chart_outcome_refusal(job: Job, now: datetime, expected: timedelta) -> str | None:
+    """Why support may not record what the chart shows for this job now, or None (pure).
+
+    Only a processing job past its expected time: before then Cobalt is most likely still at
+    work, and a chart checked too early says nothing. Not while a worker is sending it: its
+    request may land after the chart was read.
+    """
+    if job.status != JobStatus.PROCESSING:
+        return f"Only a processing job can be settled from the chart; this one is {job.status}."
+    if job.attention_code is None and not is_overdue(job.status, job.created_at, expected, now):
+        return (
+            "Cobalt may still be working on this job (it is not past its expected time): "
+            "wait for its outcome before checking the chart."
+        )
+    if job.submission_state == Submission.SENDING and (
+        job.claimed_until is not None and job.claimed_until > now
+    ):
+        return "The job is being sent to Cobalt right now: wait a minute, then check the chart."
+    return None
+
+
+def chart_outcome(found_in_chart: bool) -> Outcome:
+    """The outcome a job takes from what support saw in the chart."""
+    if found_in_chart:
+        message = "Support found it in the chart."
+        return Outcome(
+            status=JobStatus.COMPLETED,
+            event="chart_confirmed",
+            detail={"event": "chart_confirmed", "message": message},
+            error=None,
+        )
+    message = "Support checked the chart: it is not there. It can be submitted again."
+    return Outcome(
+        status=JobStatus.FAILED,
+        event="chart_not_found",
+        detail={"event": "chart_not_found", "message": message},
+        error={"code": NOT_IN_CHART, "message": message},
+    )
+
+
+def record_chart_outcome(
+    session: Session,
+    staff: Staff,
+    job_id: str,
+    *,
+    found_in_chart: bool,
+    reason: str,
+    now: datetime,
+    expected: dict[str, timedelta],
+) -> Job:
+    """Settle a job from what support saw in the chart: found → completed, not found → failed.
+
+    Settles like every other path (`settle`); an outcome Cobalt reports later is judged
+    against it, and recorded and flagged if it differs.
+    """
+    job = _job_for_update(session, job_id)
+    refusal = chart_outcome_refusal(job, now, expected[job.kind])
+    if refusal is not None:
+        raise Conflict(refusal)
+    attention = job.attention_code
+    settle(session, job, chart_outcome(found_in_chart), now)
+    add_event(
+        session, job, "chart_outcome_recorded", now, found_in_chart=found_in_chart, by=staff.name
+    )
+    audit_staff(
+        session,
+        staff,
+        "job.chart_outcome",
+        now,
+        job_id=job.id,
+        reason=reason,
+        found_in_chart=found_in_chart,
+        attention=attention,
+    )
+    return job
 
 
 # --- Reconcile now ----------------------------------------------------------------------------
