@@ -10,13 +10,16 @@ submissions, event log and delivery attempts). A job is judged by these rules:
 
 - Cobalt accepted it at most once (no duplicate note in a chart), and
 - it settled to the outcome Cobalt produced for it, with that submission's Cobalt job id, or
-- Cobalt never had it and the service says so (`failed` as `cobalt_unavailable` or
-  `appointment_busy`), or cannot know it (`processing` with `attention`: a worker died
-  between claiming and sending), or it is an encounter whose reply never came: Cobalt's log
-  then holds no key the service knows (see "Known limits" in README.md), so it stays
-  `processing` with `attention: no_outcome` past the deadline, for a person to check,
-- and no outcome was applied to it twice; nothing is left `processing` without `attention`,
-  nor with `attention` while Cobalt's outcome for it was there to be found ("lost").
+- Cobalt certainly never had it and the service says so (`failed` as `cobalt_unavailable`, or
+  `appointment_busy` for a note still waiting behind an earlier one), or
+- its fate cannot be known from anything the service holds, and it says exactly that: still
+  `processing` with `attention: no_outcome` past its deadline, for a person to check the
+  chart. Each such job is explained: an encounter whose reply never came (Cobalt's log then
+  holds no key the service knows: "Known limits" in README.md), or a submission whose answer
+  never came (a gateway error, a worker killed between claiming and sending) that Cobalt
+  turned out not to have,
+- and no outcome was applied to it twice; nothing is left `processing` without attention
+  ("lost").
 
 The scenarios (`tests/test_faults.py` runs each at CI size; this script at full size):
 
@@ -54,6 +57,7 @@ import requests
 from sqlalchemy.engine import make_url
 
 from tests.processes import (
+    WEBHOOK_SECRET,
     RunningSystem,
     child_pids,
     restart_worker,
@@ -63,10 +67,14 @@ from tests.processes import (
 )
 from webhook_service.sandbox.config import (
     DEFAULT_ACCESS_TOKEN,
+    DEFAULT_ACCESS_TOKEN_REFERENCE_ID,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
 )
 from webhook_service.sandbox.data import DEMO_IDS, PATIENTS, build_seed
+from webhook_service.sandbox.delivery import signed_headers
+from webhook_service.sandbox.store import iso_utc
+from webhook_service.signatures import compact_json
 
 # What each event the sandbox can produce means for a job (the contract's lifecycle table).
 EVENT_STATUS = {
@@ -279,17 +287,21 @@ def query(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def open_jobs(database_url: str) -> int | None:
-    """Jobs still `processing` without `attention` (those with it have said all the service
-    knows, and wait for a person), or None while the database does not answer."""
-    sql = "SELECT count(*) FROM jobs WHERE status = 'processing' AND attention_code IS NULL"
+    """Jobs still `processing` and not yet handed to a person (no `attention`), or None while
+    the database does not answer."""
     try:
-        return int(query(database_url, sql)[0][0])
+        return int(
+            query(
+                database_url,
+                "SELECT count(*) FROM jobs WHERE status = 'processing' AND attention_code IS NULL",
+            )[0][0]
+        )
     except psycopg.Error:
         return None
 
 
 def wait_until_settled(system: RunningSystem, timeout: float, log: Log) -> float:
-    """Wait (bounded) until no job is `processing`; returns the seconds it took."""
+    """Wait (bounded) until every job is settled or needs attention; returns the seconds."""
     started = time.monotonic()
     deadline = started + timeout
     last_report = started
@@ -573,15 +585,19 @@ def account_for(
     )
 
     finals = Counter(str(job.get("status")) for job in jobs.values())
-    account.add("terminal states", _counts(finals))
-    for verdict, count in sorted(verdicts.items()):
-        account.add(f"  {verdict}", count)
-    account.add("lost (must be 0)", verdicts["LOST"], "lost")
+    account.add("final states", _counts(finals))
+    account.add("  settled as Cobalt said", verdicts[SETTLED], "settled_as_cobalt_said")
+    account.add("  never reached Cobalt, failed", verdicts[NEVER_REACHED])
+    attention = {v: n for v, n in verdicts.items() if v.startswith(ATTENTION)}
+    account.add("  still processing, with attention", sum(attention.values()), "attention")
+    for verdict, count in sorted(attention.items()):
+        account.add(f"    {verdict.removeprefix(ATTENTION)}", count)
+    lost = verdicts["LOST"]
+    account.add("lost (processing, no attention; must be 0)", lost, "lost")
     account.add("duplicated submissions (must be 0)", twice, "duplicated_submissions")
     account.add("outcomes applied twice (must be 0)", applied_twice, "applied_twice")
     account.add("wrong outcome (must be 0)", verdicts["WRONG"], "wrong")
-    account.figures["unmatchable"] = verdicts[UNMATCHABLE]
-    account.figures["settled_as_cobalt_said"] = verdicts["settled as Cobalt said"]
+    account.figures["unmatchable"] = verdicts[ATTENTION + REPLY_LOST]
     web_5xx = Counter(str(line.get("status")) for line in system.server_errors())
     account.add("web answers 5xx", _counts(web_5xx))
     account.figures["web_500"] = web_5xx.get("500", 0)
@@ -629,7 +645,11 @@ def _attempt_result(attempt: dict[str, Any]) -> str:
     return f"{code // 100}xx"
 
 
-UNMATCHABLE = "processing with attention: reply lost, encounter unmatchable"
+SETTLED = "settled as Cobalt said"
+NEVER_REACHED = "never reached Cobalt: failed cobalt_unavailable or appointment_busy"
+ATTENTION = "attention, "
+REPLY_LOST = "reply lost: an encounter Cobalt took, matchable by no key the service holds"
+NOT_AT_COBALT = "sent, answer unknown (gateway error, worker killed): Cobalt never had it"
 
 
 def _judge(
@@ -638,19 +658,36 @@ def _judge(
     submission: dict[str, Any] | None,
     events_by_job: dict[str, dict[str, Any]],
 ) -> tuple[str, str | None]:
-    """A verdict for one job, and the rule it broke (None when it broke none)."""
+    """A verdict for one job, and the rule it broke (None when it broke none).
+
+    A job still `processing` with `attention` is not lost: it says "unknown, check the
+    chart", which is true only where nothing the service holds can tell. Each such verdict
+    names why; any other reason is a violation (its outcome was there to be found).
+    """
     status = job.get("status")
     error = (job.get("error") or {}).get("code")
     cobalt = job.get("cobalt") or {}
     state = (job.get("submission") or {}).get("state")
     attention = (job.get("attention") or {}).get("code")
-    if status not in TERMINAL and attention is None:
-        return "LOST", f"ended {status!r} (submission {state!r})"
+    if status == "processing" and attention == "no_outcome":
+        if submission is None and state == "unknown":
+            return ATTENTION + NOT_AT_COBALT, None
+        if (
+            submission is not None
+            and plan.kind == "telephone_encounter"
+            and cobalt.get("job_id") is None
+            and state in ("unknown", "sending")
+        ):
+            return ATTENTION + REPLY_LOST, None
+        return "WRONG", (
+            f"needs attention (submission {state!r}) although "
+            + ("Cobalt never had it" if submission is None else "its outcome was in Cobalt's log")
+        )
+    if status not in TERMINAL:
+        return "LOST", f"ended {status!r} (submission {state!r}, attention {attention!r})"
     if submission is None:
         if status == "failed" and error in ("cobalt_unavailable", "appointment_busy"):
-            return f"never reached Cobalt: failed {error}", None
-        if attention == "no_outcome":
-            return "never reached Cobalt: processing with attention (cannot be known)", None
+            return NEVER_REACHED, None
         return "WRONG", f"Cobalt never had it, yet it ended {status}/{error}"
     event = events_by_job.get(str(submission["job_id"]))
     if event is None:
@@ -663,16 +700,7 @@ def _judge(
         and cobalt.get("job_id") == str(submission["job_id"])
         and error == plan.error_code
     ):
-        return "settled as Cobalt said", None
-    if (
-        plan.kind == "telephone_encounter"
-        and attention == "no_outcome"
-        and cobalt.get("job_id") is None
-        and state in ("unknown", "sending")
-    ):
-        return UNMATCHABLE, None
-    if status not in TERMINAL:
-        return "LOST", f"processing with attention, though Cobalt logged {event['event_type']}"
+        return SETTLED, None
     return "WRONG", (
         f"ended {status}/{error} with Cobalt job {cobalt.get('job_id')!r}; Cobalt said "
         f"{event['event_type']} for job {submission['job_id']!r}"
@@ -696,7 +724,7 @@ FAST = {
 class Size:
     jobs: int
     seed: int = 20261123
-    deadline_seconds: int = 45  # JOB_DEADLINE_SECONDS: what an unmatchable job waits for
+    deadline_seconds: int = 45  # JOB_DEADLINE_SECONDS: when an unknowable job gets attention
     expected_seconds: int = 4
 
 
@@ -995,6 +1023,173 @@ def busy_day_note(
         )
 
 
+def gateway_errors(database_url: str, tmp_dir: Path, size: Size, log: Log = _stderr) -> Account:
+    """A gateway in front of Cobalt answers 502 (first half) or 504 (second half) with an HTML
+    page: to 10% of submissions before Cobalt queued them (nothing created), to 10% after
+    (created, and their webhooks sent as usual). Neither may be resent: the service cannot
+    tell them apart. Each becomes `unknown`; a note queued at Cobalt settles from its webhook
+    or a lookup by appointment, an encounter queued there has no id the service knows; the
+    rest reach the deadline still `processing`, with attention, never `failed`."""
+    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    planned = plan_jobs(size.jobs)
+    half = len(planned) // 2
+    with _system(database_url, tmp_dir, env, 0.3) as system:
+        faults = {"gateway_error_rate": 0.1, "gateway_error_after_queue_rate": 0.1}
+        started = time.monotonic()
+        set_faults(system, **faults, gateway_status=502, seed=size.seed)
+        log(f"gateway: {half} jobs behind 502s")
+        job_ids, retries = submit_all(system, planned[:half])
+        wait_for("the first half sent", lambda: _all_sent(system), 60)
+        set_faults(system, **faults, gateway_status=504)
+        log(f"gateway: {len(planned) - half} jobs behind 504s")
+        more, more_retries = submit_all(system, planned[half:])
+        job_ids |= more
+        wait_until_settled(system, size.deadline_seconds + 30, log)
+        account = account_for(
+            f"gateway: {size.jobs} jobs, 20% answered 502/504 by a gateway (half after queuing)",
+            system,
+            planned,
+            job_ids,
+            elapsed=time.monotonic() - started,
+            submit_retries=retries + more_retries,
+        )
+        sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
+        gateway = sum(1 for e in sandbox_log if isinstance(e, str) and "gateway" in e)
+        account.add("submissions answered by the gateway", gateway, "gateway_answers")
+        return account
+
+
+def foreign_events(database_url: str, tmp_dir: Path, size: Size, log: Log = _stderr) -> Account:
+    """Every note Cobalt accepts is followed at once by an `appointment.failed` for the same
+    appointment (another Cobalt operation on it), delivered and logged like any event, while
+    the note is still in flight. None may settle or bind a note: each note ends as its own
+    `note.*` outcome says."""
+    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    planned = plan_jobs(size.jobs)
+    with _system(database_url, tmp_dir, env, 1.0) as system:
+        set_faults(system, foreign_event_rate=1.0, seed=size.seed)
+        log(f"foreign-events: submitting {len(planned)} jobs")
+        started = time.monotonic()
+        job_ids, retries = submit_all(system, planned)
+        wait_until_settled(system, size.deadline_seconds + 30, log)
+        account = account_for(
+            f"foreign events: {size.jobs} jobs, an appointment.failed beside every note",
+            system,
+            planned,
+            job_ids,
+            elapsed=time.monotonic() - started,
+            submit_retries=retries,
+        )
+        foreign = query(
+            system.database_url,
+            "SELECT state, job_id IS NOT NULL, count(*) FROM webhook_deliveries"
+            " WHERE event_type NOT LIKE 'note.%%' AND event_type NOT LIKE 'telephone_encounter.%%'"
+            " GROUP BY 1, 2",
+        )
+        received = sum(int(n) for _, _, n in foreign)
+        taken = sum(int(n) for _, bound, n in foreign if bound)
+        account.add("foreign events received", received, "foreign_received")
+        account.add("foreign events bound to a job (must be 0)", taken, "foreign_bound")
+        if taken:
+            account.violations.append(f"{taken} foreign event(s) were bound to a job")
+        if not received:
+            account.violations.append("no foreign event reached the service")
+        return account
+
+
+def replayed_bodies(database_url: str, tmp_dir: Path, size: Size, log: Log = _stderr) -> Account:
+    """Every signed body Cobalt sent in a first round is sent again while a second round of
+    notes for the same appointments is in flight: half with a new `webhook-id`, half with
+    none. Each is a repeat (the signed event id decides, never the unsigned header) and
+    settles nothing: above all not the new note in flight for the appointment, which a
+    replayed note outcome (no job id it knows) used to settle."""
+    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    first = plan_jobs(size.jobs, variants=PATTERN)
+    with _system(database_url, tmp_dir, env, 3.0) as system:
+        log(f"replay: first round, {len(first)} jobs")
+        started = time.monotonic()
+        job_ids, retries = submit_all(system, first)
+        wait_until_settled(system, size.deadline_seconds + 30, log)
+        captured = [_signed_body(event) for event in sandbox_events(system)]
+        # The second round: a note for every appointment a first-round note was written to.
+        appointments = sorted(
+            {p.body["appointment_id"] for p in first if p.variant in ("note-written", "note-soap")}
+        )
+        second = [
+            Planned(
+                p.marker,
+                p.kind,
+                p.variant,
+                p.body | {"appointment_id": appointments[i % len(appointments)]},
+                p.event,
+                p.error_code,
+            )
+            for i, p in enumerate(plan_jobs(len(appointments), variants=("note-written",)))
+        ]
+        more, more_retries = submit_all(system, second)
+        job_ids |= more
+        sent = len(first) + len(second)
+        wait_for("the second round at Cobalt", lambda: len(sandbox_submissions(system)) >= sent, 30)
+        log(f"replay: {len(captured)} signed bodies sent again, {len(second)} notes in flight")
+        answers = Counter(
+            _post_signed(system, body, None if i % 2 else f"msg_replay_{i}")
+            for i, body in enumerate(captured)
+        )
+        wait_until_settled(system, size.deadline_seconds + 30, log)
+        account = account_for(
+            f"replay: {len(captured)} signed bodies sent again, {len(second)} notes in flight",
+            system,
+            first + second,
+            job_ids,
+            elapsed=time.monotonic() - started,
+            submit_retries=retries + more_retries,
+        )
+        account.add(
+            "replayed bodies answered", _counts(Counter({str(k): n for k, n in answers.items()}))
+        )
+        account.figures["replayed"] = len(captured)
+        stored = query(
+            system.database_url,
+            "SELECT count(*) FROM webhook_deliveries WHERE webhook_id LIKE 'msg_replay_%%'",
+        )[0][0]
+        account.add("replays stored as new deliveries (must be 0)", stored, "replays_stored")
+        if stored:
+            account.violations.append(f"{stored} replayed bodies were stored as new deliveries")
+        if answers.get(200, 0) != len(captured):
+            account.violations.append(f"replays answered {dict(answers)}")
+        return account
+
+
+def _signed_body(event: dict[str, Any]) -> bytes:
+    """An event from Cobalt's log as a signed body: as the sandbox sent it (same keys, same
+    order), except that a note outcome is sent in Cobalt's older shape, without `job_id`.
+    Such a body can only be matched by its appointment, which is what made a replay settle
+    the next note in flight for the appointment."""
+    payload: dict[str, Any] = {
+        "id": event["event_id"],
+        "access_token_reference_id": DEFAULT_ACCESS_TOKEN_REFERENCE_ID,
+        "object": "event",
+        "created": event["created_at"],
+        "type": event["event_type"],
+    }
+    if event.get("job_id") is not None and not event["event_type"].startswith("note."):
+        payload["job_id"] = event["job_id"]
+    payload["data"] = event.get("data") or {}
+    return compact_json(payload)
+
+
+def _post_signed(system: RunningSystem, body: bytes, webhook_id: str | None) -> int:
+    """POST a body signed with the shared secret, as Cobalt would; returns the status."""
+    headers = signed_headers(WEBHOOK_SECRET, body, webhook_id or "", iso_utc(datetime.now(UTC)), 1)
+    if webhook_id is None:
+        headers.pop("webhook-id", None)
+    with loopback() as http:
+        response = http.post(
+            f"{system.web_url}/webhooks/cobalt", data=body, headers=headers, timeout=HTTP_TIMEOUT
+        )
+    return response.status_code
+
+
 # --- The full run -----------------------------------------------------------------------------
 
 
@@ -1005,6 +1200,9 @@ SCENARIOS = [
     "web-kill",
     "same-appointment",
     "busy-day",
+    "replay",
+    "gateway",
+    "foreign-events",
 ]
 
 
@@ -1058,6 +1256,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario("web-kill", lambda url, d: web_kills(url, d, other))
         scenario("same-appointment", lambda url, d: same_appointment_notes(url, d, notes=3))
         scenario("busy-day", lambda url, d: busy_day_note(url, d))
+        scenario("replay", lambda url, d: replayed_bodies(url, d, other))
+        scenario("gateway", lambda url, d: gateway_errors(url, d, other))
+        scenario("foreign-events", lambda url, d: foreign_events(url, d, other))
     print(summary(accounts))
     return 1 if any(a.violations for a in accounts) else 0
 
@@ -1071,7 +1272,7 @@ def summary(accounts: list[Account]) -> str:
         ("twice", "applied_twice"),
         ("wrong", "wrong"),
         ("reconciled", "reconciled"),
-        ("reply-lost", "unmatchable"),
+        ("attention", "attention"),
     ]
     header = f"{'scenario':<18}" + "".join(f" {label:>10}" for label, _ in columns) + "  result"
     lines = ["== summary ==", header]

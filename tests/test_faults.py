@@ -24,7 +24,10 @@ from reliability.run import (
     Size,
     busy_day_note,
     chaos,
+    foreign_events,
+    gateway_errors,
     postgres_restart,
+    replayed_bodies,
     same_appointment_notes,
     web_kills,
     worker_kills,
@@ -224,6 +227,37 @@ def _wait_for_lock_wait(engine: Engine, seconds: float) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_gateway_errors_are_never_resent_and_never_reported_as_failures(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    """A gateway's 502/504 (HTML, no Cobalt JSON) may come before or after Cobalt queued the
+    job: nothing is sent twice, and what cannot be known stays processing with attention."""
+    account = gateway_errors(throwaway_postgres, tmp_path, Size(60, deadline_seconds=20))
+    report(account)
+    assert account.figures["gateway_answers"] >= 4
+    assert account.figures["accepted_once"] == account.figures["cobalt_submissions"]
+
+
+def test_foreign_events_sharing_an_appointment_never_settle_a_note(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    """An `appointment.failed` for the appointment of every note in flight: each note still
+    ends as its own outcome says, and no foreign event is bound to a job."""
+    account = foreign_events(throwaway_postgres, tmp_path, Size(40, deadline_seconds=30))
+    report(account)
+    assert account.figures["foreign_received"] >= 10
+    assert account.figures["settled_as_cobalt_said"] == 40
+
+
+def test_replayed_signed_bodies_change_nothing(throwaway_postgres: str, tmp_path: Path) -> None:
+    """Every signed body re-sent with a new or no webhook-id while new notes for the same
+    appointments are in flight: all repeats, and each new note takes its own outcome."""
+    account = replayed_bodies(throwaway_postgres, tmp_path, Size(40, deadline_seconds=30))
+    report(account)
+    assert account.figures["replayed"] >= 40
+    assert account.figures["replays_stored"] == 0
 
 
 def test_a_dropped_note_outcome_is_found_past_the_first_page_of_cobalts_log(
