@@ -271,7 +271,10 @@ def running_system(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[RunningSystem]:
     """Migrate `database_url`, start sandbox, web and worker, yield, then stop them all."""
-    web_port, sandbox_port = free_port(), free_port()
+    web_port = free_port()
+    sandbox_port = free_port()
+    while sandbox_port == web_port:  # the OS may hand the same free port out twice
+        sandbox_port = free_port()
     web_url = f"http://127.0.0.1:{web_port}"
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     environ = base_environment(
