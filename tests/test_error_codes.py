@@ -22,6 +22,7 @@ from webhook_service.lifecycle import (
     JobStatus,
     outcome_from_event,
 )
+from webhook_service.models import Job
 from webhook_service.openapi import build_spec
 from webhook_service.services.reconcile import NOT_SENT_CODES
 from webhook_service.services.support_actions import chart_outcome
@@ -150,6 +151,15 @@ def test_a_failure_with_cobalts_own_reason_code_carries_it_unregistered() -> Non
     assert outcome is not None
     assert outcome.error is not None
     assert outcome.error["code"] == "chart_locked"
+
+
+def test_every_registered_code_and_field_fits_its_column() -> None:
+    columns = Job.__table__.c
+    for code, entry in ERROR_CODES.items():
+        assert len(code) <= columns.error_code.type.length, code
+        assert len(entry.field or "") <= columns.error_field.type.length, code
+    for code in ATTENTION_MESSAGES:
+        assert len(code) <= columns.attention_code.type.length, code
 
 
 # Where a code is written in the package: a dict's "code" (a job's `error`), "error_code" or
