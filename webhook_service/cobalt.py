@@ -15,7 +15,18 @@ from typing import Any
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from webhook_service.lifecycle import LOGIN_REQUIRED
+from webhook_service.lifecycle import (
+    COBALT_REJECTED,
+    ERROR_CODES,
+    LOCATION_NOT_FOUND,
+    LOGIN_REQUIRED,
+    MEDICATION_NOT_FOUND,
+    PHARMACY_NOT_FOUND,
+    PROVIDER_NOT_FOUND,
+    STAFF_NOT_FOUND,
+    UNSUPPORTED_EMR,
+    USER_NOT_FOUND,
+)
 
 
 class CobaltError(Exception):
@@ -243,8 +254,6 @@ def _rejected(status_code: int, payload: dict[str, Any]) -> CobaltRejected:
 
 # --- What Cobalt refused -----------------------------------------------------------------------
 
-COBALT_REJECTED = "cobalt_rejected"
-
 
 @dataclass(frozen=True)
 class Rejection:
@@ -259,9 +268,8 @@ class Rejection:
 # Cobalt documents its synchronous errors by title only ("Provider Not Found", "Staff Member
 # Not Found", "Unsupported EMR", ...) and its wording varies between docs and versions, so
 # each is recognised by a pattern over the answer's `error` and `message` texts (lowercase,
-# `_`/`-` read as spaces), first match wins. Each code names the request field it is about.
-# "User not found" names no field: the docs do not say whose user it is (the patient, or
-# the EMR login behind the access token).
+# `_`/`-` read as spaces), first match wins. The request field each code names is the
+# registry's (`lifecycle.ERROR_CODES`).
 def _absent(subject: str) -> str:
     """`subject`, then within the same clause, words saying it was not found; or "no
     (corresponding) `subject` ... found"."""
@@ -272,29 +280,21 @@ def _absent(subject: str) -> str:
     )
 
 
-_REJECTION_PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
-    (re.compile(pattern), code, field)
-    for pattern, code, field in (
-        (r"\blogin required\b|\bre ?link", LOGIN_REQUIRED, None),
-        (_absent("medications?"), "medication_not_found", "refill_medication_name"),
-        (
-            r"\bno (refillable )?medications? (matche|was found)",
-            "medication_not_found",
-            "refill_medication_name",
-        ),
-        (_absent("provider"), "provider_not_found", "provider_id"),
-        (_absent("(staff|assigned to)"), "staff_not_found", "assigned_to_id"),
-        (_absent("location"), "location_not_found", "location_id"),
-        (_absent("pharmacy"), "pharmacy_not_found", "pharmacy_ehr_id"),
-        (_absent("user"), "user_not_found", None),
-        (
-            r"\bunsupported emr\b|\bemr\b[^.;]{0,40}?\bnot (yet )?supported\b",
-            "unsupported_emr",
-            None,
-        ),
+_REJECTION_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), code)
+    for pattern, code in (
+        (r"\blogin required\b|\bre ?link", LOGIN_REQUIRED),
+        (_absent("medications?"), MEDICATION_NOT_FOUND),
+        (r"\bno (refillable )?medications? (matche|was found)", MEDICATION_NOT_FOUND),
+        (_absent("provider"), PROVIDER_NOT_FOUND),
+        (_absent("(staff|assigned to)"), STAFF_NOT_FOUND),
+        (_absent("location"), LOCATION_NOT_FOUND),
+        (_absent("pharmacy"), PHARMACY_NOT_FOUND),
+        (_absent("user"), USER_NOT_FOUND),
+        (r"\bunsupported emr\b|\bemr\b[^.;]{0,40}?\bnot (yet )?supported\b", UNSUPPORTED_EMR),
     )
 )
-REJECTION_CODES = frozenset(code for _, code, _ in _REJECTION_PATTERNS) | {COBALT_REJECTED}
+REJECTION_CODES = frozenset(code for _, code in _REJECTION_PATTERNS) | {COBALT_REJECTED}
 
 
 def recognise_rejection(status_code: int, payload: dict[str, Any]) -> Rejection:
@@ -304,17 +304,14 @@ def recognise_rejection(status_code: int, payload: dict[str, Any]) -> Rejection:
     )
     text = " ".join(re.sub(r"[_\-]+", " ", text).lower().split())
     meds = payload.get("available_medications")
-    for pattern, code, field in _REJECTION_PATTERNS:
-        if pattern.search(text):
-            if code == "medication_not_found":
-                return Rejection(code, field, meds if isinstance(meds, list) else None)
-            return Rejection(code, field)
-    if isinstance(meds, list):  # a refusal listing medications is about the medication
-        return Rejection("medication_not_found", "refill_medication_name", meds)
-    if status_code == 403 and _is_cobalt_error(payload):
-        # Cobalt's only documented 403 is an expired EMR link, whatever its wording.
-        return Rejection(LOGIN_REQUIRED)
-    return Rejection(COBALT_REJECTED)
+    meds = meds if isinstance(meds, list) else None
+    code = next((code for pattern, code in _REJECTION_PATTERNS if pattern.search(text)), None)
+    if code is None and meds is not None:
+        code = MEDICATION_NOT_FOUND  # a refusal listing medications is about the medication
+    if code is None and status_code == 403 and _is_cobalt_error(payload):
+        code = LOGIN_REQUIRED  # Cobalt's only documented 403 is an expired EMR link
+    code = code or COBALT_REJECTED
+    return Rejection(code, ERROR_CODES[code].field, meds if code == MEDICATION_NOT_FOUND else None)
 
 
 def _session_for(base_url: str) -> requests.Session:

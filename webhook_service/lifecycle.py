@@ -43,11 +43,77 @@ class Submission(StrEnum):
 
 DUE = frozenset({Submission.PENDING, Submission.WAITING, Submission.RETRYING})
 
-# Error codes the service itself sets (as opposed to Cobalt's outcome).
-NO_OUTCOME = "no_outcome"
+# --- The codes a job carries -------------------------------------------------------------------
+# One registry of every `error.code` the service itself sets, with what it means and the
+# request field `error.field` names with it, if any. The OpenAPI description is built from it
+# and tests hold the README's table and every place that sets a code to it. A failure Cobalt
+# reports by webhook carries Cobalt's own reason code instead when it gives one
+# (`reasons[0].code`), which no list here can name: front ends treat an unknown code as
+# "failed, read `error.message`".
+COBALT_FAILED = "cobalt_failed"
+REFILL_NOT_ADDED = "refill_not_added"
+MEDICATION_NOT_FOUND = "medication_not_found"
 LOGIN_REQUIRED = "login_required"
+PROVIDER_NOT_FOUND = "provider_not_found"
+LOCATION_NOT_FOUND = "location_not_found"
+STAFF_NOT_FOUND = "staff_not_found"
+PHARMACY_NOT_FOUND = "pharmacy_not_found"
+USER_NOT_FOUND = "user_not_found"
+UNSUPPORTED_EMR = "unsupported_emr"
+COBALT_REJECTED = "cobalt_rejected"
+COBALT_UNAVAILABLE = "cobalt_unavailable"
+APPOINTMENT_BUSY = "appointment_busy"
+NOT_IN_CHART = "not_in_chart"
 
-# What a processing job's `attention` says to a front end's user, by code.
+
+@dataclass(frozen=True)
+class ErrorCode:
+    meaning: str
+    field: str | None = None  # the request field `error.field` names with this code
+
+
+ERROR_CODES: dict[str, ErrorCode] = {
+    COBALT_FAILED: ErrorCode("Cobalt reported a failure without a reason code of its own."),
+    REFILL_NOT_ADDED: ErrorCode(
+        "`partial`: the encounter was created but the medication refill was not added; add "
+        "it in the EMR."
+    ),
+    MEDICATION_NOT_FOUND: ErrorCode(
+        "The medication to refill is not on the patient's list; "
+        "`outcome.available_medications` lists what could be refilled (`error.field` is set "
+        "when Cobalt refused at once).",
+        "refill_medication_name",
+    ),
+    LOGIN_REQUIRED: ErrorCode(
+        "Cobalt refused at once: the clinic's EMR link expired; re-link it in Cobalt."
+    ),
+    PROVIDER_NOT_FOUND: ErrorCode("Cobalt refused at once: provider not found.", "provider_id"),
+    LOCATION_NOT_FOUND: ErrorCode("Cobalt refused at once: location not found.", "location_id"),
+    STAFF_NOT_FOUND: ErrorCode("Cobalt refused at once: staff member not found.", "assigned_to_id"),
+    PHARMACY_NOT_FOUND: ErrorCode("Cobalt refused at once: pharmacy not found.", "pharmacy_ehr_id"),
+    # No field: Cobalt's docs do not say whose user (the patient, or the EMR login).
+    USER_NOT_FOUND: ErrorCode("Cobalt refused at once: user not found."),
+    UNSUPPORTED_EMR: ErrorCode(
+        "Cobalt refused at once: the clinic's EMR is not supported for this."
+    ),
+    COBALT_REJECTED: ErrorCode(
+        "Cobalt refused at once for another reason; `error.message` is Cobalt's."
+    ),
+    COBALT_UNAVAILABLE: ErrorCode(
+        "The request never reached Cobalt (unreachable past the attempt limit, or still "
+        "unsent at the deadline): nothing is in the chart; submitting again is safe."
+    ),
+    APPOINTMENT_BUSY: ErrorCode(
+        "A note never sent: by its deadline an earlier note for the appointment still had "
+        "no outcome. Check the chart for the earlier note before submitting again."
+    ),
+    NOT_IN_CHART: ErrorCode(
+        "Support checked the chart and the note or encounter is not there; it may be retried."
+    ),
+}
+
+# `attention` codes: a processing job that needs a person, and what it tells the user.
+NO_OUTCOME = "no_outcome"
 ATTENTION_MESSAGES = {
     NO_OUTCOME: (
         "No outcome from Cobalt by the deadline. The note or encounter may or may not be in "
@@ -268,7 +334,7 @@ def outcome_from_event(event_type: str, data: dict[str, Any]) -> Outcome | None:
     detail.update(_passed_through(data))
     error = None
     if status != JobStatus.COMPLETED:
-        error = {"code": _error_code(event_type, status, detail), "message": message or ""}
+        error = {"code": _error_code(status, detail), "message": message or ""}
         if not error["message"]:
             error["message"] = _default_message(status)
     return Outcome(status=status, event=event_type, detail=detail, error=error)
@@ -309,17 +375,15 @@ def _shallow(value: Any, depth: int = 1) -> bool:
     return True
 
 
-def _error_code(event_type: str, status: JobStatus, detail: dict[str, Any]) -> str:
-    if event_type == LOGIN_REQUIRED:
-        return LOGIN_REQUIRED
+def _error_code(status: JobStatus, detail: dict[str, Any]) -> str:
     if status == JobStatus.PARTIAL:
-        return "refill_not_added"
+        return REFILL_NOT_ADDED
     reasons = detail.get("reasons") or []
     if reasons and isinstance(reasons[0].get("code"), str):
         return str(reasons[0]["code"])[:64]
     if "available_medications" in detail:
-        return "medication_not_found"
-    return "cobalt_failed"
+        return MEDICATION_NOT_FOUND
+    return COBALT_FAILED
 
 
 def _default_message(status: JobStatus) -> str:

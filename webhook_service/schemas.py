@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from webhook_service.errors import FieldError
+from webhook_service.lifecycle import ATTENTION_MESSAGES, ERROR_CODES
 
 
 def _utf16_length(value: str) -> int:
@@ -190,19 +191,40 @@ class SubmissionOut(BaseModel):
     next_attempt_at: datetime | None
 
 
-class JobError(BaseModel):
-    code: str = Field(description="What went wrong, for a front end to switch on (README).")
-    message: str
-    field: str | None = Field(
-        default=None, description="The request field Cobalt's error names, when it names one."
+# The descriptions of a job's codes are built from the registry (`lifecycle.ERROR_CODES`,
+# `ATTENTION_MESSAGES`), so the OpenAPI document cannot list a code the service does not set.
+_ERROR_CODE_DESCRIPTION = (
+    "What went wrong, for a front end to switch on. The service's codes:\n\n"
+    + "".join(f"- `{code}`: {entry.meaning}\n" for code, entry in ERROR_CODES.items())
+    + "\nA failure Cobalt reports by webhook carries Cobalt's own reason code instead when it "
+    "gives one (`outcome.reasons[0].code`; the sandbox's `appointment_not_found` or "
+    "`chart_locked`, for instance): treat any code not listed here as failed, and show "
+    "`message`."
+)
+_ERROR_FIELD_DESCRIPTION = (
+    "The request field the error is about, for the codes that name one: "
+    + ", ".join(
+        f"`{entry.field}` with `{code}`"
+        for code, entry in ERROR_CODES.items()
+        if entry.field is not None
     )
+    + "; otherwise null."
+)
+_ATTENTION_CODE_DESCRIPTION = (
+    "Why the job needs a person:\n\n"
+    + "".join(f"- `{code}`: {message}\n" for code, message in ATTENTION_MESSAGES.items())
+    + "\nTreat an unknown code the same way: the job is not settled; show `message`."
+)
+
+
+class JobError(BaseModel):
+    code: str = Field(description=_ERROR_CODE_DESCRIPTION)
+    message: str
+    field: str | None = Field(default=None, description=_ERROR_FIELD_DESCRIPTION)
 
 
 class Attention(BaseModel):
-    code: Literal["no_outcome"] | str = Field(
-        description="`no_outcome`: past the deadline with no outcome; the request may be at "
-        "Cobalt. Check the chart before resubmitting."
-    )
+    code: str = Field(description=_ATTENTION_CODE_DESCRIPTION)
     message: str
     since: datetime
 
@@ -212,7 +234,12 @@ class JobOut(BaseModel):
 
     id: uuid.UUID
     kind: Literal["note", "telephone_encounter"]
-    status: Literal["processing", "completed", "partial", "failed"]
+    status: Literal["processing", "completed", "partial", "failed"] = Field(
+        description="`processing` until the job settles, then once and for good `completed`, "
+        "`partial` (created, with part of it missing: see `error`) or `failed` (Cobalt said "
+        "so, or the request certainly never reached it). A settled job never changes status "
+        "again. A processing job past its deadline with no outcome carries `attention`."
+    )
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -231,7 +258,9 @@ class JobOut(BaseModel):
         "known yet (see `code`).",
     )
     retried_as: uuid.UUID | None = Field(
-        default=None, description="The id of the job support resubmitted this one as."
+        default=None,
+        description="On a failed job: the id of the job support resubmitted it as (the job's "
+        "ETag changes when it is set). Follow that job instead.",
     )
     submission: SubmissionOut
     purged_at: datetime | None = Field(

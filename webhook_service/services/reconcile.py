@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from webhook_service.cobalt import CobaltClient
 from webhook_service.lifecycle import (
+    APPOINTMENT_BUSY,
+    COBALT_UNAVAILABLE,
     DOCUMENTED_OUTCOMES,
     NO_OUTCOME,
     JobKind,
@@ -58,10 +60,10 @@ LATE_LOOKUP_FOR = timedelta(days=1)
 LATER_LOOKUP_EVERY = timedelta(hours=1)
 # Codes of a job failed at its deadline because its request certainly never reached Cobalt.
 NOT_SENT_CODES = {
-    Submission.PENDING: "cobalt_unavailable",
-    Submission.RETRYING: "cobalt_unavailable",
+    Submission.PENDING: COBALT_UNAVAILABLE,
+    Submission.RETRYING: COBALT_UNAVAILABLE,
     # Waiting behind an earlier note for the same appointment whose outcome is not known.
-    Submission.WAITING: "appointment_busy",
+    Submission.WAITING: APPOINTMENT_BUSY,
 }
 
 
@@ -372,8 +374,8 @@ def mark_past_deadline(session: Session, *, now: datetime, deadline: timedelta) 
 
 def _not_sent(state: str, minutes: int) -> Outcome:
     """The failure of a job whose request never reached Cobalt by the deadline."""
-    code = NOT_SENT_CODES.get(Submission(state), "cobalt_unavailable")
-    if code == "appointment_busy":
+    code = NOT_SENT_CODES.get(Submission(state), COBALT_UNAVAILABLE)
+    if code == APPOINTMENT_BUSY:
         message = (
             f"Not sent to Cobalt within {minutes} minutes: an earlier note for this "
             "appointment has no outcome yet, and Cobalt cannot tell two notes for one "

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, defer
 
 from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, CobaltTransient
-from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission
+from webhook_service.lifecycle import COBALT_UNAVAILABLE, JobKind, JobStatus, Outcome, Submission
 from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
 from webhook_service.services.jobs import INSERT_EVENT, JOBS, add_event, note_slot, settle
 from webhook_service.services.webhooks import apply_parked_for
@@ -360,7 +360,7 @@ def record_transient(
                     status=JobStatus.FAILED,
                     event="submission_gave_up",
                     detail={"event": "submission_gave_up", "message": message},
-                    error={"code": "cobalt_unavailable", "message": message},
+                    error={"code": COBALT_UNAVAILABLE, "message": message},
                 ),
                 now,
             )

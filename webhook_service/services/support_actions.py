@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from webhook_service.errors import Conflict, NotFound
 from webhook_service.lifecycle import (
+    NOT_IN_CHART,
     JobKind,
     JobStatus,
     Outcome,
@@ -52,8 +53,6 @@ NEVER_REACHED = frozenset(
 )
 # Timeline entries that say what Cobalt did with the first try.
 EVIDENCE_EVENTS = ("reconcile_lookup", "outcome_conflict")
-# The error code of a job support looked for in the chart and did not find.
-NOT_IN_CHART = "not_in_chart"
 _SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 
 
