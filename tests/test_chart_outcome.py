@@ -119,6 +119,27 @@ def test_the_dashboard_says_flagged_jobs_include_those_waiting_for_a_chart_check
     assert "1 of them waiting for someone to check the chart (listed in the inbox)" in tile
 
 
+def test_the_console_job_list_filters_by_attention(
+    staff,  # noqa: F811
+    client,
+    worker,
+    cobalt,
+    clock: FakeClock,
+):
+    waiting = with_attention(client, worker, cobalt, clock)
+    accept_encounter(cobalt)
+    fresh = encounter(client)
+    worker.run_once()
+
+    form = staff.get("/console/jobs").text
+    assert re.search(r'<select name="attention">\s*<option value="">any</option>', form)
+    chosen = staff.get("/console/jobs?attention=true").text
+    assert re.findall(r'<tr data-job-id="([^"]+)"', chosen) == [waiting]
+    assert '<option value="true" selected>waiting for a chart check</option>' in chosen
+    others = staff.get("/console/jobs?attention=false").text
+    assert re.findall(r'<tr data-job-id="([^"]+)"', others) == [fresh]
+
+
 # --- Recording what the chart shows ---------------------------------------------------------
 
 
