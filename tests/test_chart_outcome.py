@@ -3,19 +3,22 @@ and a front end learning of a retry (`retried_as`)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.conftest import FakeClock, event
+from tests.conftest import FakeClock, event, new_token
 from tests.test_console import (
+    all_text_of,
     staff,  # noqa: F401  (the signed-in console fixture)
     text_of,
 )
 from tests.test_lifecycle_http import accept_encounter, accept_note, poll
 from tests.test_support import audits, encounter, events_log, listed, note, reject_notes, timeline
 from webhook_service.cli import main
+from webhook_service.console import words
 from webhook_service.models import Job
 
 FOUND = {"reason": "looked in the EMR", "found_in_chart": True}
@@ -63,6 +66,78 @@ def test_the_attention_filter_is_in_the_openapi_description(client):
     parameters = spec["paths"]["/v1/jobs"]["get"]["parameters"]
     assert "attention" in [p["name"] for p in parameters]
     assert "post" in spec["paths"]["/v1/jobs/{job_id}/chart-outcome"]
+
+
+def test_the_console_inbox_lists_the_jobs_waiting_for_a_chart_check(
+    staff,  # noqa: F811
+    app,
+    client,
+    worker,
+    cobalt,
+    clock: FakeClock,
+    sessions,
+):
+    api = app.test_client(token=new_token(sessions, "support-api", "support"))
+    empty = staff.get("/console/inbox").text
+    assert "No job is waiting for a chart check" in all_text_of(empty, "attention-jobs", "section")
+
+    waiting = with_attention(client, worker, cobalt, clock)
+    accept_encounter(cobalt)
+    encounter(client)  # a fresh job: no attention
+    worker.run_once()
+
+    page = staff.get("/console/inbox").text
+    section = all_text_of(page, "attention-jobs", "section")
+    shown = re.findall(r'data-job-id="([^"]+)"', page)
+    assert shown == [job["id"] for job in api.get("/v1/inbox").json["attention_jobs"]]
+    assert shown == [waiting]
+    assert f'href="/console/jobs/{waiting}"' in page
+    assert "note" in section
+    assert "2026-11-23 12:31:00 UTC" in section  # since the deadline passed
+    assert f"accepted {words.SUBMISSIONS['accepted']}" in section
+    assert words.ATTENTION["no_outcome"] in section
+    assert "record what you see with the form on its page, or press Reconcile now" in section
+
+    # Like the API's, a page filtered to one delivery state or a later page leaves them out.
+    parked = staff.get("/console/inbox?state=parked").text
+    assert 'id="attention-jobs"' not in parked
+    assert "inbox's first page" in all_text_of(parked, "attention-elsewhere", "p")
+
+
+def test_the_dashboard_says_flagged_jobs_include_those_waiting_for_a_chart_check(
+    staff,  # noqa: F811
+    client,
+    worker,
+    cobalt,
+    clock: FakeClock,
+):
+    with_attention(client, worker, cobalt, clock)
+    page = staff.get("/console/").text
+    assert text_of(page, "flagged-count") == "1"
+    assert text_of(page, "attention-count") == "1"
+    tile = all_text_of(page, "flagged-tile", "a")
+    assert "1 of them waiting for someone to check the chart (listed in the inbox)" in tile
+
+
+def test_the_console_job_list_filters_by_attention(
+    staff,  # noqa: F811
+    client,
+    worker,
+    cobalt,
+    clock: FakeClock,
+):
+    waiting = with_attention(client, worker, cobalt, clock)
+    accept_encounter(cobalt)
+    fresh = encounter(client)
+    worker.run_once()
+
+    form = staff.get("/console/jobs").text
+    assert re.search(r'<select name="attention">\s*<option value="">any</option>', form)
+    chosen = staff.get("/console/jobs?attention=true").text
+    assert re.findall(r'<tr data-job-id="([^"]+)"', chosen) == [waiting]
+    assert '<option value="true" selected>waiting for a chart check</option>' in chosen
+    others = staff.get("/console/jobs?attention=false").text
+    assert re.findall(r'<tr data-job-id="([^"]+)"', others) == [fresh]
 
 
 # --- Recording what the chart shows ---------------------------------------------------------

@@ -21,9 +21,10 @@ from tests.test_support import audits, break_applying, encounter, events_log, no
 from webhook_service import create_app
 from webhook_service.console import words
 from webhook_service.db import transaction
-from webhook_service.lifecycle import JobStatus, Submission
+from webhook_service.lifecycle import ATTENTION_MESSAGES, JobStatus, Submission
 from webhook_service.models import Job
 from webhook_service.services import revoke_client
+from webhook_service.services.support import INBOX_STATES
 from webhook_service.services.webhooks import DeliveryState
 
 # --- Helpers ----------------------------------------------------------------------------------
@@ -418,6 +419,17 @@ def test_every_state_the_console_shows_has_plain_words():
     assert set(words.SUBMISSIONS) == {str(s) for s in Submission}
     states = {value for name, value in vars(DeliveryState).items() if name.isupper()}
     assert set(words.DELIVERY_STATES) == states
+    assert set(words.ATTENTION) == set(ATTENTION_MESSAGES)
+
+
+def test_the_inbox_explains_every_delivery_state_it_lists_in_plain_words(staff):
+    page = staff.get("/console/inbox").text
+    explained = all_text_of(page, "delivery-states", "dl")
+    listed = re.findall(r'<option value="(\w+)"', page)
+    assert listed == [str(s) for s in INBOX_STATES]
+    assert "held" in listed  # signed but too old: kept for a person
+    for state in listed:
+        assert f"{state} {words.DELIVERY_STATES[state]}" in explained
 
 
 def test_unknown_jobs_deliveries_and_pages_are_friendly_404_pages(staff):

@@ -201,8 +201,7 @@ def inbox() -> Response:
     query = _query(InboxQuery)
     with request_transaction() as session:
         deliveries, next_key = services.list_inbox(session, query)
-        first_page = query.cursor is None and query.state is None
-        jobs = services.attention_jobs(session) if first_page else []
+        jobs = services.attention_jobs(session) if services.lists_attention_jobs(query) else []
         body = InboxOut(
             deliveries=[services.delivery_view(d) for d in deliveries],
             next_cursor=encode_cursor(*next_key) if next_key else None,

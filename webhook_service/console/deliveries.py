@@ -11,9 +11,15 @@ from webhook_service import services
 from webhook_service.console import bp
 from webhook_service.console.pages import page, sentence, staff, validated, values
 from webhook_service.errors import Conflict
-from webhook_service.schemas import DeliveryOut, InboxQuery, ReplayRequest, encode_cursor
+from webhook_service.schemas import (
+    DeliveryOut,
+    InboxQuery,
+    ReplayRequest,
+    SupportJobOut,
+    encode_cursor,
+)
 from webhook_service.services import console as console_services
-from webhook_service.services.support import INBOX_STATES, get_delivery
+from webhook_service.services.support import INBOX_ATTENTION_LIMIT, INBOX_STATES, get_delivery
 from webhook_service.services.support_actions import can_apply_replay
 from webhook_service.web import request_transaction, utcnow
 
@@ -82,20 +88,26 @@ def _delivery_page(
 
 @bp.get("/inbox")
 def inbox() -> Response:
-    """Deliveries that need a person: parked, failed, unknown type, conflicting."""
+    """What needs a person: jobs whose outcome nobody knows past their deadline (on the
+    first page), and deliveries parked, failed, of unknown type, conflicting or held."""
     given = values(request.args)
     query, problems = validated(InboxQuery, given)
     found, next_key, likely = [], None, {}
+    waiting: list[SupportJobOut] | None = None  # None: this page does not list them
     if query is not None:
         with request_transaction() as db:
             rows, next_key = services.list_inbox(db, query)
             found = [services.delivery_view(d) for d in rows]
             likely = console_services.likely_jobs(db, rows)
+            if services.lists_attention_jobs(query):
+                waiting = [services.support_job_view(row) for row in services.attention_jobs(db)]
     return page(
         "inbox.html",
         status=422 if problems else 200,
         deliveries=found,
         likely=likely,
+        attention_jobs=waiting,
+        attention_limit=INBOX_ATTENTION_LIMIT,
         problems=problems,
         given=given,
         states=[str(s) for s in INBOX_STATES],

@@ -1,8 +1,9 @@
 """Plain words for the states and timeline entries the console shows, for support staff.
 
 The names stay on the page (they are what the API, the logs and the README use); these
-short explanations go beside them. A test checks every job status, submission state and
-delivery state has one, so a new state cannot reach the console unexplained.
+short explanations go beside them. A test checks every job status, submission state,
+delivery state and attention code has one, so a new state cannot reach the console
+unexplained.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ DELIVERY_STATES: Final = {
     "failed": "applying it hit an error, so nothing of it was applied: replay it",
     "held": "signed, but older than a day or than its job: kept for a person, never applied",
     "clinic_event": "about the clinic (its EMR login), not a job: the clinic was flagged",
+}
+
+# What a person does about a job with `attention`, by its code.
+ATTENTION: Final = {
+    "no_outcome": "Open the job, look for it in the EMR's chart and record what you see with "
+    "the form on its page, or press Reconcile now to ask Cobalt again",
 }
 
 # Only the timeline entries whose name alone says little to someone outside engineering.

@@ -18,6 +18,7 @@ from webhook_service.models import ApiClient, AuditEvent, Clinic, Job, WebhookDe
 from webhook_service.schemas import JobFilters, TimelineEntry
 from webhook_service.services.jobs import get_job
 from webhook_service.services.support import (
+    HAS_ATTENTION,
     INBOX_STATES,
     JobRow,
     Staff,
@@ -70,6 +71,7 @@ class Dashboard:
     days: list[DayCounts]  # oldest first, today last
     overdue: int
     flagged: int
+    attention: int  # of the flagged: no outcome by the deadline, listed in the inbox too
     inbox: int  # webhook deliveries that need a person (`INBOX_STATES`), not jobs
     overdue_jobs: list[JobRow]
     flagged_jobs: list[JobRow]
@@ -271,6 +273,7 @@ def dashboard(session: Session, *, now: datetime, expected: dict[str, timedelta]
         days=days,
         overdue=_count(session, overdue_condition(now, expected)),
         flagged=_count(session, attention_condition()),
+        attention=_count(session, HAS_ATTENTION),
         inbox=int(
             session.scalar(
                 select(func.count())

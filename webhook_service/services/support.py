@@ -56,6 +56,9 @@ INBOX_STATES = (
 )
 # Jobs with attention listed on the inbox's first page (all of them: the `attention` filter).
 INBOX_ATTENTION_LIMIT = 50
+# A job with `attention`: processing past its deadline with no outcome. Spelt as the partial
+# index ix_jobs_attention's predicate, so that the filter, the inbox and counts use it.
+HAS_ATTENTION = Job.attention_code.is_not(None)
 CSV_COLUMNS = (
     "id",
     "kind",
@@ -260,8 +263,7 @@ def _job_query(
         needs_person = attention_condition()
         conditions.append(needs_person if flagged else not_(needs_person))
     if attention is not None:
-        # Spelt as the partial index ix_jobs_attention's predicate, which serves `true`.
-        conditions.append(_HAS_ATTENTION if attention else Job.attention_code.is_(None))
+        conditions.append(HAS_ATTENTION if attention else Job.attention_code.is_(None))
     if "patient_mrn_hash" in bound:
         conditions.append(Job.patient_mrn_hash == bindparam("patient_mrn_hash"))
     if "appointment_hash" in bound:
@@ -395,7 +397,7 @@ def attention_condition() -> ColumnElement[bool]:
     return or_(
         Job.flagged.is_(True),
         # Past the deadline with no outcome: someone should check the chart.
-        Job.attention_code.is_not(None),
+        HAS_ATTENTION,
         and_(
             Job.status.in_([JobStatus.PROCESSING, JobStatus.FAILED]),
             Job.clinic_id.in_(relink),
@@ -408,7 +410,6 @@ def attention_condition() -> ColumnElement[bool]:
     )
 
 
-_HAS_ATTENTION = Job.attention_code.is_not(None)
 # Every column of `JobSummary`: the job resource's plain columns and support's two; the
 # encrypted ones labelled with their attributes' names (stored under other column names),
 # decrypted by their column types as rows are read.
@@ -427,7 +428,7 @@ _JOB_ROWS = _build_job_rows(*_SUMMARY_COLUMNS, *_ENCRYPTED_COLUMNS)
 _JOB_ROWS_WITHOUT_PHI = _build_job_rows(*_SUMMARY_COLUMNS)
 _ONE_JOB_ROW = _JOB_ROWS.where(Job.id == bindparam("job_id"))
 _ATTENTION_ROWS = (
-    _JOB_ROWS.where(_HAS_ATTENTION)
+    _JOB_ROWS.where(HAS_ATTENTION)
     .order_by(Job.attention_since, Job.id)
     .limit(bindparam("limit", type_=Integer))
 )
@@ -517,6 +518,12 @@ def list_inbox(
 def attention_jobs(session: Session, limit: int = INBOX_ATTENTION_LIMIT) -> list[JobRow]:
     """Jobs with `attention` (past the deadline, fate unknown), longest waiting first."""
     return _fetch(session, _ATTENTION_ROWS, {"limit": limit})
+
+
+def lists_attention_jobs(query: InboxQuery) -> bool:
+    """Whether an inbox page lists the jobs with attention: its first page only, and not when
+    filtered to one delivery state (they are not deliveries, and are not paged)."""
+    return query.cursor is None and query.state is None
 
 
 def delivery_view(delivery: WebhookDelivery) -> DeliveryOut:
