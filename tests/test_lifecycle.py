@@ -135,7 +135,11 @@ def test_failure_outcome_keeps_reasons_and_medications():
     )
     assert outcome is not None
     assert outcome.status == JobStatus.FAILED
-    assert outcome.error == {"code": "medication_not_found", "message": "Medication not found"}
+    assert outcome.error == {
+        "code": "medication_not_found",
+        "message": "Medication not found",
+        "field": "refill_medication_name",  # as when Cobalt refuses it at once
+    }
     assert outcome.detail["available_medications"] == ["Metformin 500 mg"]
     assert outcome.detail["telephone_encounter_id"] == "77"
 

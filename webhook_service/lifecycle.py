@@ -334,9 +334,13 @@ def outcome_from_event(event_type: str, data: dict[str, Any]) -> Outcome | None:
     detail.update(_passed_through(data))
     error = None
     if status != JobStatus.COMPLETED:
-        error = {"code": _error_code(status, detail), "message": message or ""}
-        if not error["message"]:
-            error["message"] = _default_message(status)
+        code = _error_code(status, detail)
+        error = {"code": code, "message": message or _default_message(status)}
+        # The field a code names is the registry's, whichever way the code arrived (webhook
+        # or a synchronous refusal), so a front end can rely on it.
+        registered = ERROR_CODES.get(code)
+        if registered is not None and registered.field is not None:
+            error["field"] = registered.field
     return Outcome(status=status, event=event_type, detail=detail, error=error)
 
 
