@@ -32,7 +32,6 @@ from sqlalchemy import Connection, Engine, Row, TextClause, create_engine, text
 # The contract's own pure rules (which events settle a job, and how): stdlib-only functions,
 # so the webhook floor decides exactly as the service does without any of its machinery.
 from webhook_service.lifecycle import (
-    NO_OUTCOME,
     JobStatus,
     Outcome,
     Verdict,
@@ -462,8 +461,7 @@ def _apply(
     }
     if verdict == Verdict.APPLY:
         _settle(conn, job, outcome, delivery.encounter_id)
-        late = job.status == JobStatus.FAILED and job.error_code == NO_OUTCOME
-        _event(conn, job.id, "webhook_applied", {"settled_late": late, **facts})
+        _event(conn, job.id, "webhook_applied", facts)
         return "applied", None, job.id
     conflict = verdict == Verdict.CONFLICT
     conn.execute(

@@ -427,9 +427,9 @@ class JobFilters(_Query):
     )
     flagged: bool | None = Field(
         default=None,
-        description="Needs attention: a conflicting outcome was recorded, the clinic must be "
-        "re-linked (open or failed jobs), or a delivery with its Cobalt ids is parked or "
-        "failed (false: all others).",
+        description="Needs a person: a conflicting outcome was recorded, the clinic must be "
+        "re-linked (open or failed jobs), a delivery with its Cobalt ids is parked or "
+        "failed, or the job has `attention` (false: all others).",
     )
 
     attention: bool | None = Field(
