@@ -33,7 +33,9 @@ def system(postgres_server_url: str, tmp_path: Path) -> Iterator[RunningSystem]:
             environment="development",
             # Polls at 1 s, outcomes at 2.5 s: every job is polled while nothing changed.
             processing_seconds=2.5,
-            env={"POLL_RETRY_AFTER_SECONDS": "1"},
+            # A deadline short enough to watch a job gain `attention` (every other job
+            # settles within a few seconds).
+            env={"POLL_RETRY_AFTER_SECONDS": "1", "JOB_DEADLINE_SECONDS": "15"},
         ) as running,
     ):
         yield running
@@ -132,3 +134,17 @@ def test_every_scenario_settles_on_the_page(
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_a_job_whose_fate_is_unknown_asks_for_a_chart_check(
+    page: Page, system: RunningSystem
+) -> None:
+    """A gateway answers 504 and Cobalt never got the note: the page keeps it `processing`
+    and, past the deadline, tells the user to check the chart before resubmitting."""
+    job_id = submit(page, "#note-form", "attention")
+    row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
+    expect(row.locator(".job-attention")).to_contain_text("check the chart", timeout=45_000)
+    expect(row).to_have_attribute("data-attention", "no_outcome")
+    expect(row.locator(".status")).to_have_text("processing")
+    expect(row.locator(".job-meta")).to_contain_text("submission unknown")
+    assert system.sandbox_submissions() == []  # the gateway answered; Cobalt never had it

@@ -938,6 +938,19 @@ def test_gateway_error_answers_html_and_accepts_nothing(
     assert events(client)["pagination"]["total_count"] == 0
 
 
+def test_the_demo_gateway_appointment_always_gets_a_504_and_nothing_is_queued(
+    make_app: Callable[..., Flask],
+) -> None:
+    """The demo page's "needs attention" case, with no fault configured."""
+    client = make_app().test_client()
+    body = {**NOTE, "appointment_id": DEMO_IDS["gateway_timeout_appointment_id"]}
+    reply = client.post("/v1/notes", json=body, headers=AUTH)
+    assert reply.status_code == 504
+    assert reply.content_type.startswith("text/html")
+    assert submissions(client) == []
+    assert client.post("/v1/notes", json=NOTE, headers=AUTH).status_code == 200
+
+
 def test_gateway_error_after_queue_creates_the_job_and_sends_its_webhook(
     make_app: Callable[..., Flask], receiver: Receiver
 ) -> None:

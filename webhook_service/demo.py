@@ -57,6 +57,11 @@ NOTE_SCENARIOS: Final = (
         f"Failed: appointment {DEMO_IDS['unknown_appointment_id']} does not exist",
         {"appointment_id": DEMO_IDS["unknown_appointment_id"]},
     ),
+    Scenario(
+        "attention",
+        "Needs attention: a gateway answers 504, Cobalt never got it (after the deadline)",
+        {"appointment_id": DEMO_IDS["gateway_timeout_appointment_id"]},
+    ),
 )
 
 _REFILL: Final = {

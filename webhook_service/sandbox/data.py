@@ -258,6 +258,9 @@ DEMO_IDS: Final[dict[str, str]] = {
     # POST /v1/notes
     "appointment_id": "728948",  # exists today: ends note.created (or note.uploaded)
     "unknown_appointment_id": "999999",  # no such appointment: ends note.failed
+    # A gateway in front of Cobalt answers 504 before Cobalt queues the note: nothing is
+    # created, and the service cannot know that (unknown; attention past the deadline).
+    "gateway_timeout_appointment_id": "504504",
     # POST /v1/telephone-encounters
     "patient_mrn": "MRN100001",
     "provider_id": "PRV-1001",

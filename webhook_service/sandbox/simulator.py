@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
-from webhook_service.sandbox.data import build_seed
+from webhook_service.sandbox.data import DEMO_IDS, build_seed
 from webhook_service.sandbox.delivery import (
     AttemptResult,
     RetryPolicy,
@@ -41,6 +41,7 @@ from webhook_service.sandbox.store import SandboxStore, Submission, iso_utc
 from webhook_service.signatures import compact_json
 
 logger = logging.getLogger("webhook_service.sandbox")
+GATEWAY_APPOINTMENT = DEMO_IDS["gateway_timeout_appointment_id"]
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -161,6 +162,10 @@ class Sandbox:
         """Accept a note (raises SubmissionRejected / InjectedServerError / InjectedRefusal)
         and schedule it."""
         hang = self._draw_submit_fault("note")
+        if isinstance(body, dict) and body.get("appointment_id") == GATEWAY_APPOINTMENT:
+            # The demo's "needs attention" case, on demand rather than by chance.
+            logger.info("sandbox_gateway_appointment", extra={"kind": "note"})
+            raise InjectedServerError(504, gateway=True)
         request = self._validate("note", lambda: parse_note(body))
         job_id = str(self.store.next_job_id())
         self._accept(token, "note", job_id, body, None)
