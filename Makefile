@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lock install migrate bench reliability clean
+.PHONY: run test lint lock install migrate client bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ lock: $(STAMP)
 
 migrate: $(STAMP)
 	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
+
+## Create an API client on the local database: make client NAME=alice ROLE=support (token: last line).
+client: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make client NAME=alice ROLE=support|frontend" >&2; exit 2; }
+	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate >/dev/null && \
+	  $(BIN)/webhook-service clients create "$(NAME)" --role "$(or $(ROLE),support)"
 
 ## Performance bench against bare baselines (needs wrk and PostgreSQL; see bench/README.md).
 bench: $(STAMP)

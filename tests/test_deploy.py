@@ -389,7 +389,7 @@ def test_migrate_without_migrations_fails_with_one_line_saying_where_it_looked(
     from webhook_service.cli import main
 
     result = CliRunner().invoke(main, ["migrate"], env=cli_env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("Error: no migration scripts beside webhook_service")
@@ -426,7 +426,7 @@ def test_the_release_fails_in_one_line_saying_what_to_set(
     if short:
         env[short] = "too-short"
     result = CliRunner().invoke(main, ["migrate"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert says in lines[0]
