@@ -176,9 +176,11 @@ def procfile_line(root: Path, name: str) -> str:
 
 
 def dev_extra_names(root: Path) -> set[str]:
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    extras = pyproject["project"]["optional-dependencies"]["dev"]
-    return {re.split(r"[\[=<>~!; ]", spec, maxsplit=1)[0].lower() for spec in extras}
+    """What the extras (`dev`, and the `run` it includes) add: none of it is production's."""
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = [spec for specs in project["optional-dependencies"].values() for spec in specs]
+    names = {re.split(r"[\[=<>~!; ]", spec, maxsplit=1)[0].lower() for spec in extras}
+    return names - {project["name"]}
 
 
 def installed_names(bin_dir: Path) -> set[str]:
