@@ -68,7 +68,7 @@ def banner(settings: Settings, token: str) -> str:
   │     -H 'Content-Type: application/json' \\
   │     -d '{{"appointment_id": "728948", "note": "Patient doing well."}}'
   │   curl -s -H "Authorization: Bearer $TOKEN" {WEB_URL}/v1/jobs/<id from the answer>
-  └────────────────────────────────────────────────────────────────────────────────
+  └───────────────────────────────────────────────────────────────────────────────
 """
 
 
