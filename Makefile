@@ -4,31 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lock install migrate bench reliability clean
+.PHONY: run test lint lock install migrate client bench reliability clean
+
+# Two stamps: `make run` installs the service and what runs it (the `run` extra); `make test`
+# and the tools install the `dev` extra too, which includes `run`, so it stamps both.
+RUN_STAMP := $(VENV)/.installed-run
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[run]'
+	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
 ## Run web + worker + Cobalt sandbox on the embedded SQLite database (Ctrl-C stops all).
-run: $(STAMP)
+# The banner (webhook_service/dev.py) waits for the web process and prints last, so the
+# links and curl commands are the screen a person sees. Ctrl-C is the way to stop: trapped,
+# so make does not report it as an error.
+run: $(RUN_STAMP)
 	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
 	@set -a && . config/dev.env && set +a && \
-	  token=$$($(BIN)/webhook-service clients create "curl-$$(date +%s)" --role frontend | tail -n 1) && \
-	  echo && \
-	  echo "  Open http://127.0.0.1:5000/ to try it in a browser (Cobalt sandbox: http://127.0.0.1:5050)." && \
-	  echo "  Or from a terminal, with a front-end token made for you:" && \
-	  echo && \
-	  echo "    export TOKEN=$$token" && \
-	  echo "    curl -si -X POST http://127.0.0.1:5000/v1/notes -H \"Authorization: Bearer \$$TOKEN\" \\" && \
-	  echo "      -H 'Content-Type: application/json' -d '{\"appointment_id\": \"728948\", \"note\": \"Patient doing well.\"}'" && \
-	  echo "    curl -s -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:5000/v1/jobs/<id from the answer>" && \
-	  echo
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --env config/dev.env --procfile Procfile.dev start
+	  trap 'echo; echo "  stopped (make run starts it again)"; exit 0' INT TERM; \
+	  $(BIN)/python -m webhook_service.dev & \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --env config/dev.env --procfile Procfile.dev start
 
 ## Lint, type-check, check models against migrations, and run the test suite.
 test: lint
@@ -48,8 +53,14 @@ lint: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/uv lock
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate
+
+## Create an API client on the local database: make client NAME=alice ROLE=support (token: last line).
+client: $(RUN_STAMP)
+	@test -n "$(NAME)" || { echo "usage: make client NAME=alice ROLE=support|frontend" >&2; exit 2; }
+	@set -a && . config/dev.env && set +a && $(BIN)/webhook-service migrate >/dev/null && \
+	  $(BIN)/webhook-service clients create "$(NAME)" --role "$(or $(ROLE),support)"
 
 ## Performance bench against bare baselines (needs wrk and PostgreSQL; see bench/README.md).
 bench: $(STAMP)

@@ -50,8 +50,8 @@ def page(chromium: Path, system: RunningSystem) -> Iterator[Page]:
             problems: list[str] = []
 
             def on_console(message: ConsoleMessage) -> None:
-                # HTTP errors are asserted where they are expected (the 422, /favicon.ico's
-                # 404); any other console error is a script error or a CSP violation.
+                # HTTP errors are asserted where they are expected (the 422); any other
+                # console error is a script error or a CSP violation.
                 if message.type == "error" and not message.text.startswith("Failed to load"):
                     problems.append(f"console: {message.text}")
 
@@ -95,6 +95,22 @@ def test_every_scenario_settles_on_the_page(
     # The same appointment as the note above: it waits its turn, then completes too.
     note_soap = submit(page, "#note-form", "completed")
     note_failed = submit(page, "#note-form", "failed")
+    # A text note whose format picker changes while its request is in flight is still
+    # titled by the body it sent.
+    page.locator("#note-form .note-format").select_option("text")
+    rows = page.locator("#jobs > li")
+    before = rows.count()
+    page.evaluate(
+        """() => {
+            const form = document.getElementById("note-form");
+            form.querySelector("button[type=submit]").click();
+            form.querySelector(".note-format").value = "soap";
+        }"""
+    )
+    expect(rows).to_have_count(before + 1)
+    expect(rows.first.locator(".job-title")).not_to_contain_text("SOAP")
+    note_switched = rows.first.get_attribute("data-job-id")
+    page.locator("#note-form .note-format").select_option("soap")
     completed = submit(page, "#encounter-form", "completed")
     partial = submit(page, "#encounter-form", "partial")
     medication = submit(page, "#encounter-form", "medication")
@@ -105,6 +121,7 @@ def test_every_scenario_settles_on_the_page(
         note_text: ("completed", None),
         note_soap: ("completed", None),
         note_failed: ("failed", "appointment_not_found"),
+        note_switched: ("failed", "appointment_not_found"),
         completed: ("completed", None),
         partial: ("partial", "refill_not_added"),
         medication: ("failed", "medication_not_found"),

@@ -176,9 +176,11 @@ def procfile_line(root: Path, name: str) -> str:
 
 
 def dev_extra_names(root: Path) -> set[str]:
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    extras = pyproject["project"]["optional-dependencies"]["dev"]
-    return {re.split(r"[\[=<>~!; ]", spec, maxsplit=1)[0].lower() for spec in extras}
+    """What the extras (`dev`, and the `run` it includes) add: none of it is production's."""
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = [spec for specs in project["optional-dependencies"].values() for spec in specs]
+    names = {re.split(r"[\[=<>~!; ]", spec, maxsplit=1)[0].lower() for spec in extras}
+    return names - {project["name"]}
 
 
 def installed_names(bin_dir: Path) -> set[str]:
@@ -389,7 +391,7 @@ def test_migrate_without_migrations_fails_with_one_line_saying_where_it_looked(
     from webhook_service.cli import main
 
     result = CliRunner().invoke(main, ["migrate"], env=cli_env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("Error: no migration scripts beside webhook_service")
@@ -426,7 +428,7 @@ def test_the_release_fails_in_one_line_saying_what_to_set(
     if short:
         env[short] = "too-short"
     result = CliRunner().invoke(main, ["migrate"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert says in lines[0]

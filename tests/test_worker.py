@@ -358,3 +358,29 @@ def test_cobalt_calls_go_through_the_proxy_the_environment_names(monkeypatch):
         proxy.shutdown()
     assert first.job_id == second.job_id == "cj_proxied"
     assert seen == ["http://cobalt.invalid/v1/notes"] * 2
+
+
+def test_a_worker_process_logs_its_start_and_stop_once_with_its_thread_count(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+    import signal
+
+    from webhook_service.worker import _run_process
+
+    settings = make_settings(database_url, WORKER_CONCURRENCY=4, WORKER_POLL_SECONDS=0.1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    timer = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with caplog.at_level("INFO", logger="webhook_service.worker"):
+            _run_process(settings)
+    finally:
+        timer.cancel()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("worker started") == 1
+    assert messages.count("worker stopped") == 1
+    started = next(r for r in caplog.records if r.getMessage() == "worker started")
+    assert started.threads == 4  # type: ignore[attr-defined]

@@ -1,16 +1,72 @@
-"""`webhook-service …`: the operational commands (migrate, worker, sandbox, clients, keys)."""
+"""`webhook-service …`: the operational commands (migrate, worker, sandbox, clients, keys).
+
+A command that cannot run (settings missing or invalid, no schema yet, database down) says
+why in one line on stderr and exits 2; one the service refuses (a duplicate name) exits 1.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import click
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from webhook_service.db import SessionFactory
+from webhook_service.migrations import MigrationsMissing
 from webhook_service.settings import Settings
 
 
-@click.group()
+class CannotRun(click.ClickException):
+    """The command could not run here: settings, schema or database (exit 2)."""
+
+    exit_code = 2
+
+
+def _cannot_run(exc: Exception) -> CannotRun:
+    """One line for an error that would otherwise be a traceback; never SQL or parameters."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return CannotRun(f"invalid settings: {problems}")
+    if isinstance(exc, DBAPIError):
+        # The driver's first line names the problem (a missing table, a refused
+        # connection) and carries no row data; the statement and its parameters stay out.
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+            return CannotRun(
+                f"the database has no schema yet ({reason}): run `webhook-service migrate` "
+                "first (locally: `make migrate`)"
+            )
+        return CannotRun(f"cannot use the database: {reason}")
+    return CannotRun(str(exc))
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:  # `-h` of a subcommand: a RuntimeError, not a failure
+            raise
+        except (RuntimeError, ValueError, DBAPIError, MigrationsMissing) as exc:
+            # RuntimeError and ValueError: Settings refusing what it was given (ValidationError
+            # is a ValueError). A bug raising one of these still says its message, in a line.
+            raise _cannot_run(exc) from None
+
+
+def _version() -> str:
+    try:
+        return version("webhook-service")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "-V", "--version", prog_name="webhook-service")
 def main() -> None:
     """Operate webhook_service."""
 
@@ -19,20 +75,14 @@ def main() -> None:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Migrate the database (DATABASE_URL, or the embedded SQLite file) to REVISION."""
-    from webhook_service.migrations import MigrationsMissing, upgrade
+    from webhook_service.migrations import upgrade
 
     settings = Settings()
-    try:
-        # The release phase is the last gate before new web and worker processes start:
-        # settings they would refuse stop the release (and the old release keeps running).
-        settings.require_web_secrets()
-        settings.phi_keys()
-    except (RuntimeError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        upgrade(settings.effective_database_url, revision)
-    except MigrationsMissing as exc:
-        raise click.ClickException(str(exc)) from None
+    # The release phase is the last gate before new web and worker processes start:
+    # settings they would refuse stop the release (and the old release keeps running).
+    settings.require_web_secrets()
+    settings.phi_keys()
+    upgrade(settings.effective_database_url, revision)
     click.echo(f"database migrated to {revision}")
 
 

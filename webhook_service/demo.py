@@ -4,23 +4,23 @@ It submits notes and telephone encounters to this service's own API and polls ea
 way a real front end should (`static/demo.js`). The forms are pre-filled with the sandbox's
 `DEMO_IDS`, each scenario chosen to end in a known outcome. Every name and id is invented.
 
-`/v1/*` needs a bearer token, so each web process creates one `frontend` client for the page
-the first time it is served and hands its token to the page. That is acceptable only because
-this blueprint exists only when `WEBHOOK_SERVICE_ENV=development`.
+`/v1/*` needs a bearer token, so the page is handed the token of the `frontend` client
+`demo-page`, created the first time it is served and kept in `instance/demo-page.token` for
+every web process and later runs (`dev.kept_token`). That is acceptable only because this
+blueprint exists only when `WEBHOOK_SERVICE_ENV=development`.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
 from dataclasses import dataclass
 from typing import Final
 
 from flask import Blueprint, Response, render_template
 
-from webhook_service import services
+from webhook_service.dev import INSTANCE, kept_token
 from webhook_service.sandbox.data import DEMO_IDS
-from webhook_service.web import request_transaction, utcnow
+from webhook_service.web import sessions, utcnow
 
 bp = Blueprint(
     "demo",
@@ -106,18 +106,13 @@ _token: str | None = None
 
 
 def demo_token() -> str:
-    """This process's token for the page, created as a `frontend` client on first use."""
+    """The page's token, read (or made) once per process."""
     global _token
     with _token_lock:
         if _token is None:
-            with request_transaction() as session:
-                _, _token = services.create_client(
-                    session,
-                    name=f"demo-page-{secrets.token_hex(4)}",
-                    role="frontend",
-                    clinic_id=None,
-                    now=utcnow(),
-                )
+            _token = kept_token(
+                sessions(), name="demo-page", path=INSTANCE / "demo-page.token", now=utcnow()
+            )
         return _token
 
 

@@ -242,7 +242,6 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; an in-flight job is always finished and recorded."""
-        log.info("worker started", extra={"worker": self.name})
         while not stop.is_set():
             try:
                 busy = self.run_once()
@@ -251,7 +250,6 @@ class Worker:
                 busy = False
             if not busy:
                 stop.wait(self.settings.worker_poll_seconds)
-        log.info("worker stopped", extra={"worker": self.name})
 
 
 def run_worker(settings: Settings) -> None:
@@ -301,6 +299,7 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     try:
         for thread in running:
             thread.start()
+        log.info("worker started", extra={"threads": threads})
         while alive := [thread for thread in running if thread.is_alive()]:
             if parent is not None and os.getppid() != parent and not stop.is_set():
                 log.warning("supervisor gone: stopping")
@@ -309,6 +308,7 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     finally:
         stop.set()
         engine.dispose()
+        log.info("worker stopped", extra={"threads": threads})
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -8,6 +8,7 @@ from webhook_service.services.clients import (
     authenticate,
     create_client,
     list_clients,
+    reissue_token,
     revoke_client,
 )
 from webhook_service.services.jobs import (
@@ -130,6 +131,7 @@ __all__ = [
     "record_transient",
     "record_webhook",
     "reencrypt_phi",
+    "reissue_token",
     "replay_delivery",
     "retry_job",
     "revoke_client",

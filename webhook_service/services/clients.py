@@ -73,6 +73,18 @@ def authenticate(session: Session, token: str) -> ApiClient | None:
     return client
 
 
+def reissue_token(session: Session, name: str) -> str:
+    """Give client NAME a new token; the old one stops working at once."""
+    client = session.scalar(select(ApiClient).where(ApiClient.name == name))
+    if client is None:
+        raise UnknownClient(f"No client named {name!r}.")
+    if client.revoked_at is not None:
+        raise ServiceError(f"Client {name!r} is revoked.")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    client.token_hash, client.token_prefix = hash_token(token), token[:12]
+    return token
+
+
 def list_clients(session: Session) -> list[ApiClient]:
     return list(session.scalars(select(ApiClient).order_by(ApiClient.id)))
 

@@ -169,14 +169,16 @@ async function onSubmit(event) {
   const form = event.currentTarget;
   const button = form.querySelector("button[type=submit]");
   const scenario = form.querySelector(".scenario").selectedOptions[0];
+  const body = formBody(form);
+  // Named by the body sent, not by the format picker, which may change while this waits.
+  const soap = typeof body.note === "object" ? " (SOAP)" : "";
   clearProblems(form);
   button.disabled = true;
   try {
-    const { response, payload } = await submitJob(form.dataset.path, formBody(form));
+    const { response, payload } = await submitJob(form.dataset.path, body);
     if (response.status !== 202) return showProblem(form, payload, response.status);
     const row = el("li", "job");
     Object.assign(row.dataset, { kind: form.dataset.kind, scenario: scenario.value });
-    const soap = form.querySelector(".note-format")?.value === "soap" ? " (SOAP)" : "";
     row.dataset.title = `${form.dataset.title}${soap} · ${scenario.textContent}`;
     document.getElementById("jobs").prepend(row);
     document.querySelector(".jobs .empty").hidden = true;
