@@ -10,6 +10,12 @@ from webhook_service.db import SessionFactory
 from webhook_service.settings import Settings
 
 
+class Refused(click.ClickException):
+    """Settings a process will not start with: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
 @click.group()
 def main() -> None:
     """Operate webhook_service."""
@@ -41,7 +47,14 @@ def worker() -> None:
     """Run the worker: submit jobs to Cobalt, retry, reconcile, purge expired PHI."""
     from webhook_service.worker import run_worker
 
-    run_worker(Settings())
+    settings = Settings()
+    try:
+        # Without these the worker would start and log CobaltTransient forever.
+        settings.require_worker_settings()
+        settings.phi_keys()
+    except (RuntimeError, ValueError) as exc:
+        raise Refused(str(exc)) from None
+    run_worker(settings)
 
 
 @main.group()
