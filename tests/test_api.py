@@ -498,7 +498,9 @@ def test_polling_a_processing_job(client: FlaskClient, headers: dict[str, str]) 
         submitted.headers["Location"], headers={"If-None-Match": submitted.headers["ETag"]}
     )
     assert again.status_code == 304
-    assert response.headers["Cache-Control"] == "private, no-cache"
+    # The job carries PHI: nothing may keep it, and the front end's If-None-Match still works.
+    assert response.headers["Cache-Control"] == "no-store"
+    assert again.headers["Cache-Control"] == "no-store"
     assert int(response.headers["Retry-After"]) > 0
 
 

@@ -198,6 +198,8 @@ class CobaltClient:
                 params=params,
                 headers=self._headers(access_token),
                 timeout=self._timeout,
+                # Followed, the credentials in the headers would go to whatever host it names.
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             # Reads change nothing at Cobalt, so any failure is safe to try again.
@@ -239,6 +241,9 @@ def _raise_for_status(status_code: int, payload: dict[str, Any]) -> None:
         return
     if status_code == 429 or status_code >= 500:
         raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
+    if status_code < 400:
+        # Not followed, and not Cobalt's refusal: looked up again later, as reads may be.
+        raise CobaltTransient(f"answered {status_code}: a redirect, not followed", status_code)
     raise _rejected(status_code, payload)
 
 
