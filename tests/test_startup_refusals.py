@@ -102,3 +102,22 @@ def test_the_worker_accepts_https_and_plain_http_only_where_nothing_leaves_the_m
     Settings(
         **production(WEBHOOK_SERVICE_ENV=environment, COBALT_API_URL=url)
     ).require_worker_settings()
+
+
+@pytest.mark.parametrize("seconds", ["61", "3600", "-1"])
+def test_a_revoked_token_cannot_be_trusted_for_more_than_a_minute(
+    cli_env: dict[str, str], seconds: str
+) -> None:
+    says = "AUTH_CACHE_SECONDS must be between 0 and 60"
+    result = CliRunner().invoke(
+        main, ["migrate"], env={**cli_env, **production(AUTH_CACHE_SECONDS=seconds)}
+    )
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert says in result.output
+    with pytest.raises(RuntimeError, match=says):
+        create_app(Settings(WEBHOOK_SERVICE_ENV="test", AUTH_CACHE_SECONDS=seconds))
+
+
+def test_a_minute_is_the_longest_auth_cache_allowed() -> None:
+    Settings(**production(AUTH_CACHE_SECONDS="60")).require_web_secrets()

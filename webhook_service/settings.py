@@ -24,6 +24,9 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 # it, so production refuses it, as it refuses a key too short to resist guessing.
 DEVELOPMENT_SECRET_KEY = "development-only-not-secret"  # noqa: S105 - public, so production refuses it
 MIN_SECRET_KEY_BYTES = 32
+# Each web process trusts a checked bearer token this long at most, then looks it up again:
+# the longest a revoked token can keep working anywhere.
+MAX_AUTH_CACHE_SECONDS = 60.0
 
 
 def normalise_database_url(url: str) -> str:
@@ -93,7 +96,8 @@ class Settings(BaseSettings):
     # is bound by its interpreter lock, so a dyno with more cores takes one per core.
     worker_processes: int = Field(default=1, ge=1, le=64, validation_alias="WORKER_PROCESSES")
     # How long a web process trusts a bearer token it has checked: a revoked token stops
-    # working within this many seconds (0: look every token up on every request).
+    # working in every process within this many seconds (0: look every token up on every
+    # request). At most MAX_AUTH_CACHE_SECONDS (`require_web_secrets`).
     auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
 
@@ -137,7 +141,13 @@ class Settings(BaseSettings):
         )
 
     def require_web_secrets(self) -> None:
-        """Fail fast when the web process would run in production without its secrets."""
+        """Fail fast when the web process would run with settings it must refuse: in
+        production without its secrets; anywhere with a revocation that could take long."""
+        if not 0 <= self.auth_cache_seconds <= MAX_AUTH_CACHE_SECONDS:
+            raise RuntimeError(
+                f"AUTH_CACHE_SECONDS must be between 0 and {MAX_AUTH_CACHE_SECONDS:g}: a "
+                "revoked bearer token keeps working that long in each web process"
+            )
         if self.environment != "production":
             return
         if not self.secret_key:
