@@ -130,6 +130,17 @@ def test_a_read_is_not_redirected_so_the_credentials_stay_with_cobalt(
     assert [c.request.url for c in cobalt.calls] == [f"{COBALT}/settings"]
 
 
+@pytest.mark.parametrize("field", ["message", "error"])
+def test_a_long_refusal_is_kept_as_a_bounded_message(cobalt, client: CobaltClient, field) -> None:
+    cobalt.add(
+        responses.POST, f"{COBALT}/notes", status=400, json={"success": False, field: "x" * 100_000}
+    )
+    with pytest.raises(CobaltRejected) as raised:
+        client.create_note("at", NOTE)
+    assert len(raised.value.message) == 500
+    assert raised.value.message.endswith("\u2026")
+
+
 def test_read_timeout_is_unknown(cobalt, client: CobaltClient) -> None:
     cobalt.add(responses.POST, f"{COBALT}/notes", body=requests.ReadTimeout("slow"))
     with pytest.raises(CobaltAmbiguous):

@@ -252,8 +252,15 @@ def _is_cobalt_error(payload: dict[str, Any]) -> bool:
     return payload.get("success") is False
 
 
+# Cobalt's refusal is kept as the job's error message (encrypted, purged with the rest of
+# its PHI, shown to the front end): bounded, so an answer of any size stores a sentence.
+MAX_REJECTION_MESSAGE_CHARS = 500
+
+
 def _rejected(status_code: int, payload: dict[str, Any]) -> CobaltRejected:
     text = _first_text(payload, "message", "error") or f"Cobalt answered {status_code}"
+    if len(text) > MAX_REJECTION_MESSAGE_CHARS:
+        text = text[: MAX_REJECTION_MESSAGE_CHARS - 1] + "\u2026"
     return CobaltRejected(status_code, text, recognise_rejection(status_code, payload))
 
 
