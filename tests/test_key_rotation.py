@@ -3,6 +3,9 @@ key; the worker still sends, with the clinic's own Cobalt access token."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 import responses
 from click.testing import CliRunner
@@ -10,11 +13,20 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, text
 
 from tests.conftest import COBALT, PHI_KEY, PHI_SEARCH_KEY
+from tests.processes import (
+    BIN,
+    kill_group,
+    restart_worker,
+    running_system,
+    throwaway_postgres_database,
+)
+from tests.processes import _run as run_command
 from tests.test_lifecycle_http import NOTE
 from webhook_service import phi
 from webhook_service.cli import main
-from webhook_service.db import transaction
+from webhook_service.db import make_engine, transaction
 from webhook_service.models import Clinic
+from webhook_service.sandbox.data import DEMO_IDS
 from webhook_service.services import create_client
 
 
@@ -61,3 +73,40 @@ def test_after_rotating_and_dropping_the_old_key_the_worker_still_sends_for_ever
     assert [r.headers["access_token"] for r in sent] == ["at_north"]
     assert NOTE["note"]["plan"] in sent[0].body.decode()  # the note decrypted too
     assert app.test_client(token=token).get(f"/v1/jobs/{job_id}").json["status"] == "processing"
+
+
+@pytest.mark.e2e
+def test_the_documented_rotation_through_the_real_processes(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """Web and worker under the old key; `keys rotate` with both; a worker with only the new
+    key sends what was waiting, with the clinic's token, and Cobalt's webhook settles it."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    keys = {"PHI_ENCRYPTION_KEYS": old, "PHI_SEARCH_KEY": "s" * 64}
+    with (
+        throwaway_postgres_database(postgres_server_url, "rotate") as database_url,
+        running_system(database_url, tmp_path, env=keys) as system,
+    ):
+        kill_group(system.processes["worker"])  # the job waits for the rotated worker
+        note = {"appointment_id": DEMO_IDS["appointment_id"], "note": "Patient doing well."}
+        submitted = system.api().post(f"{system.web_url}/v1/notes", json=note, timeout=10)
+        assert submitted.status_code == 202, submitted.text
+
+        system.environ["PHI_ENCRYPTION_KEYS"] = f"{new},{old}"
+        rotate = [str(BIN / "webhook-service"), "keys", "rotate"]
+        assert "re-encrypted" in run_command(rotate, system.environ, tmp_path / "rotate.log")
+        system.environ["PHI_ENCRYPTION_KEYS"] = new  # the old key is dropped
+        restart_worker(system)
+
+        engine = make_engine(database_url)
+        try:
+            deadline = time.monotonic() + 30
+            status = None
+            while time.monotonic() < deadline and status != "completed":
+                time.sleep(0.2)
+                with engine.connect() as conn:
+                    status = conn.execute(text("SELECT status FROM jobs")).scalar_one()
+        finally:
+            engine.dispose()
+        assert status == "completed", system.tails()
+        assert len(system.sandbox_submissions()) == 1
