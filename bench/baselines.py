@@ -268,7 +268,7 @@ def _job_fields(columns: Any, outcome: Any, error_message: str | None) -> dict[s
 
 def _cache_headers(response: Response, etag: str, job_status: str) -> None:
     response.set_etag(etag)
-    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["Cache-Control"] = "no-store"
     if job_status == "processing":
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
 

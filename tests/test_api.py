@@ -498,7 +498,9 @@ def test_polling_a_processing_job(client: FlaskClient, headers: dict[str, str]) 
         submitted.headers["Location"], headers={"If-None-Match": submitted.headers["ETag"]}
     )
     assert again.status_code == 304
-    assert response.headers["Cache-Control"] == "private, no-cache"
+    # The job carries PHI: nothing may keep it, and the front end's If-None-Match still works.
+    assert response.headers["Cache-Control"] == "no-store"
+    assert again.headers["Cache-Control"] == "no-store"
     assert int(response.headers["Retry-After"]) > 0
 
 
@@ -574,13 +576,17 @@ def test_openapi_describes_the_api_from_the_validating_models(client: FlaskClien
 # --- 7. Health -------------------------------------------------------------------------------
 
 
-def test_healthz_is_ok_and_readyz_reports_the_schema_at_head(
-    client: FlaskClient, sessions: SessionFactory
+def test_healthz_is_ok_and_readyz_reports_the_schema_at_head_to_support_only(
+    app: Flask, client: FlaskClient, support: FlaskClient, sessions: SessionFactory
 ) -> None:
     with sessions() as session:
         migrated = session.scalar(text("SELECT version_num FROM alembic_version"))
     assert client.get("/healthz").status_code == 200
-    response = client.get("/readyz")
+    response = support.get("/readyz")
     assert response.status_code == 200
     assert response.json["status"] == "ready"
     assert response.json["schema"] == migrated == schema_head()
+    for anyone in (app.test_client(token=""), app.test_client(token="wst_wrong"), client):
+        response = anyone.get("/readyz")
+        assert response.status_code == 200
+        assert response.json == {"status": "ready"}

@@ -113,6 +113,34 @@ def test_a_redirect_is_unknown_and_not_followed(cobalt, client: CobaltClient, st
     assert [c.request.url for c in cobalt.calls] == [f"{COBALT}/notes"]
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_read_is_not_redirected_so_the_credentials_stay_with_cobalt(
+    cobalt, client: CobaltClient, status: int
+) -> None:
+    cobalt.add(
+        responses.GET,
+        f"{COBALT}/settings",
+        status=status,
+        headers={"Location": "https://elsewhere.test/settings"},
+    )
+    cobalt.add(responses.GET, "https://elsewhere.test/settings", json={"success": True})
+    with pytest.raises(CobaltTransient) as raised:
+        client.get_access_token_reference_id("at")
+    assert raised.value.status_code == status
+    assert [c.request.url for c in cobalt.calls] == [f"{COBALT}/settings"]
+
+
+@pytest.mark.parametrize("field", ["message", "error"])
+def test_a_long_refusal_is_kept_as_a_bounded_message(cobalt, client: CobaltClient, field) -> None:
+    cobalt.add(
+        responses.POST, f"{COBALT}/notes", status=400, json={"success": False, field: "x" * 100_000}
+    )
+    with pytest.raises(CobaltRejected) as raised:
+        client.create_note("at", NOTE)
+    assert len(raised.value.message) == 500
+    assert raised.value.message.endswith("\u2026")
+
+
 def test_read_timeout_is_unknown(cobalt, client: CobaltClient) -> None:
     cobalt.add(responses.POST, f"{COBALT}/notes", body=requests.ReadTimeout("slow"))
     with pytest.raises(CobaltAmbiguous):

@@ -182,6 +182,26 @@ def test_a_revoked_token_loses_access_at_once(staff, sessions):
     assert response.headers["Location"].startswith("/console/login")
 
 
+def test_a_cookie_captured_before_sign_out_no_longer_works(app, sessions):
+    token = new_token(sessions, "alice", "support")
+    console = anonymous(app)
+    assert console.sign_in(token).status_code == 303
+    captured = console.client.get_cookie("console_session", path="/console")
+    assert captured is not None
+    colleague = anonymous(app)
+    assert colleague.sign_in(new_token(sessions, "bob", "support")).status_code == 303
+    assert console.post("/console/logout").status_code == 303
+
+    replayed = anonymous(app)
+    replayed.client.set_cookie("console_session", captured.value, path="/console")
+    response = replayed.get("/console/jobs")
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/console/login")
+    assert colleague.get("/console/").status_code == 200  # another person's session lives on
+    assert console.sign_in(token).status_code == 303  # and alice may sign in again
+    assert console.get("/console/").status_code == 200
+
+
 def test_a_session_ends_twelve_hours_after_sign_in(staff, clock: FakeClock):
     clock.advance(hours=11, minutes=59)
     assert staff.get("/console/").status_code == 200

@@ -61,8 +61,24 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     init_cors(app, settings.cors_allowed_origins)
     _register_error_handlers(app)
+    _add_security_headers(app, hsts=settings.environment == "production")
     app.wsgi_app = RequestLog(app.wsgi_app, log)  # type: ignore[method-assign]
     return app
+
+
+# A year: browsers that have seen the service over https never try plain http on it again.
+HSTS = "max-age=31536000"
+
+
+def _add_security_headers(app: Flask, *, hsts: bool) -> None:
+    """Every answer, problems included: no content sniffing; in production, https only."""
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if hsts:
+            response.headers["Strict-Transport-Security"] = HSTS
+        return response
 
 
 def problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

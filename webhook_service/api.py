@@ -147,7 +147,9 @@ def _job_response(job: JobColumns, *, status: int, etag: str | None = None) -> R
 
 def _cache_headers(response: Response, etag: str, status: str) -> None:
     response.set_etag(etag)
-    response.headers["Cache-Control"] = "private, no-cache"
+    # The job carries PHI: no cache keeps it. Polls still cost a 304, since the front end
+    # sends If-None-Match itself from the ETag it holds.
+    response.headers["Cache-Control"] = "no-store"
     if status == JobStatus.PROCESSING:
         response.headers["Retry-After"] = str(settings().poll_retry_after_seconds)
 

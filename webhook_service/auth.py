@@ -56,6 +56,17 @@ def require(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorator
 
 
+def client_if_any() -> ApiClient | None:
+    """The client a valid bearer token names, or None: for routes open to anyone that tell
+    an authenticated client more."""
+    if not request.headers.get("Authorization"):
+        return None
+    try:
+        return _client_from_header()
+    except Unauthenticated:
+        return None
+
+
 def _client_from_header() -> ApiClient:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

@@ -20,7 +20,8 @@ from webhook_service.settings import Settings
 
 
 class CannotRun(click.ClickException):
-    """The command could not run here: settings, schema or database (exit 2)."""
+    """The command could not run here: settings (including ones a process will not start
+    with), schema or database. One line on stderr, exit 2."""
 
     exit_code = 2
 
@@ -91,7 +92,12 @@ def worker() -> None:
     """Run the worker: submit jobs to Cobalt, retry, reconcile, purge expired PHI."""
     from webhook_service.worker import run_worker
 
-    run_worker(Settings())
+    settings = Settings()
+    # Without these the worker would start and log CobaltTransient forever; a refusal is
+    # one line and exit 2 (`_Main`).
+    settings.require_worker_settings()
+    settings.phi_keys()
+    run_worker(settings)
 
 
 @main.group()

@@ -198,6 +198,8 @@ class CobaltClient:
                 params=params,
                 headers=self._headers(access_token),
                 timeout=self._timeout,
+                # Followed, the credentials in the headers would go to whatever host it names.
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             # Reads change nothing at Cobalt, so any failure is safe to try again.
@@ -239,6 +241,9 @@ def _raise_for_status(status_code: int, payload: dict[str, Any]) -> None:
         return
     if status_code == 429 or status_code >= 500:
         raise CobaltTransient(f"Cobalt answered {status_code}", status_code)
+    if status_code < 400:
+        # Not followed, and not Cobalt's refusal: looked up again later, as reads may be.
+        raise CobaltTransient(f"answered {status_code}: a redirect, not followed", status_code)
     raise _rejected(status_code, payload)
 
 
@@ -247,8 +252,15 @@ def _is_cobalt_error(payload: dict[str, Any]) -> bool:
     return payload.get("success") is False
 
 
+# Cobalt's refusal is kept as the job's error message (encrypted, purged with the rest of
+# its PHI, shown to the front end): bounded, so an answer of any size stores a sentence.
+MAX_REJECTION_MESSAGE_CHARS = 500
+
+
 def _rejected(status_code: int, payload: dict[str, Any]) -> CobaltRejected:
     text = _first_text(payload, "message", "error") or f"Cobalt answered {status_code}"
+    if len(text) > MAX_REJECTION_MESSAGE_CHARS:
+        text = text[: MAX_REJECTION_MESSAGE_CHARS - 1] + "\u2026"
     return CobaltRejected(status_code, text, recognise_rejection(status_code, payload))
 
 

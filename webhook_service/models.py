@@ -106,6 +106,9 @@ class ApiClient(Base):
     token_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # A console session carries the generation it signed in under; signing out bumps it,
+    # so a cookie captured before then no longer works anywhere.
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):

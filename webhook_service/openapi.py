@@ -173,6 +173,8 @@ def build_spec() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "summary": "Readiness: database reachable, schema at head",
+                    "description": "Anyone gets ready or 503; with a support token, the "
+                    "schema revision (`schema`) and why it is not ready.",
                     "responses": {
                         "200": {"description": "Ready"},
                         "503": _problem("Not ready."),

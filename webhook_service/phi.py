@@ -99,6 +99,16 @@ def search_hash(value: str | None) -> str | None:
     return None if value is None else keys().search_hash(value)
 
 
+# Marks a stored Idempotency-Key as its keyed hash (migration 0014 hashed older rows).
+IDEMPOTENCY_KEY_HASH_PREFIX = "hmac:"
+
+
+def idempotency_key_hash(key: str, search: PhiKeys | None = None) -> str:
+    """How a front end's Idempotency-Key is stored: free text it chose, which may quote a
+    patient, kept only as its keyed hash, so the same key still finds its job."""
+    return IDEMPOTENCY_KEY_HASH_PREFIX + (search or keys()).search_hash(key)
+
+
 def generate_key() -> str:
     return Fernet.generate_key().decode()
 

@@ -483,7 +483,14 @@ def _no_nul(value: str) -> str:
 
 # The cap comes first: after a validator, pydantic would check it as "items after validation".
 StaffReason = Annotated[
-    StrictStr, Field(max_length=500), AfterValidator(_not_blank), AfterValidator(_no_nul)
+    StrictStr,
+    Field(
+        max_length=500,
+        description="Why, in at most 500 characters. Kept in the audit log for good and never "
+        "purged: write no PHI in it (no names, MRNs or note text).",
+    ),
+    AfterValidator(_not_blank),
+    AfterValidator(_no_nul),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +20,14 @@ DEFAULT_SQLITE_PATH = Path("instance") / "webhook_service.sqlite3"
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
+# The SECRET_KEY committed in config/dev.env (a test keeps the two equal): anyone can read
+# it, so production refuses it, as it refuses a key too short to resist guessing.
+DEVELOPMENT_SECRET_KEY = "development-only-not-secret"  # noqa: S105 - public, so production refuses it
+MIN_SECRET_KEY_BYTES = 32
+# Each web process trusts a checked bearer token this long at most, then looks it up again:
+# the longest a revoked token can keep working anywhere.
+MAX_AUTH_CACHE_SECONDS = 60.0
+
 
 def normalise_database_url(url: str) -> str:
     """Accept Heroku's `postgres://` and plain `postgresql://`; always use psycopg 3."""
@@ -26,6 +35,14 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def _safe_cobalt_url(url: str) -> bool:
+    """https, or http to this machine (a local sandbox, as the bench runs in production)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (
+        parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    )
 
 
 class Settings(BaseSettings):
@@ -79,7 +96,8 @@ class Settings(BaseSettings):
     # is bound by its interpreter lock, so a dyno with more cores takes one per core.
     worker_processes: int = Field(default=1, ge=1, le=64, validation_alias="WORKER_PROCESSES")
     # How long a web process trusts a bearer token it has checked: a revoked token stops
-    # working within this many seconds (0: look every token up on every request).
+    # working in every process within this many seconds (0: look every token up on every
+    # request). At most MAX_AUTH_CACHE_SECONDS (`require_web_secrets`).
     auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
 
@@ -123,11 +141,50 @@ class Settings(BaseSettings):
         )
 
     def require_web_secrets(self) -> None:
-        """Fail fast when the web process would run in production without its secrets."""
-        if self.environment == "production" and not self.secret_key:
+        """Fail fast when the web process would run with settings it must refuse: in
+        production without its secrets; anywhere with a revocation that could take long."""
+        if not 0 <= self.auth_cache_seconds <= MAX_AUTH_CACHE_SECONDS:
+            raise RuntimeError(
+                f"AUTH_CACHE_SECONDS must be between 0 and {MAX_AUTH_CACHE_SECONDS:g}: a "
+                "revoked bearer token keeps working that long in each web process"
+            )
+        if self.environment != "production":
+            return
+        if not self.secret_key:
             raise RuntimeError(
                 "SECRET_KEY must be set in production (set WEBHOOK_SERVICE_ENV=development "
                 "for local runs)"
+            )
+        if self.secret_key == DEVELOPMENT_SECRET_KEY:
+            raise RuntimeError(
+                "SECRET_KEY is the development one committed in config/dev.env: set a random "
+                "secret in production (`openssl rand -hex 32`)"
+            )
+        if len(self.secret_key.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+            raise RuntimeError(
+                f"SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes in production "
+                f"(`openssl rand -hex 32`); it has {len(self.secret_key.encode('utf-8'))}"
+            )
+
+    def require_worker_settings(self) -> None:
+        """Fail fast when the worker could never reach Cobalt, or would reach it unsafely."""
+        missing = [
+            name
+            for name, value in (
+                ("COBALT_CLIENT_ID", self.cobalt_client_id),
+                ("COBALT_CLIENT_SECRET", self.cobalt_client_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise RuntimeError(
+                f"{' and '.join(missing)} must be set: the worker cannot call Cobalt without "
+                "its credentials (the dashboard's API keys)"
+            )
+        if self.environment == "production" and not _safe_cobalt_url(self.cobalt_api_url):
+            raise RuntimeError(
+                "COBALT_API_URL must be https in production (plain http only to this machine): "
+                "the worker sends the client secret and the clinics' access tokens to it"
             )
 
     @property

@@ -26,7 +26,7 @@ from webhook_service import services
 from webhook_service.console.pages import page, staff
 from webhook_service.errors import ServiceError
 from webhook_service.logs import log_failure
-from webhook_service.services.console import active_support_client
+from webhook_service.services.console import active_support_client, end_console_sessions
 from webhook_service.web import request_transaction, utcnow
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,15 @@ def _guard() -> Response | None:
 
 def _signed_in_staff() -> services.Staff | None:
     client_id, signed_in_at = session.get("client_id"), session.get("signed_in_at")
+    generation = session.get("generation", 0)
     if not isinstance(client_id, int) or not isinstance(signed_in_at, int | float):
+        return None
+    if not isinstance(generation, int):
         return None
     if utcnow().timestamp() - signed_in_at > SESSION_LIFETIME.total_seconds():
         return None
     with request_transaction() as db:
-        client = active_support_client(db, client_id)
+        client = active_support_client(db, client_id, generation)
         if client is None:
             return None
         db.expunge(client)
@@ -149,6 +152,7 @@ def sign_in() -> Response:
     with request_transaction() as db:
         client = services.authenticate(db, token) if token else None
         client_id = client.id if client is not None and client.role == "support" else None
+        generation = client.session_generation if client is not None else 0
         if client is not None and client_id is not None:
             signed_in = services.Staff(name=client.name, client=client, via="console")
             services.audit_staff(db, signed_in, "console.sign_in", utcnow())
@@ -159,14 +163,18 @@ def sign_in() -> Response:
     session.clear()  # a fresh session, and a fresh CSRF token, for the signed-in person
     session["client_id"] = client_id
     session["signed_in_at"] = utcnow().timestamp()
+    session["generation"] = generation
     return redirect(back or url_for("console.dashboard"), 303)
 
 
 @bp.post("/logout")
 def sign_out() -> Response:
-    """Sign out: forget the session."""
+    """Sign out: end the session server-side (a copy of the cookie stops working too)."""
     with request_transaction() as db:
-        services.audit_staff(db, staff(), "console.sign_out", utcnow())
+        signed_out = staff()
+        services.audit_staff(db, signed_out, "console.sign_out", utcnow())
+        if signed_out.client is not None:
+            end_console_sessions(db, signed_out.client.id)
     session.clear()
     flash("Signed out.")
     return redirect(url_for("console.login"), 303)

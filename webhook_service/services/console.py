@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, case, func, or_, select
+from sqlalchemy import ColumnElement, Row, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from webhook_service.lifecycle import JobKind, JobStatus, kind_for_event
@@ -78,15 +78,27 @@ class Dashboard:
     clinics_to_relink: list[Clinic]
 
 
-def active_support_client(session: Session, client_id: int) -> ApiClient | None:
-    """The support client with this id if it may still act: not revoked, role `support`.
+def active_support_client(session: Session, client_id: int, generation: int) -> ApiClient | None:
+    """The support client with this id if it may still act: not revoked, role `support`, and
+    not signed out since the session began (its generation is still the client's).
 
-    The console checks this on every request, so a revoked token loses access at once.
+    The console checks this on every request, so revoking or signing out ends it at once.
     """
     client = session.get(ApiClient, client_id)
     if client is None or client.revoked_at is not None or client.role != "support":
         return None
+    if client.session_generation != generation:
+        return None
     return client
+
+
+def end_console_sessions(session: Session, client_id: int) -> None:
+    """End every console session of this client, wherever its cookie is (sign-out)."""
+    session.execute(
+        update(ApiClient)
+        .where(ApiClient.id == client_id)
+        .values(session_generation=ApiClient.session_generation + 1)
+    )
 
 
 def read_job_details(session: Session, staff: Staff, job_id: str, now: datetime) -> JobDetails:

@@ -26,7 +26,7 @@ from webhook_service import phi
 from webhook_service.errors import IdempotencyKeyReused, NotFound
 from webhook_service.lifecycle import JobKind, JobStatus, Outcome, Submission, attention_message
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent, UTCDateTime
-from webhook_service.phi import search_hash
+from webhook_service.phi import idempotency_key_hash, search_hash
 from webhook_service.schemas import JobOut, NoteRequest, TelephoneEncounterRequest
 from webhook_service.settings import Settings
 
@@ -195,7 +195,9 @@ def _new_job_values(
         "clinic_id": clinic_id,
         "request_body": body,
         "request_hash": _hash_body(body),
-        "idempotency_key": idempotency_key,
+        "idempotency_key": None
+        if idempotency_key is None
+        else idempotency_key_hash(idempotency_key),
         "client_id": client.id if client is not None else None,
         "appointment_hash": search_hash(
             request.appointment_id if isinstance(request, NoteRequest) else None
@@ -213,7 +215,11 @@ def _new_job_values(
 
 
 def _job_for_key(session: Session, client_id: int | None, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.client_id == client_id, Job.idempotency_key == key))
+    # The plain key too: a row the previous release wrote while this one was deploying.
+    stored = (idempotency_key_hash(key), key)
+    return session.scalar(
+        select(Job).where(Job.client_id == client_id, Job.idempotency_key.in_(stored)).limit(1)
+    )
 
 
 def _replay(job: Job, body_hash: str) -> Job:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import flag_modified
 
 from webhook_service import phi
-from webhook_service.models import PURGE_PREDICATE, Job, WebhookDelivery
+from webhook_service.models import PURGE_PREDICATE, Clinic, Job, WebhookDelivery
 from webhook_service.services.jobs import add_event
 
 PURGE_BATCH = 500
@@ -53,7 +53,9 @@ def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) 
 
 
 def reencrypt_phi(session: Session, batch: int = 500) -> int:
-    """Re-encrypt every stored PHI value under the newest key; return rows rewritten.
+    """Re-encrypt everything stored encrypted under the newest key; return rows rewritten.
+
+    That is PHI (jobs, webhook bodies) and the clinics' Cobalt access tokens.
 
     Reading decrypts with any configured key and writing encrypts with the newest, so
     loading and flagging each value as changed is the whole rotation.
@@ -87,6 +89,12 @@ def reencrypt_phi(session: Session, batch: int = 500) -> int:
             count += 1
         last_delivery = deliveries[-1].id
         session.flush()
+    # The clinics' Cobalt access tokens are credentials, not PHI, but they are encrypted
+    # under the same keys: left behind, no clinic's token decrypts once the old key goes.
+    for clinic in session.scalars(select(Clinic).order_by(Clinic.id)):
+        _touch(clinic, "access_token")
+        count += 1
+    session.flush()
     phi.keys()  # fail loudly here, not half-way, if keys were never configured
     return count
 
