@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     # working within this many seconds (0: look every token up on every request).
     auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
+    # Abuse limits (issue 18). Submissions one front-end client may make per minute, counted
+    # in the database so the limit holds across web processes; 0: no limit.
+    rate_limit_submissions_per_minute: int = Field(
+        default=600, ge=0, validation_alias="RATE_LIMIT_SUBMISSIONS_PER_MINUTE"
+    )
+    # Jobs waiting to be sent at which new submissions get 503 instead of queueing; 0: no cap.
+    backlog_max_jobs: int = Field(default=5000, ge=0, validation_alias="BACKLOG_MAX_JOBS")
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"
