@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,3 +153,38 @@ def test_the_backlog_is_counted_at_most_once_a_second_per_process(
     clock.advance(seconds=1)
     # ... and the next second's count sees both.
     assert client.post(NOTES, json=NOTE).status_code == 503
+
+
+@pytest.mark.parametrize("path", [NOTES, "/webhooks/cobalt"])
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_body_over_max_body_bytes_is_413_chunked_or_not(
+    make_app: Callable[..., Flask], path: str, chunked: bool
+) -> None:
+    client = make_app(MAX_BODY_BYTES=100).test_client()
+    body = b'{"note": "' + b"x" * 200 + b'"}'
+    if chunked:
+        # As gunicorn hands over a chunked body: no Content-Length, the stream terminated.
+        answer = client.post(
+            path,
+            input_stream=io.BytesIO(body),
+            headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+    else:
+        answer = client.post(path, data=body, content_type="application/json")
+    problem = _limited(client.application, answer, 413)
+    assert problem["detail"] == "The body is larger than 100 bytes."
+
+
+def test_a_chunked_body_of_exactly_max_body_bytes_is_read_whole(
+    make_app: Callable[..., Flask],
+) -> None:
+    body = json.dumps(NOTE).encode()
+    client = make_app(MAX_BODY_BYTES=len(body)).test_client()
+    answer = client.post(
+        NOTES,
+        input_stream=io.BytesIO(body),
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert answer.status_code == 202, answer.get_data(as_text=True)

@@ -81,3 +81,23 @@ def sessions_by_process(web_url: str, pids: list[int]) -> dict[int, requests.Ses
             for other in others:
                 os.kill(other, signal.SIGCONT)
     return found
+
+
+def test_a_chunked_body_over_the_limit_is_413_through_gunicorn(
+    throwaway_postgres: str, tmp_path: Path
+) -> None:
+    with running_system(throwaway_postgres, tmp_path, env={"MAX_BODY_BYTES": "1000"}) as system:
+
+        def chunks() -> Iterator[bytes]:  # a generator body: requests sends it chunked
+            yield b'{"appointment_id": "1", "note": "'
+            yield b"x" * 2000
+            yield b'"}'
+
+        answer = requests.post(
+            f"{system.web_url}/v1/notes",
+            data=chunks(),
+            headers={"Authorization": f"Bearer {system.token}", "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert answer.status_code == 413, answer.text
+        assert answer.headers["Content-Type"] == "application/problem+json"

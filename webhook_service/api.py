@@ -24,6 +24,7 @@ from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.jobs import JobColumns
 from webhook_service.web import (
+    read_body,
     read_connection,
     request_transaction,
     settings,
@@ -192,7 +193,7 @@ def _json_body() -> Any:
         request.mimetype == "application/json" or request.mimetype.endswith("+json")
     ):
         raise UnsupportedMediaType(f"Send the body as application/json (got {request.mimetype}).")
-    raw = request.get_data(cache=False)
+    raw = read_body()
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

@@ -13,7 +13,7 @@ from webhook_service import services
 from webhook_service.errors import NotConfigured, SignatureInvalid
 from webhook_service.services.webhooks import KEPT_HEADERS
 from webhook_service.signatures import verify_signature
-from webhook_service.web import sessions, settings, utcnow
+from webhook_service.web import read_body, sessions, settings, utcnow
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def receive_cobalt_webhook() -> Response:
     if not secrets:
         log.error("webhook refused: COBALT_WEBHOOK_SECRETS is not set")
         raise NotConfigured("No webhook signing secret is configured; deliveries are refused.")
-    raw_body = request.get_data(cache=False)
+    raw_body = read_body()
     match = verify_signature(raw_body, request.headers.get("cobalt-verification"), secrets)
     if match is None:
         log.warning("webhook signature rejected", extra={"bytes": len(raw_body)})
