@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     )
     # Jobs waiting to be sent at which new submissions get 503 instead of queueing; 0: no cap.
     backlog_max_jobs: int = Field(default=5000, ge=0, validation_alias="BACKLOG_MAX_JOBS")
+    # Console sign-in attempts one address may make in a quarter of an hour without one
+    # succeeding; then 429 until the quarter ends. 0: no throttle.
+    sign_in_max_failures: int = Field(default=10, ge=0, validation_alias="SIGN_IN_MAX_FAILURES")
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"

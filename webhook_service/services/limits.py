@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, select, text
+from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from webhook_service.errors import BacklogFull, RateLimited
@@ -20,6 +20,8 @@ from webhook_service.models import DUE_PREDICATE, Job, RateCounter
 COUNTERS = cast(Table, RateCounter.__table__)
 _JOBS = cast(Table, Job.__table__)
 SUBMISSION_WINDOW_SECONDS = 60
+SIGN_IN_WINDOW_SECONDS = 15 * 60
+_SIGN_IN = "sign-in:"
 
 
 def _upsert(insert: Any) -> Any:
@@ -87,6 +89,38 @@ def count_submission(connection: Connection, client_id: int, *, limit: int, now:
             f"This client may submit {limit} jobs a minute; try again in {window.seconds_left} s.",
             retry_after=window.seconds_left,
         )
+
+
+def count_sign_in(connection: Connection, address: str, *, limit: int, now: datetime) -> None:
+    """Count a console sign-in attempt from `address`; past `limit` attempts since its last
+    success in a quarter of an hour, refuse it (429) before any token is looked at.
+
+    Counted first, in one atomic statement, so concurrent guesses cannot all slip under the
+    limit; on a success, `forget_sign_in_failures` clears the address's count. `limit` 0: no
+    throttle.
+    """
+    if limit <= 0:
+        return
+    window = Window.at(now, SIGN_IN_WINDOW_SECONDS)
+    if bump(connection, _SIGN_IN + address, window) > limit:
+        minutes = -(-window.seconds_left // 60)
+        raise RateLimited(
+            f"Too many failed sign-ins from your address. Try again in {minutes} "
+            f"minute{'s' if minutes != 1 else ''}.",
+            retry_after=window.seconds_left,
+        )
+
+
+def forget_sign_in_failures(connection: Connection, address: str, now: datetime) -> None:
+    """A sign-in from `address` succeeded: forget its failures, and every address's from
+    windows that have passed (so failed addresses leave no rows behind)."""
+    window = Window.at(now, SIGN_IN_WINDOW_SECONDS)
+    connection.execute(
+        delete(COUNTERS).where(
+            (COUNTERS.c.key == _SIGN_IN + address)
+            | (COUNTERS.c.key.startswith(_SIGN_IN) & (COUNTERS.c.window_start < window.start))
+        )
+    )
 
 
 def waiting_jobs(connection: Connection) -> int:
