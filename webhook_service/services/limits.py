@@ -2,7 +2,7 @@
 
 A fixed window per key (`submit:<client id>`, `sign-in:<address>`): one row, bumped by one
 atomic upsert that answers the new count, and reset in place when its window has passed, so
-the table holds one row per key and needs no purge.
+the table holds one row per key (a client, or an address that failed to sign in lately).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, text
+from sqlalchemy import Connection, Table, case, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from webhook_service.errors import BacklogFull, RateLimited
@@ -39,9 +39,6 @@ def _upsert(insert: Any) -> Any:
 
 # Built once per dialect: the hot path reuses the compiled statement.
 _BUMP = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
-_READ = select(COUNTERS.c.count).where(
-    COUNTERS.c.key == bindparam("key"), COUNTERS.c.window_start == bindparam("window_start")
-)
 _WAITING = select(func.count()).select_from(_JOBS).where(text(DUE_PREDICATE))
 
 
@@ -65,14 +62,6 @@ def bump(connection: Connection, key: str, window: Window) -> int:
         _BUMP[connection.dialect.name], {"key": key, "window_start": window.start, "count": 1}
     ).scalar_one()
     return count
-
-
-def hits(connection: Connection, key: str, window: Window) -> int:
-    """The hits counted on `key` in `window` (0 once it has passed)."""
-    count = connection.execute(
-        _READ, {"key": key, "window_start": window.start}
-    ).scalar_one_or_none()
-    return int(count or 0)
 
 
 def count_submission(connection: Connection, client_id: int, *, limit: int, now: datetime) -> None:
