@@ -717,6 +717,9 @@ FAST = {
     "RETRY_CAP_SECONDS": "2",
     "WORKER_CONCURRENCY": "4",
     "LOG_LEVEL": "INFO",
+    # Scenarios burst submissions from one client: the limits are tested on their own.
+    "RATE_LIMIT_SUBMISSIONS_PER_MINUTE": "0",
+    "BACKLOG_MAX_JOBS": "0",
 }
 
 

@@ -716,3 +716,66 @@ def test_a_delivery_body_is_shown_on_request_and_the_read_is_audited(staff, post
     [entry] = audits(sessions, "delivery.read")
     assert (entry.actor, entry.detail["delivery_id"]) == ("support-1", int(delivery_id))
     assert staff.get("/console/inbox?state=applied").status_code == 422
+
+
+# --- Sign-in throttle ---------------------------------------------------------------------------
+
+
+def _from(app: Flask, address: str) -> Console:
+    console = anonymous(app)
+    console.client.environ_base["HTTP_X_FORWARDED_FOR"] = f"203.0.113.9, {address}"
+    return console
+
+
+def test_repeated_failed_sign_ins_from_one_address_are_throttled(app, sessions, clock):
+    clock.advance(minutes=5)  # 10 minutes left in the quarter of an hour
+    guesser = _from(app, "198.51.100.7")
+    for _ in range(10):
+        assert guesser.sign_in("wst_" + "x" * 43).status_code == 401
+    refused = guesser.sign_in(new_token(sessions, "dave", "support"))
+    assert refused.status_code == 429  # even with a good token, until the quarter ends
+    assert refused.headers["Retry-After"] == "600"
+    assert "Too many failed sign-ins from your address. Try again in 10 minutes." in (
+        html.unescape(refused.text)
+    )
+    assert audits(sessions, "console.sign_in") == []
+    # Another address is not held back, and the quarter's end frees this one.
+    assert (
+        _from(app, "198.51.100.8").sign_in(new_token(sessions, "erin", "support")).status_code
+        == 303
+    )
+    clock.advance(minutes=10)
+    assert guesser.sign_in(new_token(sessions, "fay", "support")).status_code == 303
+
+
+def test_a_successful_sign_in_clears_the_address_failures(app, sessions):
+    office = _from(app, "198.51.100.7")
+    for _ in range(9):
+        assert office.sign_in("wst_wrong").status_code == 401
+    assert office.sign_in(new_token(sessions, "gus", "support")).status_code == 303
+    colleague = _from(app, "198.51.100.7")
+    for _ in range(10):
+        assert colleague.sign_in("wst_wrong").status_code == 401
+    assert colleague.sign_in("wst_wrong").status_code == 429
+
+
+def test_the_throttle_counts_the_address_the_router_saw_not_a_forged_one(app):
+    for forged in range(11):
+        console = anonymous(app)
+        console.client.environ_base["HTTP_X_FORWARDED_FOR"] = f"10.0.0.{forged}, 198.51.100.7"
+        status = console.sign_in("wst_wrong").status_code
+    assert status == 429
+
+
+def test_the_throttle_is_shared_by_every_web_process(app, settings):
+    other = create_app(settings)  # a second process on the same database
+    other.test_client_class = app.test_client_class
+    other.extensions["webhook_service"]["clock"] = app.extensions["webhook_service"]["clock"]
+    try:
+        for failure in range(10):
+            web = app if failure % 2 else other
+            assert _from(web, "198.51.100.7").sign_in("wst_wrong").status_code == 401
+        assert _from(other, "198.51.100.7").sign_in("wst_wrong").status_code == 429
+        assert _from(app, "198.51.100.7").sign_in("wst_wrong").status_code == 429
+    finally:
+        other.extensions["webhook_service"]["engine"].dispose()

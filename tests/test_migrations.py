@@ -16,7 +16,15 @@ from webhook_service.db import make_engine
 from webhook_service.migrations import alembic_config, downgrade, upgrade
 from webhook_service.models import Base
 
-TABLES = {"clinics", "jobs", "job_events", "webhook_deliveries", "api_clients", "audit_events"}
+TABLES = {
+    "clinics",
+    "jobs",
+    "job_events",
+    "webhook_deliveries",
+    "api_clients",
+    "audit_events",
+    "rate_counters",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

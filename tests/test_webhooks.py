@@ -872,3 +872,29 @@ def test_an_outcome_too_deep_to_serve_is_cut_and_the_job_still_polls(client, enc
     assert polled.status_code == 200
     assert polled.json["outcome"]["step"] == "refill"
     assert polled.json["outcome"]["omitted_keys"] == ["trace"]
+
+
+def test_a_burst_of_rejected_signatures_is_logged_once_a_minute(
+    client: FlaskClient, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def forged() -> int:
+        headers = {"content-type": "application/json", "cobalt-verification": "0" * 64}
+        answer = client.post("/webhooks/cobalt", data=b'{"id":"evt_x"}', headers=headers)
+        assert answer.status_code == 401
+        return len(answer.data)
+
+    def logged() -> list[int]:
+        return [
+            record.__dict__["rejected"]
+            for record in caplog.records
+            if record.getMessage() == "webhook signatures rejected"
+        ]
+
+    for _ in range(5):
+        forged()
+        clock.advance(seconds=10)
+    assert logged() == [1]  # the first at once, then quiet for a minute
+    forged()  # 50 s after the first
+    clock.advance(seconds=10)
+    forged()  # a minute after the first: one line for the six since
+    assert logged() == [1, 6]

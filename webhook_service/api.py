@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
 
 from webhook_service import services
 from webhook_service.auth import current_client, require
@@ -22,6 +24,7 @@ from webhook_service.openapi import build_spec
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.jobs import JobColumns
 from webhook_service.web import (
+    read_body,
     read_connection,
     request_transaction,
     settings,
@@ -32,6 +35,8 @@ from webhook_service.web import (
 bp = Blueprint("api", __name__)
 
 MAX_IDEMPOTENCY_KEY = 255
+BACKLOG_COUNT_TTL = timedelta(seconds=1)
+BACKLOG_RETRY_AFTER = 10
 _spec: dict[str, Any] | None = None
 
 
@@ -69,11 +74,13 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     if key is None and clinic_id is not None:
         # The common case: two INSERTs on one pooled connection, no ORM session.
         with write_connection() as connection:
+            _check_limits(connection, client.id, now)
             job = services.accept_job(
                 connection, request=validated, clinic_id=clinic_id, client=client, now=now
             )
     else:
         with request_transaction() as session:
+            _check_limits(session.connection(), client.id, now)
             clinic = services.clinic_for(session, client, settings(), now)
             if key is None:
                 job = services.accept_job(
@@ -101,6 +108,35 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _check_limits(connection: Connection, client_id: int, now: datetime) -> None:
+    """Refuse a submission while the backlog is full (503) or over the client's rate (429).
+
+    First in the submission's transaction: a refusal costs no INSERT, and the rate counter's
+    bump commits (or rolls back) with the job it counted.
+    """
+    config = settings()
+    if config.backlog_max_jobs:
+        services.check_backlog(
+            _waiting_jobs(connection, now),
+            limit=config.backlog_max_jobs,
+            retry_after=BACKLOG_RETRY_AFTER,
+        )
+    services.count_submission(
+        connection, client_id, limit=config.rate_limit_submissions_per_minute, now=now
+    )
+
+
+def _waiting_jobs(connection: Connection, now: datetime) -> int:
+    # Counted at most once a second per process: a count scans the due-jobs index, and a cap
+    # a second stale lets at most a second's submissions past it.
+    extension = current_app.extensions["webhook_service"]
+    counted_at, waiting = extension.get("backlog", (None, 0))
+    if counted_at is None or not timedelta(0) <= now - counted_at < BACKLOG_COUNT_TTL:
+        waiting = services.waiting_jobs(connection)
+        extension["backlog"] = (now, waiting)
+    return int(waiting)
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -159,7 +195,7 @@ def _json_body() -> Any:
         request.mimetype == "application/json" or request.mimetype.endswith("+json")
     ):
         raise UnsupportedMediaType(f"Send the body as application/json (got {request.mimetype}).")
-    raw = request.get_data(cache=False)
+    raw = read_body()
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

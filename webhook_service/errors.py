@@ -88,3 +88,25 @@ class Conflict(ServiceError):
 
 class UpstreamFailed(ServiceError):
     status, slug, title = 502, "upstream-failed", "Cobalt could not be reached"
+
+
+class RateLimited(ServiceError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class BacklogFull(Unavailable):
+    slug, title = "backlog-full", "Too many jobs waiting"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -29,8 +29,14 @@ def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # `pid`: which of a formation's processes wrote the line.
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "process": "pid",
+            },
             datefmt="%Y-%m-%dT%H:%M:%S%z",
         )
     )

@@ -260,3 +260,15 @@ class WebhookDelivery(Base):
     state: Mapped[str] = mapped_column(String(20))
     state_detail: Mapped[str | None] = mapped_column(Text)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+
+
+class RateCounter(Base):
+    """A fixed-window counter shared by every process: submissions per client, sign-in
+    failures per address. One row per key, reset in place when its window has passed."""
+
+    __tablename__ = "rate_counters"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Start of the current window, in whole seconds since the Unix epoch.
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)

@@ -105,6 +105,13 @@ def build_spec() -> dict[str, Any]:
                     "413": _problem("Body too large."),
                     "415": _problem("Not JSON."),
                     "422": _problem("Invalid fields (listed in `errors`), or key reused."),
+                    "429": _problem(
+                        "Over RATE_LIMIT_SUBMISSIONS_PER_MINUTE for this client; see Retry-After."
+                    ),
+                    "503": _problem(
+                        "BACKLOG_MAX_JOBS jobs already wait to be sent, or the database is "
+                        "unavailable; see Retry-After."
+                    ),
                 },
             }
         }

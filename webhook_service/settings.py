@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     # request). At most MAX_AUTH_CACHE_SECONDS (`require_web_secrets`).
     auth_cache_seconds: float = Field(default=5.0, validation_alias="AUTH_CACHE_SECONDS")
     poll_retry_after_seconds: int = Field(default=2, validation_alias="POLL_RETRY_AFTER_SECONDS")
+    # Abuse limits (issue 18). Submissions one front-end client may make per minute, counted
+    # in the database so the limit holds across web processes; 0: no limit.
+    rate_limit_submissions_per_minute: int = Field(
+        default=600, ge=0, validation_alias="RATE_LIMIT_SUBMISSIONS_PER_MINUTE"
+    )
+    # Jobs waiting to be sent at which new submissions get 503 instead of queueing; 0: no cap.
+    backlog_max_jobs: int = Field(default=5000, ge=0, validation_alias="BACKLOG_MAX_JOBS")
+    # Console sign-in attempts one address may make in a quarter of an hour without one
+    # succeeding; then 429 until the quarter ends. 0: no throttle.
+    sign_in_max_failures: int = Field(default=10, ge=0, validation_alias="SIGN_IN_MAX_FAILURES")
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from flask import current_app
+from flask import current_app, request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.settings import Settings
@@ -51,3 +52,23 @@ def read_connection() -> Iterator[Connection]:
 def utcnow() -> datetime:
     clock = current_app.extensions["webhook_service"].get("clock")
     return clock() if clock is not None else datetime.now(UTC)
+
+
+def read_body() -> bytes:
+    """The whole request body; 413 over `MAX_BODY_BYTES`, chunked or with a Content-Length.
+
+    Werkzeug stops reading a chunked body at the limit and hands back what it read (which
+    then fails as truncated JSON, a 400); one more byte from the server's own stream tells a
+    body that ends at the limit from one that goes on.
+    """
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    chunked = request.content_length is None
+    if (
+        chunked
+        and limit is not None
+        and len(raw) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise RequestEntityTooLarge()
+    return raw

@@ -4,7 +4,7 @@ A column with a server default: safe while the previous release still runs (it n
 it, and its sign-ins get 0, which the new release accepts until the next sign-out).
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 revision: str = "0013"
 # 0012 may be on another branch as this is written: whoever merges both makes this revise
 # the last of them, so the chain stays one line.
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -24,10 +24,11 @@ from werkzeug.wrappers import Response
 
 from webhook_service import services
 from webhook_service.console.pages import page, staff
-from webhook_service.errors import ServiceError
+from webhook_service.errors import RateLimited, ServiceError
 from webhook_service.logs import log_failure
 from webhook_service.services.console import active_support_client, end_console_sessions
-from webhook_service.web import request_transaction, utcnow
+from webhook_service.services.limits import count_sign_in, forget_sign_in_failures
+from webhook_service.web import request_transaction, settings, utcnow
 
 log = logging.getLogger(__name__)
 bp = Blueprint(
@@ -149,13 +150,23 @@ def sign_in() -> Response:
     """Sign in with a support token; the session keeps the client id, never the token."""
     token = request.form.get("token", "").strip()
     back = _safe_next(request.form.get("next"))
-    with request_transaction() as db:
-        client = services.authenticate(db, token) if token else None
-        client_id = client.id if client is not None and client.role == "support" else None
-        generation = client.session_generation if client is not None else 0
-        if client is not None and client_id is not None:
-            signed_in = services.Staff(name=client.name, client=client, via="console")
-            services.audit_staff(db, signed_in, "console.sign_in", utcnow())
+    address = _address()
+    try:
+        with request_transaction() as db:
+            limit = settings().sign_in_max_failures
+            count_sign_in(db.connection(), address, limit=limit, now=utcnow())
+            client = services.authenticate(db, token) if token else None
+            client_id = client.id if client is not None and client.role == "support" else None
+            generation = client.session_generation if client is not None else 0
+            if client is not None and client_id is not None:
+                signed_in = services.Staff(name=client.name, client=client, via="console")
+                services.audit_staff(db, signed_in, "console.sign_in", utcnow())
+                forget_sign_in_failures(db.connection(), address, utcnow())
+    except RateLimited as refused:
+        log.warning("console sign-in throttled")
+        response = page("login.html", status=429, error=refused.detail, next=back)
+        response.headers.update(refused.headers())
+        return response
     if client_id is None:
         log.warning("console sign-in refused")
         message = "That token cannot sign in here: it is unknown, revoked, or not a support token."
@@ -178,6 +189,15 @@ def sign_out() -> Response:
     session.clear()
     flash("Signed out.")
     return redirect(url_for("console.login"), 303)
+
+
+def _address() -> str:
+    """The caller's address. Behind the platform's router (Heroku's appends the address it
+    saw to `X-Forwarded-For`), the last entry is the caller's and the only one a caller
+    cannot write; the ones before it may be forged."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    last = forwarded.rsplit(",", 1)[-1].strip()
+    return last[:100] or request.remote_addr or "unknown"
 
 
 def _safe_next(value: str | None) -> str | None:

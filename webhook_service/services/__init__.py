@@ -23,6 +23,7 @@ from webhook_service.services.jobs import (
     poll_job,
     submit_job,
 )
+from webhook_service.services.limits import check_backlog, count_submission, waiting_jobs
 from webhook_service.services.reconcile import (
     Lookup,
     due_lookups,
@@ -94,8 +95,10 @@ __all__ = [
     "authenticate",
     "begin_reconcile",
     "can_see",
+    "check_backlog",
     "claim_due_job",
     "clinic_for",
+    "count_submission",
     "create_client",
     "csv_row",
     "default_clinic",
@@ -138,4 +141,5 @@ __all__ = [
     "submit_job",
     "support_job_fields",
     "support_job_view",
+    "waiting_jobs",
 ]
