@@ -276,8 +276,12 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     """
     phi.configure(settings.phi_keys())
     threads = max(1, settings.worker_concurrency)
+    # The threads share a small pool: each holds a connection only for a step's short
+    # transaction, never across a call to Cobalt.
     engine = make_engine(
-        settings.effective_database_url, pool_size=threads + 1, max_overflow=threads
+        settings.effective_database_url,
+        pool_size=settings.worker_database_pool_size,
+        process_kind="worker",
     )
     sessions = make_session_factory(engine)
     stop = threading.Event()
