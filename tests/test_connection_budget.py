@@ -3,20 +3,33 @@ as small hosted plans are, running out of connections is a quick 503 and never l
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
+import responses
 from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from tests.conftest import BearerClient, make_settings, new_token
+from tests.conftest import COBALT, BearerClient, make_settings, new_token
 from tests.processes import capped_postgres_database
+from tests.test_lifecycle_http import ENCOUNTER
 from webhook_service import create_app
-from webhook_service.db import make_engine, make_session_factory
+from webhook_service.cobalt import CobaltClient
+from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
 from webhook_service.migrations import upgrade
+from webhook_service.models import Job
+from webhook_service.schemas import TelephoneEncounterRequest
+from webhook_service.services import default_clinic, submit_job
+from webhook_service.worker import Worker
 
 LIMIT = 3
 # A job no one has: 404 when the database answers, 503 when it cannot be reached.
@@ -136,3 +149,111 @@ def test_connections_say_which_process_kind_holds_them(capped_app: Flask, capped
             )
         ]
     assert "webhook-service:web" in names
+
+
+# --- The worker ---------------------------------------------------------------------------
+
+
+def _pending_encounter(sessions: SessionFactory, url: str) -> uuid.UUID:
+    settings = make_settings(url)
+    now = datetime.now(UTC)
+    with transaction(sessions) as session:
+        clinic = default_clinic(session, settings, now)
+        clinic.access_token_reference_id = "atr_clinic_1"  # nothing else to ask Cobalt
+        job, _ = submit_job(
+            session,
+            request=TelephoneEncounterRequest.model_validate(ENCOUNTER),
+            clinic=clinic,
+            client=None,
+            idempotency_key=None,
+            now=now,
+        )
+        return job.id
+
+
+def _accepted(sessions: SessionFactory, job_id: uuid.UUID) -> bool:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.submission_state == "accepted"
+
+
+def _cobalt_accepts(cobalt: responses.RequestsMock, callback: Any = None) -> None:
+    reply = {"success": True, "job_id": 4242, "telephone_encounter_id": "te_77"}
+
+    def answer(_request: Any) -> tuple[int, dict[str, str], str]:
+        if callback is not None:
+            callback()
+        return 200, {}, json.dumps(reply)
+
+    cobalt.add_callback(responses.POST, f"{COBALT}/telephone-encounters", answer)
+
+
+def _worker(url: str, sessions: SessionFactory, **settings: Any) -> Worker:
+    return Worker(
+        make_settings(url, **settings),
+        sessions,
+        CobaltClient(COBALT, "ci_test", "cs_test", connect_timeout=1, read_timeout=1),
+        jitter=lambda: 0.0,
+        housekeeping=False,
+    )
+
+
+def test_worker_records_cobalts_answer_when_its_pool_frees_up(capped_url: str) -> None:
+    """Cobalt accepts while every connection of the worker's pool is taken (its other
+    threads are busy): the answer waits for a connection instead of being lost."""
+    engine = make_engine(capped_url, pool_size=1, wait_seconds=0.1, process_kind="worker")
+    sessions = make_session_factory(engine)
+    job_id = _pending_encounter(sessions, capped_url)
+    held: list[Any] = []
+
+    def take_the_pool() -> None:
+        held.append(engine.connect())
+        threading.Timer(0.5, held[0].close).start()
+
+    with responses.RequestsMock() as cobalt:
+        _cobalt_accepts(cobalt, take_the_pool)
+        assert _worker(capped_url, sessions).run_once()
+    assert held
+    assert _accepted(sessions, job_id)
+    engine.dispose()
+
+
+def test_worker_backs_off_while_the_server_is_full_and_resumes(
+    capped_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(capped_url, pool_size=1, process_kind="worker")
+    sessions = make_session_factory(engine)
+    job_id = _pending_encounter(sessions, capped_url)
+    engine.dispose()
+    hogs = _hog(capped_url, LIMIT)
+    stop = threading.Event()
+    worker = _worker(capped_url, sessions, WORKER_POLL_SECONDS=0.01)
+    with responses.RequestsMock() as cobalt:
+        _cobalt_accepts(cobalt)
+        thread = threading.Thread(target=worker.run_forever, args=(stop,))
+        with caplog.at_level(logging.WARNING, logger="webhook_service.worker"):
+            thread.start()
+            try:
+                refused = "database refused the connection: too many clients"
+                _wait_until(lambda: refused in [r.getMessage() for r in caplog.records])
+                assert not _accepted_while_full(caplog)
+            finally:
+                for hog in hogs:
+                    hog.close()
+            _wait_until(lambda: _accepted(sessions, job_id))
+        stop.set()
+        thread.join()
+    assert not [r for r in caplog.records if r.getMessage() == "worker step failed"]
+    engine.dispose()
+
+
+def _accepted_while_full(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(r.getMessage() == "submission accepted" for r in caplog.records)
+
+
+def _wait_until(condition: Any, timeout: float = 30.0) -> None:
+    """Wait for something the system does on its own (a generous bound, not a measure)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
