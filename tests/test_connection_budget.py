@@ -8,19 +8,23 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import requests
 import responses
 from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from tests.conftest import COBALT, BearerClient, make_settings, new_token
-from tests.processes import capped_postgres_database
+from tests.conftest import COBALT, BearerClient, event, make_settings, new_token, sign
+from tests.processes import capped_postgres_database, running_system
 from tests.test_lifecycle_http import ENCOUNTER
 from webhook_service import create_app
 from webhook_service.cobalt import CobaltClient
@@ -257,3 +261,85 @@ def _wait_until(condition: Any, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# --- The default formation, through the real processes -----------------------------------------
+
+# What the README's budget promises for the default formation at its largest: gunicorn's
+# default WEB_CONCURRENCY (the cores, at most 4) x DATABASE_POOL_SIZE 3, and one worker
+# process's WORKER_DATABASE_POOL_SIZE 4. The plan's 20 leave room for the release and a one-off.
+WEB_PROCESSES = 4
+BUDGET = {"webhook-service:web": WEB_PROCESSES * 3, "webhook-service:worker": 4}
+
+
+@pytest.mark.e2e
+def test_default_formation_stays_within_its_budget_under_a_burst(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """32 clients at once submit, poll and deliver webhooks against a database capped at 20:
+    no 5xx, and the connections each process kind holds never pass the budget."""
+    with (
+        capped_postgres_database(postgres_server_url, 20) as url,
+        running_system(url, tmp_path, env={"WEB_CONCURRENCY": str(WEB_PROCESSES)}) as system,
+    ):
+        database = make_url(url).database
+        peak: Counter[str] = Counter()
+        sampling = threading.Event()
+
+        def sample() -> None:
+            admin = _libpq(postgres_server_url)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                while not sampling.is_set():
+                    rows = conn.execute(
+                        "SELECT application_name, count(*) FROM pg_stat_activity"
+                        " WHERE datname = %s GROUP BY 1",
+                        (database,),
+                    ).fetchall()
+                    for name, count in rows:
+                        peak[name] = max(peak[name], count)
+                    sampling.wait(0.02)
+
+        def one_client(n: int) -> list[int]:
+            api = system.api()
+            statuses = []
+            for i in range(8):
+                answer = api.post(
+                    f"{system.web_url}/v1/telephone-encounters",
+                    json={**ENCOUNTER, "patient_mrn": f"MRN-{n}-{i}"},
+                    timeout=30,
+                )
+                statuses.append(answer.status_code)
+                if answer.status_code == 202:
+                    job = answer.json()["id"]
+                    statuses.append(
+                        api.get(f"{system.web_url}/v1/jobs/{job}", timeout=30).status_code
+                    )
+                body, signature = sign(event("telephone_encounter.created", job_id=f"{n}{i}"))
+                statuses.append(
+                    requests.post(
+                        f"{system.web_url}/webhooks/cobalt",
+                        data=body,
+                        headers={
+                            "cobalt-verification": signature,
+                            "content-type": "application/json",
+                        },
+                        timeout=30,
+                    ).status_code
+                )
+            return statuses
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(32) as pool:
+                statuses = [s for result in pool.map(one_client, range(32)) for s in result]
+        finally:
+            sampling.set()
+            sampler.join()
+        assert not [s for s in statuses if s >= 500], (Counter(statuses), system.tails())
+        assert peak["webhook-service:web"] > 0, peak
+        assert peak["webhook-service:worker"] > 0, peak
+        for name, budget in BUDGET.items():
+            assert peak[name] <= budget, (name, peak)
+        assert sum(peak.values()) <= sum(BUDGET.values()), peak
+        assert requests.get(f"{system.web_url}/readyz", timeout=10).status_code == 200
