@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from tests.conftest import COBALT, BearerClient, event, make_settings, new_token, sign
+from tests.processes import WEBHOOK_SECRET as PROCESS_SECRET
 from tests.processes import capped_postgres_database, running_system
 from tests.test_lifecycle_http import ENCOUNTER
 from webhook_service import create_app
@@ -314,7 +315,9 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
                     statuses.append(
                         api.get(f"{system.web_url}/v1/jobs/{job}", timeout=30).status_code
                     )
-                body, signature = sign(event("telephone_encounter.created", job_id=f"{n}{i}"))
+                body, signature = sign(
+                    event("telephone_encounter.created", job_id=f"{n}{i}"), PROCESS_SECRET
+                )
                 statuses.append(
                     requests.post(
                         f"{system.web_url}/webhooks/cobalt",
@@ -337,6 +340,7 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
             sampling.set()
             sampler.join()
         assert not [s for s in statuses if s >= 500], (Counter(statuses), system.tails())
+        assert statuses.count(200) == 2 * 32 * 8, Counter(statuses)  # polls and webhooks
         assert peak["webhook-service:web"] > 0, peak
         assert peak["webhook-service:worker"] > 0, peak
         for name, budget in BUDGET.items():
