@@ -42,7 +42,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(database_url(), statement_timeout_ms=60_000)
+    engine = make_engine(
+        database_url(), statement_timeout_ms=60_000, pool_size=1, process_kind="release"
+    )
     try:
         with engine.connect() as connection:
             _run(connection)

@@ -140,6 +140,26 @@ def throwaway_postgres_database(server_url: str, prefix: str = "e2e") -> Iterato
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def capped_postgres_database(server_url: str, limit: int) -> Iterator[str]:
+    """An empty database owned by a new role allowed `limit` connections (as a small hosted
+    plan is), as that role's URL (the caller migrates it); then both dropped."""
+    server = make_url(server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    role = f"wh_capped_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{role}' CONNECTION LIMIT {limit}")
+        conn.execute(f'CREATE DATABASE "{role}" OWNER "{role}"')
+    try:
+        yield server.set(
+            drivername="postgresql+psycopg", database=role, username=role, password=role
+        ).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{role}" WITH (FORCE)')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -33,9 +33,7 @@ def _drop_the_pooled_connection(engine: Engine, url: str) -> int:
 
 @pytest.fixture
 def one_connection_pool(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
-    engine = make_engine(
-        postgres_url, pool_size=1, max_overflow=0, ping_after_idle_seconds=request.param
-    )
+    engine = make_engine(postgres_url, pool_size=1, ping_after_idle_seconds=request.param)
     yield engine
     engine.dispose()
 

@@ -24,6 +24,7 @@ from reliability.run import (
     Size,
     busy_day_note,
     chaos,
+    connection_cap,
     foreign_events,
     gateway_errors,
     postgres_restart,
@@ -101,6 +102,15 @@ def test_postgres_restarted_while_webhooks_arrive(tmp_path: Path) -> None:
     account = postgres_restart(tmp_path, Size(60, deadline_seconds=45))
     report(account)
     assert account.figures["refused"] >= 1  # some deliveries met the outage
+
+
+def test_database_full_while_webhooks_arrive(postgres_server_url: str, tmp_path: Path) -> None:
+    """A 20-connection database fills up with other clients as the webhooks come: each is
+    stored or answered 503, what Cobalt gave up on is found by reconciliation, and the web
+    processes serve again by themselves."""
+    account = connection_cap(postgres_server_url, tmp_path, Size(60, deadline_seconds=45))
+    report(account)
+    assert account.figures["refused"] >= 1  # some deliveries met the full server
 
 
 def test_web_killed_during_a_webhook_burst(throwaway_postgres: str, tmp_path: Path) -> None:

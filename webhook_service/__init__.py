@@ -7,11 +7,12 @@ from typing import Any
 
 from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from webhook_service import phi
-from webhook_service.db import make_engine, make_session_factory
+from webhook_service.db import connection_trouble, make_engine, make_session_factory
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
@@ -33,7 +34,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     engine = make_engine(
-        settings.effective_database_url, statement_timeout_ms=5_000, wait_seconds=2
+        settings.effective_database_url,
+        statement_timeout_ms=5_000,
+        wait_seconds=2,
+        pool_size=settings.database_pool_size,
+        process_kind="web",
     )
     app.extensions["webhook_service"] = {
         "settings": settings,
@@ -135,10 +140,17 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
-    def database_unavailable(exc: DBAPIError) -> Response:
-        # Connection-level trouble: say 503 so clients (and Cobalt) retry. Never log the
-        # message, which can quote PHI in bound parameters.
-        log.error("database error", extra={"error_type": type(exc.orig).__name__})
+    @app.errorhandler(PoolTimeout)
+    def database_unavailable(exc: DBAPIError | PoolTimeout) -> Response:
+        # Connection-level trouble, or no connection to be had: say 503 so clients (and
+        # Cobalt) retry. Never log the driver's message, which can quote PHI in bound
+        # parameters: say what happened in our own words.
+        trouble = connection_trouble(exc)
+        if trouble is not None:
+            log.error(trouble)
+        else:
+            orig = exc.orig if isinstance(exc, DBAPIError) else exc
+            log.error("database error", extra={"error_type": type(orig).__name__})
         return problem_response(
             Unavailable("The database is unavailable; try again shortly.").problem(),
             {"Retry-After": "1"},

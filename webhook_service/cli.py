@@ -111,7 +111,9 @@ def _sessions() -> SessionFactory:
 
     settings = Settings()
     phi.configure(settings.phi_keys())
-    return make_session_factory(make_engine(settings.effective_database_url))
+    return make_session_factory(
+        make_engine(settings.effective_database_url, pool_size=1, process_kind="cli")
+    )
 
 
 @clients.command("create")

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
@@ -24,6 +25,15 @@ SessionFactory = sessionmaker[Session]
 # handed out; one back in the pool sooner is handed out as it is.
 PING_AFTER_IDLE_SECONDS = 1.0
 
+# What each process kind calls itself in `pg_stat_activity.application_name`, so an operator
+# counting connections against the plan's limit sees who holds them.
+APPLICATION_NAME_PREFIX = "webhook-service"
+
+# PostgreSQL's refusals when its connection limit is reached (max_connections, a role's or a
+# database's CONNECTION LIMIT). libpq reports them at connect time with no SQLSTATE, so the
+# server's fixed wording is all there is to recognise them by.
+_TOO_MANY_CLIENTS = ("too many clients", "too many connections")
+
 
 def make_engine(
     url: str,
@@ -31,6 +41,8 @@ def make_engine(
     statement_timeout_ms: int = 10_000,
     wait_seconds: float = 15,
     ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+    pool_size: int = 5,
+    process_kind: str = "cli",
     **kwargs: Any,
 ) -> Engine:
     """Create the engine for `url`, with the per-dialect settings this service relies on.
@@ -46,6 +58,11 @@ def make_engine(
     a connection used within the second is taken as alive. If the server dropped it in
     that second, the one request on it fails as those in flight did (503), and SQLAlchemy
     then replaces every connection the pool held from before the drop.
+
+    A PostgreSQL engine holds at most `pool_size` connections, never more (no overflow):
+    the sum over every process is what the plan's connection limit must cover (README,
+    "Connection budget"). Its connections carry `application_name`
+    `webhook-service:<process_kind>`.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -61,15 +78,37 @@ def make_engine(
     options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_ms}"
     engine = create_engine(
         url,
-        pool_size=kwargs.pop("pool_size", 5),
-        max_overflow=kwargs.pop("max_overflow", 5),
+        pool_size=pool_size,
+        max_overflow=0,
         pool_timeout=wait_seconds,
-        # libpq's minimum is 2 s.
-        connect_args={"options": options, "connect_timeout": max(2, int(wait_seconds))},
+        connect_args={
+            "options": options,
+            "connect_timeout": max(2, int(wait_seconds)),  # libpq's minimum is 2 s
+            "application_name": f"{APPLICATION_NAME_PREFIX}:{process_kind}",
+        },
         **kwargs,
     )
     _ping_when_idle(engine, ping_after_idle_seconds)
     return engine
+
+
+def connection_trouble(exc: BaseException) -> str | None:
+    """Say in words why no database connection could be had, or None for any other error.
+
+    The words go to logs as they are: they never quote the driver's message, which can
+    carry bound parameters (PHI).
+    """
+    if isinstance(exc, PoolTimeout):
+        return "no database connection free in this process's pool"
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "the database closed the connection"
+    if isinstance(exc, DBAPIError) and exc.statement is None:
+        # Raised while connecting, before any statement: the message is libpq's own.
+        message = str(exc.orig)
+        if any(phrase in message for phrase in _TOO_MANY_CLIENTS):
+            return "database refused the connection: too many clients"
+        return "database unreachable"
+    return None
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from webhook_service import migrations
 from webhook_service.auth import client_if_any
+from webhook_service.db import connection_trouble
 from webhook_service.errors import Unavailable
 from webhook_service.web import sessions
 
@@ -57,7 +58,8 @@ def _readiness() -> Response:
     with sessions()() as session:
         try:
             current = session.scalar(text("SELECT version_num FROM alembic_version"))
-        except Exception:
+        except Exception as exc:
+            log.error(connection_trouble(exc) or "readiness: the schema version cannot be read")
             raise Unavailable("The database is unreachable or not migrated.") from None
     try:
         head = schema_head()

@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     claim_ttl_seconds: int = Field(default=60, validation_alias="CLAIM_TTL_SECONDS")
     worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
     # Threads per worker process; each makes one Cobalt call at a time, so a 200 ms Cobalt
-    # caps a process at WORKER_CONCURRENCY / 0.2 s submissions per second. The pool holds
-    # one connection per thread plus one.
+    # caps a process at WORKER_CONCURRENCY / 0.2 s submissions per second. The threads
+    # share WORKER_DATABASE_POOL_SIZE connections.
     worker_concurrency: int = Field(default=16, validation_alias="WORKER_CONCURRENCY")
     # Processes the worker command runs, each with WORKER_CONCURRENCY threads: one process
     # is bound by its interpreter lock, so a dyno with more cores takes one per core.
@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # Console sign-in attempts one address may make in a quarter of an hour without one
     # succeeding; then 429 until the quarter ends. 0: no throttle.
     sign_in_max_failures: int = Field(default=10, ge=0, validation_alias="SIGN_IN_MAX_FAILURES")
+    # The connection budget (README, "Connection budget"): the most PostgreSQL connections
+    # one web process, and one worker process, ever hold. Threads share them: a request's or
+    # a job step's database work is short, and no thread holds one while it waits on Cobalt.
+    # The defaults keep the default formation within a 20-connection plan.
+    database_pool_size: int = Field(default=3, ge=1, le=100, validation_alias="DATABASE_POOL_SIZE")
+    worker_database_pool_size: int = Field(
+        default=4, ge=1, le=100, validation_alias="WORKER_DATABASE_POOL_SIZE"
+    )
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from webhook_service import phi, services
@@ -29,7 +30,13 @@ from webhook_service.cobalt import (
     CobaltRejected,
     CobaltTransient,
 )
-from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
+from webhook_service.db import (
+    SessionFactory,
+    connection_trouble,
+    make_engine,
+    make_session_factory,
+    transaction,
+)
 from webhook_service.lifecycle import JobKind, retry_delay
 from webhook_service.logs import configure_logging, log_failure
 from webhook_service.settings import Settings
@@ -41,6 +48,9 @@ HOUSEKEEPING_EVERY = timedelta(seconds=5)
 # Pauses between tries to record Cobalt's answer while the database is unreachable.
 RECORD_RETRY_FIRST = 0.1
 RECORD_RETRY_CAP = 2.0
+# The longest pause of a worker thread that cannot get a database connection: a full server
+# should not be knocked on by every thread every second, nor left alone once it has room.
+DATABASE_BACKOFF_CAP = 10.0
 
 
 def utcnow() -> datetime:
@@ -164,12 +174,15 @@ class Worker:
                 with transaction(self.sessions) as session:
                     write(session)
                 return
-            except OperationalError as exc:
+            except (OperationalError, PoolTimeout) as exc:
                 if time.monotonic() + pause > give_up:
                     raise
                 log.warning(
                     "could not record Cobalt's answer, trying again",
-                    extra={"job_id": str(claim.job_id), "error": type(exc.orig).__name__},
+                    extra={
+                        "job_id": str(claim.job_id),
+                        "error": connection_trouble(exc) or type(exc).__name__,
+                    },
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, RECORD_RETRY_CAP)
@@ -242,12 +255,24 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; an in-flight job is always finished and recorded."""
+        backoff = 0.0
         while not stop.is_set():
             try:
                 busy = self.run_once()
+                backoff = 0.0
             except Exception as exc:
-                log_failure(log, "worker step failed", exc)
                 busy = False
+                trouble = connection_trouble(exc)
+                if trouble is None:
+                    log_failure(log, "worker step failed", exc)
+                else:
+                    # No connection to be had (a full server, an outage): wait longer each
+                    # time, up to a cap, then carry on as before once one is had again.
+                    first = self.settings.worker_poll_seconds
+                    backoff = min(max(backoff * 2, first), DATABASE_BACKOFF_CAP)
+                    log.warning(trouble, extra={"retry_in_seconds": backoff})
+                    stop.wait(backoff)
+                    continue
             if not busy:
                 stop.wait(self.settings.worker_poll_seconds)
 
@@ -274,8 +299,12 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     """
     phi.configure(settings.phi_keys())
     threads = max(1, settings.worker_concurrency)
+    # The threads share a small pool: each holds a connection only for a step's short
+    # transaction, never across a call to Cobalt.
     engine = make_engine(
-        settings.effective_database_url, pool_size=threads + 1, max_overflow=threads
+        settings.effective_database_url,
+        pool_size=settings.worker_database_pool_size,
+        process_kind="worker",
     )
     sessions = make_session_factory(engine)
     stop = threading.Event()
