@@ -45,7 +45,7 @@ def test_production_refuses_a_guessable_secret_key_in_the_release_and_the_web(
     result = CliRunner().invoke(
         main, ["migrate"], env={**cli_env, **production(SECRET_KEY=secret_key)}
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a setting the command will not run with: one line, exit 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert says in lines[0]
@@ -112,7 +112,7 @@ def test_a_revoked_token_cannot_be_trusted_for_more_than_a_minute(
     result = CliRunner().invoke(
         main, ["migrate"], env={**cli_env, **production(AUTH_CACHE_SECONDS=seconds)}
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a setting the command will not run with: one line, exit 2
     assert len(result.output.strip().splitlines()) == 1
     assert says in result.output
     with pytest.raises(RuntimeError, match=says):
