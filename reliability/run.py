@@ -15,9 +15,9 @@ submissions, event log and delivery attempts). A job is judged by these rules:
 - its fate cannot be known from anything the service holds, and it says exactly that: still
   `processing` with `attention: no_outcome` past its deadline, for a person to check the
   chart. Each such job is explained: an encounter whose reply never came (Cobalt's log then
-  holds no key the service knows: "Known limits" in README.md), or a submission whose answer
-  never came (a gateway error, a worker killed between claiming and sending) that Cobalt
-  turned out not to have,
+  holds no key the service knows: "Known limits" in reliability/README.md), or a submission
+  whose answer never came (a gateway error, a worker killed between claiming and sending)
+  that Cobalt turned out not to have,
 - and no outcome was applied to it twice; nothing is left `processing` without attention
   ("lost").
 
@@ -27,6 +27,11 @@ The scenarios (`tests/test_faults.py` runs each at CI size; this script at full 
 - worker-kill: `kill -9` of the worker while submissions are in flight, restarted each time
 - postgres-restart: the database stopped and started while webhooks arrive
 - web-kill: gunicorn's worker processes SIGKILLed during a burst of webhooks
+- same-appointment, busy-day: notes reconciled by appointment, past the first page of the log
+- replay: every signed body sent again while new notes for the same appointments are in flight
+- gateway: 502/504 answers from a gateway, before and after Cobalt queued the job
+- foreign-events: `appointment.failed` events sharing the appointment of a note in flight
+- connection-cap: a 20-connection database full while Cobalt's webhooks arrive
 
 Run: `python -m reliability.run` (from the repository root; `--help` for sizes). It needs a
 PostgreSQL server (`TEST_DATABASE_URL`, default the local one) and the PostgreSQL server
