@@ -89,9 +89,11 @@ def build_spec() -> dict[str, Any]:
         "description": "Same key and body return the same job; same key, other body is 422.",
     }
 
-    def submit(model: type[BaseModel], summary: str) -> dict[str, Any]:
+    def submit(model: type[BaseModel], operation_id: str, summary: str) -> dict[str, Any]:
         return {
             "post": {
+                "operationId": operation_id,
+                "tags": ["submissions"],
                 "summary": summary,
                 "parameters": [idem],
                 "requestBody": {"required": True, "content": _json(model)},
@@ -123,13 +125,25 @@ def build_spec() -> dict[str, Any]:
             "version": "1",
             "description": "Submits notes and telephone encounters to Cobalt and tracks them.",
         },
+        # Relative: the document describes the origin that serves it.
+        "servers": [{"url": "/", "description": "The service that serves this document."}],
+        "tags": [
+            {"name": "submissions", "description": "Front ends submit notes and poll jobs."},
+            {"name": "support", "description": "The support role's reads and actions."},
+            {"name": "webhooks", "description": "Cobalt's signed webhooks."},
+            {"name": "health", "description": "Probes for the platform."},
+        ],
         "paths": {
-            "/v1/notes": submit(NoteRequest, "Submit a clinical note"),
+            "/v1/notes": submit(NoteRequest, "submit_note", "Submit a clinical note"),
             "/v1/telephone-encounters": submit(
-                TelephoneEncounterRequest, "Submit a telephone encounter"
+                TelephoneEncounterRequest,
+                "submit_telephone_encounter",
+                "Submit a telephone encounter",
             ),
             "/v1/jobs/{job_id}": {
                 "get": {
+                    "operationId": "get_job",
+                    "tags": ["submissions"],
                     "summary": "Poll a job",
                     "parameters": [
                         job_id,
@@ -151,7 +165,11 @@ def build_spec() -> dict[str, Any]:
             },
             "/webhooks/cobalt": {
                 "post": {
+                    "operationId": "receive_cobalt_webhook",
+                    "tags": ["webhooks"],
                     "summary": "Receive a signed Cobalt webhook",
+                    # Authenticated by its signature header, not by a bearer token.
+                    "security": [],
                     "parameters": [
                         {
                             "name": "cobalt-verification",
@@ -175,11 +193,21 @@ def build_spec() -> dict[str, Any]:
             },
             **_support_paths(job_id),
             "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "Up"}}}
+                "get": {
+                    "operationId": "healthz",
+                    "tags": ["health"],
+                    "summary": "Liveness",
+                    "security": [],
+                    "responses": {"200": {"description": "Up"}},
+                }
             },
             "/readyz": {
                 "get": {
+                    "operationId": "readyz",
+                    "tags": ["health"],
                     "summary": "Readiness: database reachable, schema at head",
+                    # Open to anyone; a support token only adds detail to the answer.
+                    "security": [],
                     "description": "Anyone gets ready or 503; with a support token, the "
                     "schema revision (`schema`) and why it is not ready.",
                     "responses": {
@@ -244,9 +272,13 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
         "schema": {"type": "integer", "minimum": 1},
     }
 
-    def action(model: type[BaseModel], summary: str, answer: dict[str, Any]) -> dict[str, Any]:
+    def action(
+        model: type[BaseModel], operation_id: str, summary: str, answer: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "post": {
+                "operationId": operation_id,
+                "tags": ["support"],
                 "summary": summary,
                 "requestBody": {"required": True, "content": _json(model)},
                 "responses": {
@@ -259,10 +291,14 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             }
         }
 
-    def read(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+    def read(
+        operation_id: str, summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]
+    ) -> dict[str, Any]:
         bad = {"404": _problem("Not found."), "422": _problem("Invalid parameters.")}
         return {
             "get": {
+                "operationId": operation_id,
+                "tags": ["support"],
                 "summary": summary,
                 "parameters": parameters,
                 "responses": {"200": ok, **bad, **denied},
@@ -271,9 +307,13 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
 
     listed = {"description": "One page, newest first.", "content": _json(JobListOut)}
     return {
-        "/v1/jobs": read("List jobs (audited)", _query_parameters(JobPageQuery), listed),
+        "/v1/jobs": read(
+            "list_jobs", "List jobs (audited)", _query_parameters(JobPageQuery), listed
+        ),
         "/v1/jobs/search": {
             "post": {
+                "operationId": "search_jobs",
+                "tags": ["support"],
                 "summary": "Search jobs by MRN or appointment id, sent in the body (audited)",
                 "requestBody": {"required": True, "content": _json(JobSearchRequest)},
                 "responses": {
@@ -284,6 +324,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             }
         },
         "/v1/jobs.csv": read(
+            "export_jobs_csv",
             "Export jobs as CSV: ids, statuses, times, no PHI (audited)",
             [p for p in _query_parameters(JobPageQuery) if p["name"] not in ("limit", "cursor")],
             {
@@ -292,6 +333,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             },
         ),
         "/v1/jobs/{job_id}/events": read(
+            "get_job_events",
             "A job's timeline and webhook deliveries (audited)",
             [job_id],
             {"description": "In order.", "content": _json(TimelineOut)},
@@ -299,6 +341,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
         "/v1/jobs/{job_id}/retry": {
             **action(
                 RetryRequest,
+                "retry_job",
                 "Resubmit a failed job as a new job",
                 {
                     "202": {
@@ -313,6 +356,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
         "/v1/jobs/{job_id}/chart-outcome": {
             **action(
                 ChartOutcomeRequest,
+                "record_chart_outcome",
                 "Settle a processing job from what support saw in the chart: found → "
                 "completed, not found → failed as `not_in_chart` (then retryable). 409 unless "
                 "the job is processing and past its expected time",
@@ -323,6 +367,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
         "/v1/jobs/{job_id}/reconcile": {
             **action(
                 StaffAction,
+                "reconcile_job",
                 "Look the job up in Cobalt's log now and apply what is found",
                 {
                     "200": {
@@ -335,6 +380,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
             "parameters": [job_id],
         },
         "/v1/deliveries/{delivery_id}": read(
+            "get_delivery",
             "A stored webhook delivery with its raw body (audited)",
             [delivery_id],
             {"description": "The delivery.", "content": _json(DeliveryBodyOut)},
@@ -342,12 +388,14 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
         "/v1/deliveries/{delivery_id}/replay": {
             **action(
                 ReplayRequest,
+                "replay_delivery",
                 "Apply a stored delivery again with today's code (dry run by default)",
                 {"200": {"description": "What changed, or would.", "content": _json(ReplayOut)}},
             ),
             "parameters": [delivery_id],
         },
         "/v1/inbox": read(
+            "get_inbox",
             "Deliveries that need a person: parked, failed, unknown type, conflict; and, on the "
             "first page, jobs with `attention`",
             _query_parameters(InboxQuery),
