@@ -74,3 +74,25 @@ def test_openapi_document_passes_redocly_recommended_lint(
     problems = [line for line in report.splitlines() if line.startswith(("error", "warning"))]
     assert result.returncode == 0, report
     assert not problems, report
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_openapi_declares_the_headers_and_answers_every_route_can_give(
+    client: FlaskClient,
+) -> None:
+    spec = client.get("/openapi.json").json
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            assert "500" in responses, (path, method)
+            if path != "/healthz":
+                assert "Retry-After" in responses["503"]["headers"], (path, method)
+            for status, response in responses.items():
+                assert "X-Request-ID" in response["headers"], (path, method, status)
+    submitted = spec["paths"]["/v1/notes"]["post"]["responses"]
+    assert {"Location", "Idempotent-Replayed"} <= set(submitted["202"]["headers"])
+    assert "Retry-After" in submitted["429"]["headers"]
+    polled = spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
+    assert {"ETag", "Retry-After"} <= set(polled["200"]["headers"])

@@ -100,7 +100,10 @@ def build_spec() -> dict[str, Any]:
                 "responses": {
                     "202": {
                         "description": "Accepted: the job, status `processing`.",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "headers": {
+                            "Location": _header("Location"),
+                            "Idempotent-Replayed": _header("IdempotentReplayed"),
+                        },
                         "content": _json(JobOut),
                     },
                     "400": _problem("Malformed JSON."),
@@ -153,12 +156,18 @@ def build_spec() -> dict[str, Any]:
                         "200": {
                             "description": "The job.",
                             "headers": {
-                                "ETag": {"schema": {"type": "string"}},
-                                "Retry-After": {"schema": {"type": "integer"}},
+                                "ETag": _header("ETag"),
+                                "Retry-After": _header("PollRetryAfter"),
                             },
                             "content": _json(JobOut),
                         },
-                        "304": {"description": "Unchanged since the ETag given."},
+                        "304": {
+                            "description": "Unchanged since the ETag given.",
+                            "headers": {
+                                "ETag": _header("ETag"),
+                                "Retry-After": _header("PollRetryAfter"),
+                            },
+                        },
                         "404": _problem("No such job."),
                     },
                 }
@@ -219,11 +228,66 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas,
+            "headers": _HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
     _require_bearer(spec["paths"])
+    _declare_common_answers(spec["paths"])
     return spec
+
+
+_HEADERS: dict[str, dict[str, Any]] = {
+    "Location": {
+        "description": "The job's URL, `/v1/jobs/{id}`.",
+        "schema": {"type": "string"},
+    },
+    "IdempotentReplayed": {
+        "description": "`true` when the Idempotency-Key matched an earlier submission: this is "
+        "that job, not a new one.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "ETag": {
+        "description": "The job's version; send it back as If-None-Match to poll for a 304.",
+        "schema": {"type": "string"},
+    },
+    "PollRetryAfter": {
+        "description": "While the job is processing: seconds to wait before polling again.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RequestId": {
+        "description": "This request's id (the caller's `X-Request-ID`, or a new one), as logged.",
+        "schema": {"type": "string", "maxLength": 100},
+    },
+}
+
+
+def _header(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _declare_common_answers(paths: dict[str, Any]) -> None:
+    """Answers any operation can give: 500 for a bug, 503 when the database is unavailable.
+
+    Every answer carries X-Request-ID; a 429 or 503 says when to come back in Retry-After.
+    """
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            if path != "/healthz":  # liveness never touches the database
+                responses.setdefault("503", _problem("The database is unavailable."))
+            responses.setdefault("500", _problem("A bug: X-Request-ID finds it in the logs."))
+            for status, response in responses.items():
+                headers = response.setdefault("headers", {})
+                if status in ("429", "503"):
+                    headers["Retry-After"] = _header("RetryAfter")
+                headers["X-Request-ID"] = _header("RequestId")
 
 
 def _require_bearer(paths: dict[str, Any]) -> None:
@@ -346,7 +410,7 @@ def _support_paths(job_id: dict[str, Any]) -> dict[str, Any]:
                 {
                     "202": {
                         "description": "The new job (`retry_of` links it).",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "headers": {"Location": _header("Location")},
                         "content": _json(SupportJobOut),
                     }
                 },
