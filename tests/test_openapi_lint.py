@@ -96,3 +96,13 @@ def test_openapi_declares_the_headers_and_answers_every_route_can_give(
     assert "Retry-After" in submitted["429"]["headers"]
     polled = spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
     assert {"ETag", "Retry-After"} <= set(polled["200"]["headers"])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_openapi_names_the_outcome_and_types_its_known_keys(client: FlaskClient) -> None:
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    outcome = schemas["JobOut"]["properties"]["outcome"]["anyOf"]
+    assert {"$ref": "#/components/schemas/JobOutcome"} in outcome
+    known = schemas["JobOutcome"]
+    assert known["properties"]["reasons"]["type"] == "array"
+    assert known["additionalProperties"] is True  # what Cobalt adds is passed through

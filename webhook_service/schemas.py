@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import TypedDict  # pydantic reads only this one on Python 3.11
 
 from webhook_service.errors import FieldError
 from webhook_service.lifecycle import ATTENTION_MESSAGES, ERROR_CODES
@@ -229,6 +230,27 @@ class Attention(BaseModel):
     since: datetime
 
 
+class JobOutcome(TypedDict, total=False):
+    """What Cobalt said when the job settled (`lifecycle.outcome_from_event` builds it).
+
+    The named keys appear when Cobalt gave them; every other key of the event's data is
+    passed through beside them as Cobalt sent it.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    event: str
+    message: str
+    failure_reason: str
+    reasons: list[dict[str, Any]]
+    available_medications: list[Any]
+    refill_medication_name: str
+    telephone_encounter_id: str
+    appointment_id: str
+    note_id: str
+    omitted_keys: list[str]
+
+
 class JobOut(BaseModel):
     """A job as front ends see it (the contract resource)."""
 
@@ -244,7 +266,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     cobalt: CobaltIds
-    outcome: dict[str, Any] | None = Field(
+    outcome: JobOutcome | None = Field(
         description="When settled, what Cobalt said: event, message, failure_reason, reasons, "
         "available_medications, refill_medication_name, telephone_encounter_id, "
         "appointment_id, note_id when given; beside them, every other key of the event's "
