@@ -106,7 +106,8 @@ def test_openapi_describes_attention_status_and_retried_as(schemas) -> None:
     for code, message in ATTENTION_MESSAGES.items():
         assert f"- `{code}`: {message}" in described, code
     job = schemas["JobOut"]["properties"]
-    assert job["status"]["enum"] == [str(status) for status in JobStatus]
+    assert job["status"]["$ref"] == "#/components/schemas/JobStatus"
+    assert schemas["JobStatus"]["enum"] == [str(status) for status in JobStatus]
     assert job["status"]["description"]
     assert "resubmitted" in job["retried_as"]["description"]
 

@@ -83,17 +83,17 @@ def test_a_generated_client_submits_a_note_and_polls_it_to_completed(
         assert submitted.status_code == 202, submitted.content
         job = submitted.parsed
         assert isinstance(job, models.JobOut), submitted.content
-        assert job.status == models.JobOutStatus.PROCESSING
+        assert job.status == models.JobStatus.PROCESSING
 
         deadline = time.monotonic() + DEADLINE_SECONDS
-        while job.status == models.JobOutStatus.PROCESSING and time.monotonic() < deadline:
+        while job.status == models.JobStatus.PROCESSING and time.monotonic() < deadline:
             time.sleep(0.2)
             polled = get_job.sync_detailed(job.id, client=client)
             assert polled.status_code == 200, polled.content
             job = polled.parsed
             assert isinstance(job, models.JobOut), polled.content
 
-        assert job.status == models.JobOutStatus.COMPLETED, job.to_dict()
+        assert job.status == models.JobStatus.COMPLETED, job.to_dict()
         assert job.finished_at is not None
         assert job.error is None
         assert job.cobalt.job_id

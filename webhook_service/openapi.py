@@ -53,6 +53,10 @@ _MODELS: list[type[BaseModel]] = [
 ]
 
 
+# Named types (JobStatus, JobKind) a query model refers to are components like any other.
+_REF_TEMPLATE = "#/components/schemas/{model}"
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
@@ -72,7 +76,7 @@ def build_spec() -> dict[str, Any]:
     """Return the whole OpenAPI document (computed once per process by the caller)."""
     _, defs = models_json_schema(
         [(m, "validation" if m in _REQUESTS else "serialization") for m in _MODELS],
-        ref_template="#/components/schemas/{model}",
+        ref_template=_REF_TEMPLATE,
     )
     schemas = defs.get("$defs", {})
     job_id = {
@@ -307,7 +311,8 @@ def _require_bearer(paths: dict[str, Any]) -> None:
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """A query model's fields as OpenAPI query parameters (the same model validates them)."""
     parameters = []
-    for name, schema in model.model_json_schema(mode="validation")["properties"].items():
+    schema_of = model.model_json_schema(mode="validation", ref_template=_REF_TEMPLATE)
+    for name, schema in schema_of["properties"].items():
         # An absent parameter is "no filter": publish the value's type, not `T | null`.
         value = next(
             (s for s in schema.get("anyOf", []) if s.get("type") != "null"),

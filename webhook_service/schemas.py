@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from typing_extensions import TypedDict  # pydantic reads only this one on Python 3.11
+from typing_extensions import TypeAliasType, TypedDict  # pydantic reads these on 3.11
 
 from webhook_service.errors import FieldError
 from webhook_service.lifecycle import ATTENTION_MESSAGES, ERROR_CODES
@@ -163,6 +163,10 @@ class NoteRequest(_Strict):
         return value
 
 
+# Named, so a generated client has one `HighPriority` enum rather than an anonymous one.
+HighPriority = TypeAliasType("HighPriority", Literal["true", "false"])
+
+
 class TelephoneEncounterRequest(_Strict):
     """Body of `POST /v1/telephone-encounters`, exactly Cobalt's, with its limits."""
 
@@ -175,7 +179,7 @@ class TelephoneEncounterRequest(_Strict):
     pharmacy_ehr_id: OptionalText | None = None
     caller: Caller | None = None
     message: OptionalText | None = None
-    is_high_priority: Literal["true", "false"] | None = Field(
+    is_high_priority: HighPriority | None = Field(
         default=None, description='The strings "true" or "false", as Cobalt expects.'
     )
     template_name: OptionalText | None = None
@@ -230,6 +234,12 @@ class Attention(BaseModel):
     since: datetime
 
 
+# Named, so the OpenAPI document (and clients generated from it) share one enum for each,
+# also where a filter makes it optional.
+JobKind = TypeAliasType("JobKind", Literal["note", "telephone_encounter"])
+JobStatus = TypeAliasType("JobStatus", Literal["processing", "completed", "partial", "failed"])
+
+
 class JobOutcome(TypedDict, total=False):
     """What Cobalt said when the job settled (`lifecycle.outcome_from_event` builds it).
 
@@ -255,8 +265,8 @@ class JobOut(BaseModel):
     """A job as front ends see it (the contract resource)."""
 
     id: uuid.UUID
-    kind: Literal["note", "telephone_encounter"]
-    status: Literal["processing", "completed", "partial", "failed"] = Field(
+    kind: JobKind
+    status: JobStatus = Field(
         description="`processing` until the job settles, then once and for good `completed`, "
         "`partial` (created, with part of it missing: see `error`) or `failed` (Cobalt said "
         "so, or the request certainly never reached it). A settled job never changes status "
@@ -439,8 +449,8 @@ class _Query(BaseModel):
 class JobFilters(_Query):
     """Filters shared by the support list, search and CSV export."""
 
-    status: Literal["processing", "completed", "partial", "failed"] | None = None
-    kind: Literal["note", "telephone_encounter"] | None = None
+    status: JobStatus | None = None
+    kind: JobKind | None = None
     clinic: int | None = Field(default=None, ge=1, le=2**31 - 1, description="A clinic id.")
     created_from: Instant | None = Field(default=None, description="Created at or after.")
     created_to: Instant | None = Field(default=None, description="Created before (exclusive).")
