@@ -292,8 +292,10 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
             with psycopg.connect(admin, autocommit=True) as conn:
                 while not sampling.is_set():
                     rows = conn.execute(
+                        # Client connections only: an autovacuum worker shows up with the
+                        # database's name and no application_name, and counts against no limit.
                         "SELECT application_name, count(*) FROM pg_stat_activity"
-                        " WHERE datname = %s GROUP BY 1",
+                        " WHERE datname = %s AND backend_type = 'client backend' GROUP BY 1",
                         (database,),
                     ).fetchall()
                     for name, count in rows:
