@@ -23,8 +23,8 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import make_settings, new_token
 from tests.processes import throwaway_postgres_database
-from webhook_service import create_app
 from webhook_service.db import make_engine, make_session_factory
+from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 from webhook_service.services.limits import (
     SUBMISSION_WINDOW_SECONDS,

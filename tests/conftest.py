@@ -25,9 +25,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, delete, text
 
 from tests.processes import throwaway_postgres_database
-from webhook_service import create_app, phi
+from webhook_service import phi
 from webhook_service.cobalt import CobaltClient
 from webhook_service.db import SessionFactory, make_engine, make_session_factory
+from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 from webhook_service.models import Base
 from webhook_service.settings import Settings

@@ -110,7 +110,7 @@ def test_webhooks_and_health_need_no_token(anonymous, post_webhook):
 
 def test_cors_allows_configured_origin_and_exposes_polling_headers(database_url, sessions):
     from tests.conftest import make_settings
-    from webhook_service import create_app
+    from webhook_service.http import create_app
 
     app = create_app(make_settings(database_url, CORS_ALLOWED_ORIGINS="https://app.example"))
     try:
@@ -360,7 +360,7 @@ def test_a_revoked_token_stops_working_within_the_auth_cache_bound(app, sessions
 
 
 def test_without_the_auth_cache_a_revoked_token_is_refused_at_once(settings, sessions, clock):
-    from webhook_service import create_app
+    from webhook_service.http import create_app
     from webhook_service.services import revoke_client
 
     app = create_app(settings.model_copy(update={"auth_cache_seconds": 0}))

@@ -20,9 +20,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
 
 from tests.conftest import COBALT, FakeClock, make_settings, new_token
-from webhook_service import create_app
 from webhook_service.db import SessionFactory
-from webhook_service.health import schema_head
+from webhook_service.http import create_app
+from webhook_service.http.health import schema_head
 from webhook_service.models import Job, JobEvent
 from webhook_service.worker import Worker
 

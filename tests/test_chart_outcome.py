@@ -18,7 +18,7 @@ from tests.test_console import (
 from tests.test_lifecycle_http import accept_encounter, accept_note, poll
 from tests.test_support import audits, encounter, events_log, listed, note, reject_notes, timeline
 from webhook_service.cli import main
-from webhook_service.console import words
+from webhook_service.http.console import words
 from webhook_service.models import Job
 
 FOUND = {"reason": "looked in the EMR", "found_in_chart": True}

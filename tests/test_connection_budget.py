@@ -27,9 +27,9 @@ from tests.conftest import COBALT, BearerClient, event, make_settings, new_token
 from tests.processes import WEBHOOK_SECRET as PROCESS_SECRET
 from tests.processes import capped_postgres_database, running_system
 from tests.test_lifecycle_http import ENCOUNTER
-from webhook_service import create_app
 from webhook_service.cobalt import CobaltClient
 from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
+from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 from webhook_service.models import Job
 from webhook_service.schemas import TelephoneEncounterRequest

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 from tests.conftest import COBALT, START, FakeClock, event, make_settings, new_token
 from tests.test_lifecycle_http import accept_encounter, accept_note
 from tests.test_support import audits, break_applying, encounter, events_log, note, reject_notes
-from webhook_service import create_app
-from webhook_service.console import words
 from webhook_service.db import transaction
+from webhook_service.http import create_app
+from webhook_service.http.console import words
 from webhook_service.lifecycle import ATTENTION_MESSAGES, JobStatus, Submission
 from webhook_service.models import Job
 from webhook_service.services import revoke_client

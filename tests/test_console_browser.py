@@ -18,7 +18,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from tests.conftest import CHROMIUM_ARGS
 from tests.processes import BIN, ROOT, RunningSystem, running_system, throwaway_postgres_database
-from webhook_service.demo import ENCOUNTER_DEFAULTS, ENCOUNTER_SCENARIOS, NOTE_SCENARIOS
+from webhook_service.http.demo import ENCOUNTER_DEFAULTS, ENCOUNTER_SCENARIOS, NOTE_SCENARIOS
 
 pytestmark = pytest.mark.e2e
 

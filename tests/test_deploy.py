@@ -32,7 +32,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import make_url
 
 from tests.processes import ROOT, free_port, throwaway_postgres_database
-from webhook_service import health, migrations
+from webhook_service import migrations
+from webhook_service.http import health
 from webhook_service.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from webhook_service.settings import Settings
 
@@ -348,7 +349,7 @@ def test_an_installed_wheel_migrates_and_is_ready_outside_the_checkout(
         migrated = run([bin_dir / "webhook-service", "migrate"], cwd=elsewhere, env=env)
         assert "database migrated to head" in migrated.stdout
         probe = (
-            "import json; from webhook_service import create_app;"
+            "import json; from webhook_service.http import create_app;"
             "from webhook_service.settings import Settings;"
             "r = create_app(Settings()).test_client().get('/readyz');"
             "print(json.dumps({'status': r.status_code, 'body': r.json}))"

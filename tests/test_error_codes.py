@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from webhook_service.cobalt import REJECTION_CODES, recognise_rejection
+from webhook_service.http.openapi import build_spec
 from webhook_service.lifecycle import (
     ATTENTION_MESSAGES,
     ERROR_CODES,
@@ -23,7 +24,6 @@ from webhook_service.lifecycle import (
     outcome_from_event,
 )
 from webhook_service.models import Job
-from webhook_service.openapi import build_spec
 from webhook_service.services.reconcile import NOT_SENT_CODES
 from webhook_service.services.support_actions import chart_outcome
 
@@ -268,7 +268,7 @@ def test_every_code_written_in_the_package_is_registered() -> None:
 
 
 def test_the_demo_front_end_renders_every_key_a_front_end_switches_on() -> None:
-    demo = (PACKAGE / "static" / "demo.js").read_text(encoding="utf-8")
+    demo = (PACKAGE / "http" / "static" / "demo.js").read_text(encoding="utf-8")
     for read in (
         "job.status",
         "job.attention.code",

@@ -12,8 +12,8 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from tests.conftest import BearerClient, FakeClock, make_settings, new_token
-from webhook_service import create_app
 from webhook_service.db import SessionFactory, transaction
+from webhook_service.http import create_app
 from webhook_service.models import Job
 from webhook_service.services.limits import Window, bump
 

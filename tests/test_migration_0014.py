@@ -8,8 +8,8 @@ from sqlalchemy import text
 from tests.conftest import PHI_KEY, PHI_SEARCH_KEY, BearerClient, make_settings, new_token
 from tests.test_lifecycle_http import NOTE
 from tests.test_migrations import empty_database  # noqa: F401  (the fixture, both databases)
-from webhook_service import create_app
 from webhook_service.db import make_engine, make_session_factory
+from webhook_service.http import create_app
 from webhook_service.migrations import downgrade, upgrade
 
 KEY = "visit-42 Jane Doe knee"  # free text a front end chose: it may quote a patient

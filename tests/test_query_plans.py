@@ -20,8 +20,9 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import START, BearerClient, make_settings, new_token
 from tests.processes import throwaway_postgres_database
-from webhook_service import create_app, phi, services
+from webhook_service import phi, services
 from webhook_service.db import make_session_factory
+from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 
 JOBS = 60_000

@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import make_settings
 from tests.test_lifecycle_http import NOTE
-from webhook_service import create_app
+from webhook_service.http import create_app
 
 
 def test_api_answers_and_problems_are_never_sniffed(client: FlaskClient, app) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from webhook_service import create_app
 from webhook_service.cli import main
+from webhook_service.http import create_app
 from webhook_service.settings import DEVELOPMENT_SECRET_KEY, Settings
 
 DEV_ENV = Path(__file__).resolve().parents[1] / "config" / "dev.env"

@@ -686,7 +686,7 @@ def test_inbox_lists_parked_failed_and_unknown_type_deliveries(
 def test_csv_export_streams_every_matching_job_with_formula_cells_escaped(
     client, support, worker, cobalt, post_webhook, sessions, monkeypatch
 ):
-    monkeypatch.setattr("webhook_service.support.EXPORT_BATCH", 2)  # several batches
+    monkeypatch.setattr("webhook_service.http.support.EXPORT_BATCH", 2)  # several batches
     accept_encounter(cobalt)
     hostile = encounter(client)
     worker.run_once()

@@ -22,8 +22,8 @@ from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from tests.conftest import COBALT, OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, event, make_settings, sign
-from webhook_service import create_app
 from webhook_service.db import SessionFactory
+from webhook_service.http import create_app
 from webhook_service.models import Clinic, Job, JobEvent, WebhookDelivery
 from webhook_service.services.clinics import relink_clinic
 from webhook_service.services.jobs import DEFAULT_CLINIC

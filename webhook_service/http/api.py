@@ -12,18 +12,14 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection
 
 from webhook_service import services
-from webhook_service.auth import current_client, require
 from webhook_service.errors import (
     FieldError,
     MalformedJSON,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from webhook_service.lifecycle import JobStatus
-from webhook_service.openapi import build_spec
-from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
-from webhook_service.services.jobs import JobColumns
-from webhook_service.web import (
+from webhook_service.http.auth import current_client, require
+from webhook_service.http.context import (
     read_body,
     read_connection,
     request_transaction,
@@ -31,6 +27,10 @@ from webhook_service.web import (
     utcnow,
     write_connection,
 )
+from webhook_service.http.openapi import build_spec
+from webhook_service.lifecycle import JobStatus
+from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
+from webhook_service.services.jobs import JobColumns
 
 bp = Blueprint("api", __name__)
 

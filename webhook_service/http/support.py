@@ -17,11 +17,12 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
-from webhook_service.api import _json_body
-from webhook_service.auth import current_client, require
 from webhook_service.cobalt import CobaltError
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.errors import FieldError, UpstreamFailed, ValidationFailed
+from webhook_service.http.api import _json_body
+from webhook_service.http.auth import current_client, require
+from webhook_service.http.context import request_transaction, sessions, settings, utcnow
 from webhook_service.lifecycle import JobKind
 from webhook_service.schemas import (
     ChartOutcomeRequest,
@@ -39,7 +40,6 @@ from webhook_service.schemas import (
     encode_cursor,
     field_errors,
 )
-from webhook_service.web import request_transaction, sessions, settings, utcnow
 from webhook_service.worker import cobalt_client
 
 log = logging.getLogger(__name__)

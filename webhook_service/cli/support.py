@@ -194,7 +194,7 @@ def _validated(model: type[Model], values: dict[str, Any]) -> Model:
 @contextmanager
 def _transaction() -> Iterator[Session]:
     """The command's one transaction; a service error becomes a message and exit status 1."""
-    from webhook_service.cli import _sessions
+    from webhook_service.cli.main import _sessions
     from webhook_service.db import transaction
     from webhook_service.errors import ServiceError
 

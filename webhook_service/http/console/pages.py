@@ -11,7 +11,7 @@ from flask import Response, g, render_template, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
-from webhook_service.console import words
+from webhook_service.http.console import words
 from webhook_service.schemas import field_errors
 
 Model = TypeVar("Model", bound=BaseModel)

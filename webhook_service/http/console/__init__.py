@@ -23,12 +23,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from webhook_service import services
-from webhook_service.console.pages import page, staff
 from webhook_service.errors import RateLimited, ServiceError
+from webhook_service.http.console.pages import page, staff
+from webhook_service.http.context import request_transaction, settings, utcnow
 from webhook_service.logs import log_failure
 from webhook_service.services.console import active_support_client, end_console_sessions
 from webhook_service.services.limits import count_sign_in, forget_sign_in_failures
-from webhook_service.web import request_transaction, settings, utcnow
 
 log = logging.getLogger(__name__)
 bp = Blueprint(
@@ -255,6 +255,6 @@ def _unexpected(exc: Exception) -> Response:
 
 
 # The views register themselves on `bp`.
-from webhook_service.console import deliveries, jobs  # noqa: E402
+from webhook_service.http.console import deliveries, jobs  # noqa: E402
 
 __all__ = ["bp", "deliveries", "jobs"]

@@ -13,9 +13,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from webhook_service import services
 from webhook_service.errors import NotConfigured, SignatureInvalid
+from webhook_service.http.context import read_body, sessions, settings, utcnow
 from webhook_service.services.webhooks import KEPT_HEADERS
 from webhook_service.signatures import verify_signature
-from webhook_service.web import read_body, sessions, settings, utcnow
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)

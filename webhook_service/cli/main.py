@@ -254,7 +254,7 @@ def _add_sandbox() -> None:
 
 
 def _add_support() -> None:
-    from webhook_service.support_cli import jobs
+    from webhook_service.cli.support import jobs
 
     main.add_command(jobs)
 

@@ -11,8 +11,9 @@ from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from webhook_service import services
-from webhook_service.console import bp
-from webhook_service.console.pages import (
+from webhook_service.errors import Conflict, UpstreamFailed
+from webhook_service.http.console import bp
+from webhook_service.http.console.pages import (
     FieldProblems,
     page,
     sentence,
@@ -20,7 +21,8 @@ from webhook_service.console.pages import (
     validated,
     values,
 )
-from webhook_service.errors import Conflict, UpstreamFailed
+from webhook_service.http.context import request_transaction, utcnow
+from webhook_service.http.support import PHI_PARAMETERS, expected_durations, reconcile_now
 from webhook_service.lifecycle import JobStatus
 from webhook_service.schemas import (
     ChartOutcomeRequest,
@@ -32,8 +34,6 @@ from webhook_service.schemas import (
 )
 from webhook_service.services import console as console_services
 from webhook_service.services.clinics import list_clinics
-from webhook_service.support import PHI_PARAMETERS, expected_durations, reconcile_now
-from webhook_service.web import request_transaction, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Final
 from flask import Blueprint, Response, render_template
 
 from webhook_service.dev import INSTANCE, kept_token
+from webhook_service.http.context import sessions, utcnow
 from webhook_service.sandbox.data import DEMO_IDS
-from webhook_service.web import sessions, utcnow
 
 bp = Blueprint(
     "demo",

@@ -9,10 +9,10 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from webhook_service import migrations
-from webhook_service.auth import client_if_any
 from webhook_service.db import connection_trouble
 from webhook_service.errors import Unavailable
-from webhook_service.web import sessions
+from webhook_service.http.auth import client_if_any
+from webhook_service.http.context import sessions
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)

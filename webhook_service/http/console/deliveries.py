@@ -8,9 +8,10 @@ from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from webhook_service import services
-from webhook_service.console import bp
-from webhook_service.console.pages import page, sentence, staff, validated, values
 from webhook_service.errors import Conflict
+from webhook_service.http.console import bp
+from webhook_service.http.console.pages import page, sentence, staff, validated, values
+from webhook_service.http.context import request_transaction, utcnow
 from webhook_service.schemas import (
     DeliveryOut,
     InboxQuery,
@@ -21,7 +22,6 @@ from webhook_service.schemas import (
 from webhook_service.services import console as console_services
 from webhook_service.services.support import INBOX_ATTENTION_LIMIT, INBOX_STATES, get_delivery
 from webhook_service.services.support_actions import can_apply_replay
-from webhook_service.web import request_transaction, utcnow
 
 
 @bp.get("/deliveries/<delivery_id>")

@@ -12,9 +12,9 @@ from flask_cors import CORS
 
 from webhook_service.db import transaction
 from webhook_service.errors import ServiceError
+from webhook_service.http.context import sessions, settings, utcnow
 from webhook_service.models import ApiClient
 from webhook_service.services.clients import authenticate, hash_token
-from webhook_service.web import sessions, settings, utcnow
 
 AUTH_CACHE_SIZE = 10_000  # tokens remembered per process (AUTH_CACHE_SECONDS each)
 P = ParamSpec("P")
