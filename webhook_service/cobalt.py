@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from urllib3.exceptions import NewConnectionError
+
+if TYPE_CHECKING:
+    from webhook_service.settings import Settings
 
 from webhook_service.lifecycle import (
     COBALT_REJECTED,
@@ -102,6 +105,17 @@ class CobaltClient:
         self._client_secret = client_secret
         self._timeout = (connect_timeout, read_timeout)
         self._http = session or _session_for(self.base_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CobaltClient:
+        """The client the settings describe (URL, credentials, timeouts)."""
+        return cls(
+            settings.cobalt_api_url,
+            settings.cobalt_client_id,
+            settings.cobalt_client_secret,
+            connect_timeout=settings.cobalt_connect_timeout_seconds,
+            read_timeout=settings.cobalt_read_timeout_seconds,
+        )
 
     def create_note(self, access_token: str, body: dict[str, Any]) -> Accepted:
         return self._write("/notes", access_token, body)

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 
 from sqlalchemy.exc import OperationalError
@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from webhook_service import phi, services
+from webhook_service.clock import Clock, utcnow
 from webhook_service.cobalt import (
     CobaltAmbiguous,
     CobaltClient,
@@ -43,7 +44,6 @@ from webhook_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 HOUSEKEEPING_EVERY = timedelta(seconds=5)
 # Pauses between tries to record Cobalt's answer while the database is unreachable.
 RECORD_RETRY_FIRST = 0.1
@@ -51,20 +51,6 @@ RECORD_RETRY_CAP = 2.0
 # The longest pause of a worker thread that cannot get a database connection: a full server
 # should not be knocked on by every thread every second, nor left alone once it has room.
 DATABASE_BACKOFF_CAP = 10.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def cobalt_client(settings: Settings) -> CobaltClient:
-    return CobaltClient(
-        settings.cobalt_api_url,
-        settings.cobalt_client_id,
-        settings.cobalt_client_secret,
-        connect_timeout=settings.cobalt_connect_timeout_seconds,
-        read_timeout=settings.cobalt_read_timeout_seconds,
-    )
 
 
 class Worker:
@@ -318,7 +304,7 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     # Forked: the supervisor blocked these until this process could handle them.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     workers = [
-        Worker(settings, sessions, cobalt_client(settings), housekeeping=(n == 0))
+        Worker(settings, sessions, CobaltClient.from_settings(settings), housekeeping=(n == 0))
         for n in range(threads)
     ]
     running = [

@@ -6,7 +6,6 @@ why in one line on stderr and exits 2; one the service refuses (a duplicate name
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -14,7 +13,9 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from webhook_service.db import SessionFactory
+from webhook_service.cli.base import session_factory
+from webhook_service.cli.support import jobs as support_jobs
+from webhook_service.clock import utcnow
 from webhook_service.migrations import MigrationsMissing
 from webhook_service.settings import Settings
 
@@ -105,17 +106,6 @@ def clients() -> None:
     """Create, list and revoke API clients (front ends and support staff)."""
 
 
-def _sessions() -> SessionFactory:
-    from webhook_service import phi
-    from webhook_service.db import make_engine, make_session_factory
-
-    settings = Settings()
-    phi.configure(settings.phi_keys())
-    return make_session_factory(
-        make_engine(settings.effective_database_url, pool_size=1, process_kind="cli")
-    )
-
-
 @clients.command("create")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["frontend", "support"]), required=True)
@@ -127,9 +117,9 @@ def clients_create(name: str, role: str, clinic_id: int | None) -> None:
     from webhook_service.services import create_client
 
     try:
-        with transaction(_sessions()) as session:
+        with transaction(session_factory()) as session:
             client, token = create_client(
-                session, name=name, role=role, clinic_id=clinic_id, now=datetime.now(UTC)
+                session, name=name, role=role, clinic_id=clinic_id, now=utcnow()
             )
             click.echo(f"created client {client.name!r} (role {client.role}); its token:")
     except ServiceError as exc:
@@ -143,7 +133,7 @@ def clients_list() -> None:
     from webhook_service.db import transaction
     from webhook_service.services import list_clients
 
-    with transaction(_sessions()) as session:
+    with transaction(session_factory()) as session:
         for client in list_clients(session):
             revoked = client.revoked_at.isoformat() if client.revoked_at else "-"
             click.echo(
@@ -161,8 +151,8 @@ def clients_revoke(name: str) -> None:
     from webhook_service.services import revoke_client
 
     try:
-        with transaction(_sessions()) as session:
-            revoke_client(session, name, datetime.now(UTC))
+        with transaction(session_factory()) as session:
+            revoke_client(session, name, utcnow())
     except ServiceError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"revoked {name!r}")
@@ -183,10 +173,8 @@ def clinics_add(name: str, access_token: str) -> None:
     from webhook_service.services.clinics import add_clinic
 
     try:
-        with transaction(_sessions()) as session:
-            clinic = add_clinic(
-                session, name=name, access_token=access_token, now=datetime.now(UTC)
-            )
+        with transaction(session_factory()) as session:
+            clinic = add_clinic(session, name=name, access_token=access_token, now=utcnow())
             session.flush()
             click.echo(f"added clinic {clinic.name!r} with id {clinic.id}")
     except ServiceError as exc:
@@ -199,7 +187,7 @@ def clinics_list() -> None:
     from webhook_service.db import transaction
     from webhook_service.services.clinics import list_clinics
 
-    with transaction(_sessions()) as session:
+    with transaction(session_factory()) as session:
         for clinic in list_clinics(session):
             relink = "NEEDS RE-LINK" if clinic.needs_relink else "ok"
             reference = clinic.access_token_reference_id or "(not learned yet)"
@@ -216,8 +204,8 @@ def clinics_relink(name: str, access_token: str) -> None:
     from webhook_service.services.clinics import relink_clinic
 
     try:
-        with transaction(_sessions()) as session:
-            relink_clinic(session, name=name, access_token=access_token, now=datetime.now(UTC))
+        with transaction(session_factory()) as session:
+            relink_clinic(session, name=name, access_token=access_token, now=utcnow())
     except ServiceError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"re-linked {name!r}")
@@ -242,7 +230,7 @@ def keys_rotate() -> None:
     from webhook_service.db import transaction
     from webhook_service.services import reencrypt_phi
 
-    with transaction(_sessions()) as session:
+    with transaction(session_factory()) as session:
         count = reencrypt_phi(session)
     click.echo(f"re-encrypted {count} rows; older keys can now be removed")
 
@@ -253,11 +241,5 @@ def _add_sandbox() -> None:
     main.add_command(sandbox_command)
 
 
-def _add_support() -> None:
-    from webhook_service.cli.support import jobs
-
-    main.add_command(jobs)
-
-
 _add_sandbox()
-_add_support()
+main.add_command(support_jobs)

@@ -10,12 +10,13 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import BaseModel, ValidationError
 
+from webhook_service.cli.base import session_factory
+from webhook_service.clock import utcnow
 from webhook_service.lifecycle import JobKind, JobStatus
 from webhook_service.schemas import JobPageQuery, encode_cursor, field_errors
 
@@ -67,9 +68,7 @@ def jobs_list(actor: str | None, **options: Any) -> None:
     settings = Settings()
     expected = {str(kind): settings.expected_duration(kind) for kind in JobKind}
     with _transaction() as session:
-        page = services.list_jobs(
-            session, _staff(actor), query, now=datetime.now(UTC), expected=expected
-        )
+        page = services.list_jobs(session, _staff(actor), query, now=utcnow(), expected=expected)
         lines = ["\t".join(services.csv_row(row)) for row in page.rows]
     click.echo("\t".join(services.CSV_COLUMNS))
     for line in lines:
@@ -86,7 +85,7 @@ def jobs_show(job_id: str, actor: str | None) -> None:
     from webhook_service import services
 
     with _transaction() as session:
-        timeline = services.job_timeline(session, _staff(actor), job_id, datetime.now(UTC))
+        timeline = services.job_timeline(session, _staff(actor), job_id, utcnow())
         job = services.support_job_view(services.job_row(session, timeline.job_id))
     error = job.error.code if job.error else "-"
     click.echo(f"job {job.id}  {job.kind}  {job.status}  error: {error}")
@@ -135,7 +134,7 @@ def jobs_retry(job_id: str, reason: str, confirm_not_in_emr: bool, actor: str | 
             job_id,
             reason=action.reason,
             confirm_not_in_emr=action.confirm_not_in_emr,
-            now=datetime.now(UTC),
+            now=utcnow(),
         )
     click.echo(f"retried {job_id} as {new.id}; the worker will submit it")
 
@@ -167,7 +166,7 @@ def jobs_chart_outcome(job_id: str, found_in_chart: bool, reason: str, actor: st
             job_id,
             found_in_chart=action.found_in_chart,
             reason=action.reason,
-            now=datetime.now(UTC),
+            now=utcnow(),
             expected=expected,
         )
         status = job.status
@@ -194,12 +193,11 @@ def _validated(model: type[Model], values: dict[str, Any]) -> Model:
 @contextmanager
 def _transaction() -> Iterator[Session]:
     """The command's one transaction; a service error becomes a message and exit status 1."""
-    from webhook_service.cli.main import _sessions
     from webhook_service.db import transaction
     from webhook_service.errors import ServiceError
 
     try:
-        with transaction(_sessions()) as session:
+        with transaction(session_factory()) as session:
             yield session
     except ServiceError as exc:
         raise click.ClickException(exc.detail) from None

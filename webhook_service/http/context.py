@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import current_app, request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from webhook_service.clock import utcnow as clock_utcnow
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.settings import Settings
 
@@ -51,7 +52,7 @@ def read_connection() -> Iterator[Connection]:
 
 def utcnow() -> datetime:
     clock = current_app.extensions["webhook_service"].get("clock")
-    return clock() if clock is not None else datetime.now(UTC)
+    return clock() if clock is not None else clock_utcnow()
 
 
 def read_body() -> bytes:

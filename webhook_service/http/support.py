@@ -17,7 +17,7 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, ValidationError
 
 from webhook_service import services
-from webhook_service.cobalt import CobaltError
+from webhook_service.cobalt import CobaltClient, CobaltError
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.errors import FieldError, UpstreamFailed, ValidationFailed
 from webhook_service.http.api import _json_body
@@ -40,7 +40,6 @@ from webhook_service.schemas import (
     encode_cursor,
     field_errors,
 )
-from webhook_service.worker import cobalt_client
 
 log = logging.getLogger(__name__)
 bp = Blueprint("support", __name__)
@@ -156,7 +155,7 @@ def reconcile_now(staff: services.Staff, job_id: str, *, reason: str) -> service
     with request_transaction() as session:
         lookup = services.begin_reconcile(session, staff, job_id, reason=reason, now=utcnow())
     try:
-        events = services.read_cobalt_log(cobalt_client(settings()), lookup)
+        events = services.read_cobalt_log(CobaltClient.from_settings(settings()), lookup)
     except CobaltError as exc:
         log.warning(
             "reconcile lookup failed",
