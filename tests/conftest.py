@@ -27,10 +27,12 @@ from sqlalchemy import Engine, delete, text
 from tests.processes import throwaway_postgres_database
 from webhook_service import phi
 from webhook_service.cobalt import CobaltClient
-from webhook_service.db import SessionFactory, make_engine, make_session_factory
+from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
 from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 from webhook_service.models import Base
+from webhook_service.schemas import TelephoneEncounterRequest
+from webhook_service.services import default_clinic, submit_job
 from webhook_service.settings import Settings
 from webhook_service.signatures import compact_json, compute_signature
 from webhook_service.worker import Worker
@@ -361,3 +363,23 @@ def chromium() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return CHROMIUM
+
+
+def pending_encounter(
+    sessions: SessionFactory, settings: Settings, body: dict[str, Any]
+) -> uuid.UUID:
+    """Store a telephone encounter for the default clinic, waiting for the worker; the clinic's
+    reference id is already known, so the worker has nothing to ask Cobalt but the write."""
+    now = datetime.now(UTC)
+    with transaction(sessions) as session:
+        clinic = default_clinic(session, settings, now)
+        clinic.access_token_reference_id = "atr_clinic_1"
+        job, _ = submit_job(
+            session,
+            request=TelephoneEncounterRequest.model_validate(body),
+            clinic=clinic,
+            client=None,
+            idempotency_key=None,
+            now=now,
+        )
+        return job.id

@@ -11,7 +11,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,23 @@ from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from tests.conftest import COBALT, BearerClient, event, make_settings, new_token, sign
+from tests.conftest import (
+    COBALT,
+    BearerClient,
+    event,
+    make_settings,
+    new_token,
+    pending_encounter,
+    sign,
+)
 from tests.processes import WEBHOOK_SECRET as PROCESS_SECRET
 from tests.processes import capped_postgres_database, running_system
 from tests.test_lifecycle_http import ENCOUNTER
 from webhook_service.cobalt import CobaltClient
-from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
+from webhook_service.db import SessionFactory, make_engine, make_session_factory
 from webhook_service.http import create_app
 from webhook_service.migrations import upgrade
 from webhook_service.models import Job
-from webhook_service.schemas import TelephoneEncounterRequest
-from webhook_service.services import default_clinic, submit_job
 from webhook_service.worker import Worker
 
 LIMIT = 3
@@ -159,23 +164,6 @@ def test_connections_say_which_process_kind_holds_them(capped_app: Flask, capped
 # --- The worker ---------------------------------------------------------------------------
 
 
-def _pending_encounter(sessions: SessionFactory, url: str) -> uuid.UUID:
-    settings = make_settings(url)
-    now = datetime.now(UTC)
-    with transaction(sessions) as session:
-        clinic = default_clinic(session, settings, now)
-        clinic.access_token_reference_id = "atr_clinic_1"  # nothing else to ask Cobalt
-        job, _ = submit_job(
-            session,
-            request=TelephoneEncounterRequest.model_validate(ENCOUNTER),
-            clinic=clinic,
-            client=None,
-            idempotency_key=None,
-            now=now,
-        )
-        return job.id
-
-
 def _accepted(sessions: SessionFactory, job_id: uuid.UUID) -> bool:
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -208,7 +196,7 @@ def test_worker_records_cobalts_answer_when_its_pool_frees_up(capped_url: str) -
     threads are busy): the answer waits for a connection instead of being lost."""
     engine = make_engine(capped_url, pool_size=1, wait_seconds=0.1, process_kind="worker")
     sessions = make_session_factory(engine)
-    job_id = _pending_encounter(sessions, capped_url)
+    job_id = pending_encounter(sessions, make_settings(capped_url), ENCOUNTER)
     held: list[Any] = []
 
     def take_the_pool() -> None:
@@ -228,7 +216,7 @@ def test_worker_backs_off_while_the_server_is_full_and_resumes(
 ) -> None:
     engine = make_engine(capped_url, pool_size=1, process_kind="worker")
     sessions = make_session_factory(engine)
-    job_id = _pending_encounter(sessions, capped_url)
+    job_id = pending_encounter(sessions, make_settings(capped_url), ENCOUNTER)
     engine.dispose()
     hogs = _hog(capped_url, LIMIT)
     stop = threading.Event()

@@ -14,7 +14,7 @@ import pytest
 import responses
 from sqlalchemy import make_url, select, update
 
-from tests.conftest import COBALT, FakeClock, event, make_settings
+from tests.conftest import COBALT, FakeClock, event, make_settings, pending_encounter
 from tests.processes import throwaway_postgres_database
 from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_note, poll, submit
 from webhook_service import services
@@ -22,8 +22,6 @@ from webhook_service.cobalt import CobaltClient
 from webhook_service.db import make_engine, make_session_factory, transaction
 from webhook_service.migrations import upgrade
 from webhook_service.models import Clinic, Job, JobEvent
-from webhook_service.schemas import TelephoneEncounterRequest
-from webhook_service.services import default_clinic, submit_job
 from webhook_service.worker import Worker
 
 
@@ -185,19 +183,7 @@ def test_cobalts_answer_is_recorded_when_the_database_comes_back(postgres_server
         engine = make_engine(url)
         sessions = make_session_factory(engine)
         settings = make_settings(url)
-        now = datetime.now(UTC)
-        with transaction(sessions) as session:
-            clinic = default_clinic(session, settings, now)
-            clinic.access_token_reference_id = "atr_clinic_1"  # nothing else to ask Cobalt
-            job, _ = submit_job(
-                session,
-                request=TelephoneEncounterRequest.model_validate(ENCOUNTER),
-                clinic=clinic,
-                client=None,
-                idempotency_key=None,
-                now=now,
-            )
-            job_id = job.id
+        job_id = pending_encounter(sessions, settings, ENCOUNTER)
         name = make_url(url).database
         admin = (
             make_url(postgres_server_url)
