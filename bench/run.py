@@ -206,8 +206,9 @@ class Bench:
             row = self.measure_once(served, target, scenario, conns, env, label=label)
             tries = [row]
             while row["unbalanced"] and len(tries) <= MAX_RETRIES:
-                # wrk's keep-alive connections all landed on one gunicorn worker (see the
-                # README): try again with fresh connections; keep the most balanced try.
+                # wrk's keep-alive connections all landed on one gunicorn worker (see
+                # bench/README.md, "Keep-alive stickiness"): try again with fresh
+                # connections; keep the most balanced try.
                 tries.append(self.measure_once(served, target, scenario, conns, env, label=label))
                 row = min(tries, key=lambda t: t["worker_cpu_share"][:1] or [0.0])
             if len(tries) > 1:
