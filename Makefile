@@ -45,9 +45,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	rm -f /tmp/webhook-service-alembic-check.sqlite3
-	WEBHOOK_SERVICE_ENV=development DATABASE_URL=sqlite:////tmp/webhook-service-alembic-check.sqlite3 $(BIN)/webhook-service migrate >/dev/null
-	DATABASE_URL=sqlite:////tmp/webhook-service-alembic-check.sqlite3 $(BIN)/alembic check
+	@# models match migrations: migrate a scratch SQLite file (one per run: parallel runs don't collide)
+	@check=$$(mktemp -d) && trap 'rm -rf "$$check"' EXIT && \
+	  WEBHOOK_SERVICE_ENV=development DATABASE_URL=sqlite:///$$check/check.sqlite3 $(BIN)/webhook-service migrate >/dev/null && \
+	  DATABASE_URL=sqlite:///$$check/check.sqlite3 $(BIN)/alembic check
 
 ## Regenerate uv.lock from pyproject.toml (after changing a dependency; `make test` checks it).
 lock: $(STAMP)

@@ -35,3 +35,11 @@ def test_only_production_tells_browsers_to_use_https_only(
         app.extensions["webhook_service"]["engine"].dispose()
     hsts = response.headers.get("Strict-Transport-Security")
     assert hsts == ("max-age=31536000" if environment == "production" else None)
+
+
+def test_the_root_icon_is_served_not_a_404(client: FlaskClient) -> None:
+    """Browsers and tools ask for /favicon.ico whatever a page links."""
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 200
+    assert answer.mimetype == "image/svg+xml"
+    assert answer.data.startswith(b"<svg")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, request, send_from_directory
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -18,6 +19,7 @@ from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
 
 log = logging.getLogger("webhook_service.http")
+STATIC = Path(__file__).parent / "static"  # the console's and the demo page's own files
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -65,10 +67,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook_service.http.auth import init_cors
 
     init_cors(app, settings.cors_allowed_origins)
+    app.add_url_rule("/favicon.ico", "favicon", _favicon)
     _register_error_handlers(app)
     _add_security_headers(app, hsts=settings.environment == "production")
     app.wsgi_app = RequestLog(app.wsgi_app, log)  # type: ignore[method-assign]
     return app
+
+
+def _favicon() -> Response:
+    """The icon tools and browsers ask for at the root whatever a page links (no 404)."""
+    return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml", max_age=86_400)
 
 
 # A year: browsers that have seen the service over https never try plain http on it again.
