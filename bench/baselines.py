@@ -43,8 +43,8 @@ from webhook_service.lifecycle import (
 # which webhook headers and ids it keeps, and support's page bound and next-page cursor:
 # pure functions and constants.
 from webhook_service.schemas import MAX_PAGE, encode_cursor
+from webhook_service.services.deliveries import KEPT_HEADERS, _clean_id
 from webhook_service.services.jobs import job_etag
-from webhook_service.services.webhooks import KEPT_HEADERS, _clean_id
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 

@@ -11,6 +11,7 @@ from webhook_service.services.clients import (
     reissue_token,
     revoke_client,
 )
+from webhook_service.services.deliveries import Recorded
 from webhook_service.services.jobs import (
     Polled,
     accept_job,
@@ -24,6 +25,7 @@ from webhook_service.services.jobs import (
     submit_job,
 )
 from webhook_service.services.limits import check_backlog, count_submission, waiting_jobs
+from webhook_service.services.parking import match_parked
 from webhook_service.services.reconcile import (
     Lookup,
     due_lookups,
@@ -71,12 +73,7 @@ from webhook_service.services.support_actions import (
     replay_delivery,
     retry_job,
 )
-from webhook_service.services.webhooks import (
-    Recorded,
-    match_parked,
-    receive_webhook,
-    record_webhook,
-)
+from webhook_service.services.webhooks import receive_webhook, record_webhook
 
 __all__ = [
     "CSV_COLUMNS",

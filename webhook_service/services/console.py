@@ -140,7 +140,7 @@ class LikelyJob:
 def likely_jobs(session: Session, deliveries: Sequence[WebhookDelivery]) -> dict[int, LikelyJob]:
     """For each delivery without a job, the job it most likely belongs to, by delivery id.
 
-    Mirrors webhook matching (`services.webhooks.match_job`) for display only; nothing here
+    Mirrors webhook matching (`services.matching.match_job`) for display only; nothing here
     is ever applied. By the same Cobalt job id, else the same telephone encounter id, else,
     for note events only (`note.*`), the most recent note for the same appointment in the
     delivery's clinic that was created before the delivery arrived. One query per rule for a

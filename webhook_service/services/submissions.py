@@ -33,7 +33,7 @@ from webhook_service.cobalt import Accepted, CobaltAmbiguous, CobaltRejected, Co
 from webhook_service.lifecycle import COBALT_UNAVAILABLE, JobKind, JobStatus, Outcome, Submission
 from webhook_service.models import DUE_PREDICATE, Clinic, Job, UTCDateTime
 from webhook_service.services.jobs import INSERT_EVENT, JOBS, add_event, note_slot, settle
-from webhook_service.services.webhooks import apply_parked_for
+from webhook_service.services.parking import apply_parked_for
 
 WAIT_FOR_SIBLING = timedelta(seconds=5)
 

@@ -43,8 +43,8 @@ from webhook_service.schemas import (
     TimelineOut,
 )
 from webhook_service.services.clients import audit
+from webhook_service.services.deliveries import DeliveryState
 from webhook_service.services.jobs import RESOURCE_COLUMNS, JobColumns, get_job, job_fields
-from webhook_service.services.webhooks import DeliveryState
 
 # Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
 INBOX_STATES = (

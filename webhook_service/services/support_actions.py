@@ -30,15 +30,12 @@ from webhook_service.lifecycle import (
 )
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
 from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
+from webhook_service.services.applying import _apply_safely
+from webhook_service.services.deliveries import DeliveryState, _parse
 from webhook_service.services.jobs import add_event, get_job, settle, submit_job
+from webhook_service.services.matching import match_job
 from webhook_service.services.reconcile import Lookup, record_lookup
 from webhook_service.services.support import Staff, audit_staff, get_delivery
-from webhook_service.services.webhooks import (
-    DeliveryState,
-    _apply_safely,
-    _parse,
-    match_job,
-)
 
 # Submissions that certainly put nothing in a chart: Cobalt refused them (4xx), or they never
 # reached Cobalt (transient failures only, or failed before being sent).
