@@ -654,7 +654,7 @@ _CONDITIONS = {
     "patient_mrn_hash": "patient_mrn_hash = :patient_mrn_hash",
     "appointment_hash": "appointment_hash = :appointment_hash",
 }
-# `services.support._overdue`: processing past its kind's expected time, bounded by the
+# `services.attention._overdue`: processing past its kind's expected time, bounded by the
 # shortest wait (`oldest_young`) so that the status index starts at the first job old enough.
 _OVERDUE = (
     "(status = 'processing' AND created_at < :oldest_young AND ((kind = 'note' AND "

@@ -50,29 +50,30 @@ from webhook_service.services.support import (
     JobPage,
     JobRow,
     Staff,
-    attention_jobs,
     audit_staff,
     csv_row,
-    delivery_view,
     filters_detail,
     find_jobs,
     job_row,
-    job_timeline,
-    list_inbox,
     list_jobs,
-    lists_attention_jobs,
-    read_delivery,
     support_job_fields,
     support_job_view,
 )
-from webhook_service.services.support_actions import (
+from webhook_service.services.support_actions import record_chart_outcome, retry_job
+from webhook_service.services.support_inbox import (
+    attention_jobs,
+    delivery_view,
+    job_timeline,
+    list_inbox,
+    lists_attention_jobs,
+    read_delivery,
+)
+from webhook_service.services.support_reconcile import (
     ReconcileResult,
     begin_reconcile,
     finish_reconcile,
-    record_chart_outcome,
-    replay_delivery,
-    retry_job,
 )
+from webhook_service.services.support_replay import replay_delivery
 from webhook_service.services.webhooks import receive_webhook, record_webhook
 
 __all__ = [

@@ -16,18 +16,15 @@ from sqlalchemy.orm import Session
 from webhook_service.lifecycle import JobKind, JobStatus, kind_for_event
 from webhook_service.models import ApiClient, AuditEvent, Clinic, Job, WebhookDelivery
 from webhook_service.schemas import JobFilters, TimelineEntry
-from webhook_service.services.jobs import get_job
-from webhook_service.services.support import (
+from webhook_service.services.attention import (
     HAS_ATTENTION,
-    INBOX_STATES,
-    JobRow,
-    Staff,
     attention_condition,
-    audit_staff,
-    find_jobs,
     overdue_condition,
 )
+from webhook_service.services.jobs import get_job
+from webhook_service.services.support import JobRow, Staff, audit_staff, find_jobs
 from webhook_service.services.support_actions import EVIDENCE_EVENTS, NextSteps, retry_refusal
+from webhook_service.services.support_inbox import INBOX_STATES
 
 # --- Support console --------------------------------------------------------------------------
 
