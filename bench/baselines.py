@@ -44,7 +44,7 @@ from webhook_service.lifecycle import (
 # pure functions and constants.
 from webhook_service.schemas import MAX_PAGE, encode_cursor
 from webhook_service.services.deliveries import KEPT_HEADERS, _clean_id
-from webhook_service.services.jobs import job_etag
+from webhook_service.services.job_views import job_etag
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 

@@ -3,6 +3,7 @@
 Service functions take a session and never commit: the entrypoint owns the transaction.
 """
 
+from webhook_service.services.claims import Claim, claim_due_job
 from webhook_service.services.clients import (
     audit,
     authenticate,
@@ -12,16 +13,13 @@ from webhook_service.services.clients import (
     revoke_client,
 )
 from webhook_service.services.deliveries import Recorded
+from webhook_service.services.job_views import Polled, etag_of, job_view, poll_job
 from webhook_service.services.jobs import (
-    Polled,
     accept_job,
     can_see,
     clinic_for,
     default_clinic,
-    etag_of,
     get_job,
-    job_view,
-    poll_job,
     submit_job,
 )
 from webhook_service.services.limits import check_backlog, count_submission, waiting_jobs
@@ -36,8 +34,6 @@ from webhook_service.services.reconcile import (
 )
 from webhook_service.services.retention import purge_expired_phi, reencrypt_phi
 from webhook_service.services.submissions import (
-    Claim,
-    claim_due_job,
     expire_claims,
     learn_reference_id,
     record_accepted,

@@ -41,7 +41,7 @@ from webhook_service.services.attention import (
     overdue_values,
 )
 from webhook_service.services.clients import audit
-from webhook_service.services.jobs import RESOURCE_COLUMNS, JobColumns, job_fields
+from webhook_service.services.job_views import RESOURCE_COLUMNS, JobColumns, job_fields
 
 CSV_COLUMNS = (
     "id",
