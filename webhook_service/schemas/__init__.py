@@ -4,6 +4,14 @@ Callers import them from here, `webhook_service.schemas`, whichever module defin
 """
 
 from webhook_service.schemas.api import (
+    JobOut,
+    NoteRequest,
+    Problem,
+    TelephoneEncounterRequest,
+    WebhookAck,
+    field_errors,
+)
+from webhook_service.schemas.support import (
     MAX_PAGE,
     ChartOutcomeRequest,
     DeliveryBodyOut,
@@ -12,11 +20,8 @@ from webhook_service.schemas.api import (
     InboxQuery,
     JobFilters,
     JobListOut,
-    JobOut,
     JobPageQuery,
     JobSearchRequest,
-    NoteRequest,
-    Problem,
     ReconcileLookupOut,
     ReconcileOut,
     ReplayOut,
@@ -24,12 +29,9 @@ from webhook_service.schemas.api import (
     RetryRequest,
     StaffAction,
     SupportJobOut,
-    TelephoneEncounterRequest,
     TimelineEntry,
     TimelineOut,
-    WebhookAck,
     encode_cursor,
-    field_errors,
 )
 
 __all__ = [
