@@ -43,8 +43,8 @@ from webhook_service.lifecycle import (
 # which webhook headers and ids it keeps, and support's page bound and next-page cursor:
 # pure functions and constants.
 from webhook_service.schemas import MAX_PAGE, encode_cursor
-from webhook_service.services.jobs import job_etag
-from webhook_service.services.webhooks import KEPT_HEADERS, _clean_id
+from webhook_service.services.deliveries import KEPT_HEADERS, _clean_id
+from webhook_service.services.job_views import job_etag
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
 
@@ -654,7 +654,7 @@ _CONDITIONS = {
     "patient_mrn_hash": "patient_mrn_hash = :patient_mrn_hash",
     "appointment_hash": "appointment_hash = :appointment_hash",
 }
-# `services.support._overdue`: processing past its kind's expected time, bounded by the
+# `services.attention._overdue`: processing past its kind's expected time, bounded by the
 # shortest wait (`oldest_young`) so that the status index starts at the first job old enough.
 _OVERDUE = (
     "(status = 'processing' AND created_at < :oldest_young AND ((kind = 'note' AND "

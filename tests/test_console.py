@@ -24,8 +24,8 @@ from webhook_service.http.console import words
 from webhook_service.lifecycle import ATTENTION_MESSAGES, JobStatus, Submission
 from webhook_service.models import Job
 from webhook_service.services import revoke_client
-from webhook_service.services.support import INBOX_STATES
-from webhook_service.services.webhooks import DeliveryState
+from webhook_service.services.deliveries import DeliveryState
+from webhook_service.services.support_inbox import INBOX_STATES
 
 # --- Helpers ----------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Fault injection against the real processes on PostgreSQL, each run ending with an account.
 
-Every scenario lives in `reliability/run.py` (which also runs them at full size, outside
-pytest); here each runs at CI size and its account, printed in full, must show no job lost,
-none submitted to Cobalt twice, none applied twice, none settled to the wrong outcome.
+Every scenario lives in `reliability/scenarios/` (`reliability/run.py` also runs them at
+full size, outside pytest); here each runs at CI size and its account, printed in full, must
+show no job lost, none submitted to Cobalt twice, none applied twice, none settled to the
+wrong outcome.
 `FAULT_JOBS` sets the chaos scenario's size (default 120; the full run uses 1,000).
 """
 
@@ -19,20 +20,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from reliability.run import (
-    Account,
-    Size,
-    busy_day_note,
-    chaos,
-    connection_cap,
-    foreign_events,
-    gateway_errors,
-    postgres_restart,
-    replayed_bodies,
-    same_appointment_notes,
-    web_kills,
-    worker_kills,
-)
+from reliability.account import Account
+from reliability.runner import Size
+from reliability.scenarios.busy_day import busy_day_note
+from reliability.scenarios.chaos import chaos
+from reliability.scenarios.connection_cap import connection_cap
+from reliability.scenarios.foreign_events import foreign_events
+from reliability.scenarios.gateway import gateway_errors
+from reliability.scenarios.postgres_restart import postgres_restart
+from reliability.scenarios.replay import replayed_bodies
+from reliability.scenarios.same_appointment import same_appointment_notes
+from reliability.scenarios.web_kill import web_kills
+from reliability.scenarios.worker_kill import worker_kills
 from tests.processes import throwaway_postgres_database
 from webhook_service.db import make_engine, make_session_factory, transaction
 from webhook_service.migrations import upgrade

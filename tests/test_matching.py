@@ -1,6 +1,6 @@
 """What may settle a job, checked on every path that applies an outcome.
 
-The rules live once (`lifecycle.settles`, `lifecycle.held_reason`, `webhooks.find_job`);
+The rules live once (`lifecycle.settles`, `lifecycle.held_reason`, `matching.find_job`);
 this walks each path a Cobalt event can take to a job (a webhook as it arrives, a parked
 one applied when the job learns its ids, a reconcile lookup of Cobalt's log, support's
 replay of a stored delivery) and checks each path obeys them, and still applies the
@@ -24,7 +24,7 @@ from tests.test_lifecycle_http import ENCOUNTER, accept_encounter, poll, submit
 from webhook_service.db import SessionFactory
 from webhook_service.lifecycle import kind_for_event
 from webhook_service.models import Job, JobEvent, WebhookDelivery
-from webhook_service.services.webhooks import EVENT_KIND, match_parked
+from webhook_service.services.parking import EVENT_KIND, match_parked
 from webhook_service.worker import Worker
 
 # (event type, its signed `created`) for an encounter created at 12:00:00 (the fake clock).

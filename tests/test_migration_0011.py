@@ -7,7 +7,7 @@ from sqlalchemy import text
 from tests.test_migrations import empty_database  # noqa: F401  (the fixture, both databases)
 from webhook_service.db import make_engine
 from webhook_service.migrations import upgrade
-from webhook_service.services.webhooks import dedup_key
+from webhook_service.services.deliveries import dedup_key
 
 ROWS = [
     # (dedup key as stored before 0011, event id)

@@ -758,7 +758,7 @@ def test_apply_failure_keeps_the_delivery_marked_failed(
     before = load_job(sessions, encounter)
     events_before = count_rows("job_events")
     # The one lookup both ways of applying (plain row, ORM job) match through.
-    monkeypatch.setattr("webhook_service.services.webhooks.find_job", boom)
+    monkeypatch.setattr("webhook_service.services.applying.find_job", boom)
     response = deliver(client, encounter_created())
     assert response.status_code == 200
     assert response.json == {"received": True}
@@ -778,7 +778,7 @@ def test_apply_failing_after_it_wrote_leaves_the_job_as_it_was(
     before = load_job(sessions, encounter)
     events_before = count_rows("job_events")
     monkeypatch.setattr(
-        "webhook_service.services.webhooks.INSERT_EVENT",
+        "webhook_service.services.applying.INSERT_EVENT",
         text("INSERT INTO no_such_table (job_id) VALUES (:job_id)"),
     )
     response = deliver(client, encounter_created(), headers={"webhook-id": "msg_broken"})
@@ -802,7 +802,7 @@ def test_losing_the_database_while_applying_is_a_503_and_the_retry_applies(
 ):
     """The connection dies mid-apply (a failover): nothing is stored, Cobalt gets a 503,
     and its retry of the same delivery is applied as if it were the first."""
-    from webhook_service.services import webhooks as service
+    from webhook_service.services import applying as service
 
     find_job = service.find_job
 

@@ -151,7 +151,7 @@ CLINIC_EVENTS = frozenset({LOGIN_REQUIRED})
 def kind_for_event(event_type: str) -> JobKind | None:
     """The job kind an event type is about, when it says: its resource, `<kind>.…`.
 
-    (`webhooks.EVENT_KIND` states this rule in SQL for the parked sweep; a test checks both.)
+    (`parking.EVENT_KIND` states this rule in SQL for the parked sweep; a test checks both.)
     """
     for kind in JobKind:
         if event_type.startswith(f"{kind}."):

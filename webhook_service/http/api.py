@@ -30,7 +30,7 @@ from webhook_service.http.context import (
 from webhook_service.http.openapi import build_spec
 from webhook_service.lifecycle import JobStatus
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
-from webhook_service.services.jobs import JobColumns
+from webhook_service.services.job_views import JobColumns
 
 bp = Blueprint("api", __name__)
 

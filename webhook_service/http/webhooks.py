@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from webhook_service import services
 from webhook_service.errors import NotConfigured, SignatureInvalid
 from webhook_service.http.context import read_body, sessions, settings, utcnow
-from webhook_service.services.webhooks import KEPT_HEADERS
+from webhook_service.services.deliveries import KEPT_HEADERS
 from webhook_service.signatures import verify_signature
 
 bp = Blueprint("webhooks", __name__)

@@ -3,6 +3,7 @@
 Service functions take a session and never commit: the entrypoint owns the transaction.
 """
 
+from webhook_service.services.claims import Claim, claim_due_job
 from webhook_service.services.clients import (
     audit,
     authenticate,
@@ -11,19 +12,18 @@ from webhook_service.services.clients import (
     reissue_token,
     revoke_client,
 )
+from webhook_service.services.deliveries import Recorded
+from webhook_service.services.job_views import Polled, etag_of, job_view, poll_job
 from webhook_service.services.jobs import (
-    Polled,
     accept_job,
     can_see,
     clinic_for,
     default_clinic,
-    etag_of,
     get_job,
-    job_view,
-    poll_job,
     submit_job,
 )
 from webhook_service.services.limits import check_backlog, count_submission, waiting_jobs
+from webhook_service.services.parking import match_parked
 from webhook_service.services.reconcile import (
     Lookup,
     due_lookups,
@@ -34,8 +34,6 @@ from webhook_service.services.reconcile import (
 )
 from webhook_service.services.retention import purge_expired_phi, reencrypt_phi
 from webhook_service.services.submissions import (
-    Claim,
-    claim_due_job,
     expire_claims,
     learn_reference_id,
     record_accepted,
@@ -48,35 +46,31 @@ from webhook_service.services.support import (
     JobPage,
     JobRow,
     Staff,
-    attention_jobs,
     audit_staff,
     csv_row,
-    delivery_view,
     filters_detail,
     find_jobs,
     job_row,
-    job_timeline,
-    list_inbox,
     list_jobs,
-    lists_attention_jobs,
-    read_delivery,
     support_job_fields,
     support_job_view,
 )
-from webhook_service.services.support_actions import (
+from webhook_service.services.support_actions import record_chart_outcome, retry_job
+from webhook_service.services.support_inbox import (
+    attention_jobs,
+    delivery_view,
+    job_timeline,
+    list_inbox,
+    lists_attention_jobs,
+    read_delivery,
+)
+from webhook_service.services.support_reconcile import (
     ReconcileResult,
     begin_reconcile,
     finish_reconcile,
-    record_chart_outcome,
-    replay_delivery,
-    retry_job,
 )
-from webhook_service.services.webhooks import (
-    Recorded,
-    match_parked,
-    receive_webhook,
-    record_webhook,
-)
+from webhook_service.services.support_replay import replay_delivery
+from webhook_service.services.webhooks import receive_webhook, record_webhook
 
 __all__ = [
     "CSV_COLUMNS",

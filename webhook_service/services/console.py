@@ -16,18 +16,15 @@ from sqlalchemy.orm import Session
 from webhook_service.lifecycle import JobKind, JobStatus, kind_for_event
 from webhook_service.models import ApiClient, AuditEvent, Clinic, Job, WebhookDelivery
 from webhook_service.schemas import JobFilters, TimelineEntry
-from webhook_service.services.jobs import get_job
-from webhook_service.services.support import (
+from webhook_service.services.attention import (
     HAS_ATTENTION,
-    INBOX_STATES,
-    JobRow,
-    Staff,
     attention_condition,
-    audit_staff,
-    find_jobs,
     overdue_condition,
 )
+from webhook_service.services.jobs import get_job
+from webhook_service.services.support import JobRow, Staff, audit_staff, find_jobs
 from webhook_service.services.support_actions import EVIDENCE_EVENTS, NextSteps, retry_refusal
+from webhook_service.services.support_inbox import INBOX_STATES
 
 # --- Support console --------------------------------------------------------------------------
 
@@ -140,7 +137,7 @@ class LikelyJob:
 def likely_jobs(session: Session, deliveries: Sequence[WebhookDelivery]) -> dict[int, LikelyJob]:
     """For each delivery without a job, the job it most likely belongs to, by delivery id.
 
-    Mirrors webhook matching (`services.webhooks.match_job`) for display only; nothing here
+    Mirrors webhook matching (`services.matching.match_job`) for display only; nothing here
     is ever applied. By the same Cobalt job id, else the same telephone encounter id, else,
     for note events only (`note.*`), the most recent note for the same appointment in the
     delivery's clinic that was created before the delivery arrived. One query per rule for a

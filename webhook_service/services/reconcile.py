@@ -35,15 +35,15 @@ from webhook_service.lifecycle import (
     settles,
 )
 from webhook_service.models import Clinic, Job, WebhookDelivery
-from webhook_service.services.jobs import add_event, settle
-from webhook_service.services.webhooks import (
+from webhook_service.services.applying import _apply_safely
+from webhook_service.services.deliveries import (
     RECONCILE_MATCH,
     DeliveryState,
-    _apply_safely,
     _clean_id,
     dedup_key,
     delivery_fields,
 )
+from webhook_service.services.jobs import add_event, settle
 from webhook_service.signatures import compact_json
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def read_cobalt_log(cobalt: CobaltClient, lookup: Lookup) -> list[dict[str, Any]
 def candidate_outcomes(lookup: Lookup, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The outcome events in Cobalt's log that may belong to this job, earliest first.
 
-    The rules are the ones every delivery is matched by (`webhooks.find_job`): only events
+    The rules are the ones every delivery is matched by (`matching.find_job`): only events
     that settle the job's kind, by its Cobalt job id, or for a note by its appointment; and
     never one created before the job (`lifecycle.held_reason`).
     """
@@ -273,7 +273,7 @@ def record_lookup(
 
     The job is locked and read afresh: a webhook for it may have committed while Cobalt
     was being asked, and its outcome must not be applied a second time. The event is stored
-    under the key its webhook is (`webhooks.dedup_key`): one event is one delivery, whichever
+    under the key its webhook is (`deliveries.dedup_key`): one event is one delivery, whichever
     way it reached us, and a stored one still waiting (parked) is applied, not copied.
     """
     job = session.get(Job, lookup.job_id, with_for_update=True, populate_existing=True)

@@ -1,4 +1,5 @@
-"""Support staff's reads: list, search and export jobs, read a timeline, a delivery, the inbox.
+"""Support staff's reads of jobs: list, search and export them (a timeline, a delivery and the
+inbox are `support_inbox`'s).
 
 Every read that returns PHI, and every export, is written to the audit log; search terms are
 matched through their keyed hashes and never written anywhere.
@@ -14,51 +15,34 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Integer,
     Select,
-    and_,
     bindparam,
     not_,
-    or_,
     select,
     tuple_,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from webhook_service.errors import NotFound
-from webhook_service.lifecycle import JobStatus
-from webhook_service.models import ApiClient, Clinic, Job, JobEvent, WebhookDelivery
+from webhook_service.models import ApiClient, Job
 from webhook_service.phi import search_hash
 from webhook_service.schemas import (
-    DeliveryBodyOut,
-    DeliveryOut,
-    InboxQuery,
     JobFilters,
     JobPageQuery,
     JobSearchRequest,
     SupportJobOut,
-    TimelineEntry,
-    TimelineOut,
+)
+from webhook_service.services.attention import (
+    HAS_ATTENTION,
+    _overdue,
+    attention_condition,
+    overdue_values,
 )
 from webhook_service.services.clients import audit
-from webhook_service.services.jobs import RESOURCE_COLUMNS, JobColumns, get_job, job_fields
-from webhook_service.services.webhooks import DeliveryState
+from webhook_service.services.job_views import RESOURCE_COLUMNS, JobColumns, job_fields
 
-# Deliveries that need a person: nothing was applied, or what arrived contradicts the job.
-INBOX_STATES = (
-    DeliveryState.PARKED,
-    DeliveryState.FAILED,
-    DeliveryState.UNKNOWN_TYPE,
-    DeliveryState.CONFLICT,
-    DeliveryState.HELD,
-)
-# Jobs with attention listed on the inbox's first page (all of them: the `attention` filter).
-INBOX_ATTENTION_LIMIT = 50
-# A job with `attention`: processing past its deadline with no outcome. Spelt as the partial
-# index ix_jobs_attention's predicate, so that the filter, the inbox and counts use it.
-HAS_ATTENTION = Job.attention_code.is_not(None)
 CSV_COLUMNS = (
     "id",
     "kind",
@@ -74,7 +58,6 @@ CSV_COLUMNS = (
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 JobKey = tuple[datetime, uuid.UUID]
-DeliveryKey = tuple[datetime, int]
 
 
 @dataclass(frozen=True)
@@ -347,69 +330,6 @@ def _row_type(names: tuple[str, ...]) -> Any:
     return namedtuple("JobSummaryRow", names)
 
 
-def overdue_condition(now: datetime, expected: dict[str, timedelta]) -> ColumnElement[bool]:
-    """Processing past the kind's expected time (the worker's reconcile threshold)."""
-    return _overdue(tuple(expected), overdue_values(now, expected))
-
-
-def overdue_values(now: datetime, expected: dict[str, timedelta]) -> dict[str, datetime]:
-    """The values `_overdue(tuple(expected))` binds."""
-    values = {f"late_{kind}": now - wait for kind, wait in expected.items()}
-    values["oldest_young"] = now - min(expected.values())
-    return values
-
-
-def _overdue(
-    kinds: tuple[str, ...], values: dict[str, datetime] | None = None
-) -> ColumnElement[bool]:
-    """Processing, and created before `late_<kind>` for its kind: bound to `values`, or by
-    name when the statement runs.
-
-    The bound `oldest_young` (the shortest wait's) repeats what the kinds' conditions imply,
-    so that the (status, created_at, id) index starts at the first job old enough to be
-    late instead of walking every open job from the newest.
-    """
-
-    def bound(name: str) -> BindParameter[datetime]:
-        return bindparam(name) if values is None else bindparam(name, values[name])
-
-    late = [and_(Job.kind == kind, Job.created_at < bound(f"late_{kind}")) for kind in kinds]
-    return and_(
-        Job.status == JobStatus.PROCESSING, Job.created_at < bound("oldest_young"), or_(*late)
-    )
-
-
-def attention_condition() -> ColumnElement[bool]:
-    """Flagged: a conflicting outcome was recorded; or the job has `attention`; or the clinic
-    must be re-linked and the job is open or failed; or a delivery carrying its Cobalt ids is
-    parked or failed to apply.
-
-    Every branch is NULL-free, so `not_()` of it is exactly "all the other jobs".
-    """
-    relink = select(Clinic.id).where(Clinic.needs_relink.is_(True))
-    stuck = WebhookDelivery.state.in_([DeliveryState.PARKED, DeliveryState.FAILED])
-    stuck_job_ids = select(WebhookDelivery.cobalt_job_id).where(
-        stuck, WebhookDelivery.cobalt_job_id.is_not(None)
-    )
-    stuck_encounter_ids = select(WebhookDelivery.telephone_encounter_id).where(
-        stuck, WebhookDelivery.telephone_encounter_id.is_not(None)
-    )
-    return or_(
-        Job.flagged.is_(True),
-        # Past the deadline with no outcome: someone should check the chart.
-        HAS_ATTENTION,
-        and_(
-            Job.status.in_([JobStatus.PROCESSING, JobStatus.FAILED]),
-            Job.clinic_id.in_(relink),
-        ),
-        and_(Job.cobalt_job_id.is_not(None), Job.cobalt_job_id.in_(stuck_job_ids)),
-        and_(
-            Job.cobalt_telephone_encounter_id.is_not(None),
-            Job.cobalt_telephone_encounter_id.in_(stuck_encounter_ids),
-        ),
-    )
-
-
 # Every column of `JobSummary`: the job resource's plain columns and support's two; the
 # encrypted ones labelled with their attributes' names (stored under other column names),
 # decrypted by their column types as rows are read.
@@ -427,115 +347,3 @@ def _build_job_rows(*columns: Any) -> Select[Any]:
 _JOB_ROWS = _build_job_rows(*_SUMMARY_COLUMNS, *_ENCRYPTED_COLUMNS)
 _JOB_ROWS_WITHOUT_PHI = _build_job_rows(*_SUMMARY_COLUMNS)
 _ONE_JOB_ROW = _JOB_ROWS.where(Job.id == bindparam("job_id"))
-_ATTENTION_ROWS = (
-    _JOB_ROWS.where(HAS_ATTENTION)
-    .order_by(Job.attention_since, Job.id)
-    .limit(bindparam("limit", type_=Integer))
-)
-
-
-# --- Timeline, deliveries, inbox ---------------------------------------------------------------
-
-
-def job_timeline(session: Session, staff: Staff, job_id: str, now: datetime) -> TimelineOut:
-    """Everything that happened to a job, in order, and every delivery that concerns it.
-
-    Deliveries that failed to apply are not linked to a job, so those carrying the job's
-    Cobalt ids are listed too.
-    """
-    job = get_job(session, job_id)
-    events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.at, JobEvent.id)
-    )
-    mine = [WebhookDelivery.job_id == job.id]
-    if job.cobalt_job_id:
-        mine.append(WebhookDelivery.cobalt_job_id == job.cobalt_job_id)
-    if job.cobalt_telephone_encounter_id:
-        mine.append(WebhookDelivery.telephone_encounter_id == job.cobalt_telephone_encounter_id)
-    deliveries = session.scalars(
-        select(WebhookDelivery)
-        .where(or_(*mine))
-        .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
-    )
-    audit_staff(session, staff, "job.events", now, job_id=job.id)
-    return TimelineOut(
-        job_id=job.id,
-        events=[TimelineEntry(at=e.at, type=e.type, detail=e.detail) for e in events],
-        deliveries=[delivery_view(d) for d in deliveries],
-    )
-
-
-def get_delivery(session: Session, delivery_id: str, *, lock: bool = False) -> WebhookDelivery:
-    """The stored delivery with this id, or NotFound (also for ids that are not ids)."""
-    if not (delivery_id.isascii() and delivery_id.isdigit()) or not 0 < int(delivery_id) < 2**63:
-        raise NotFound(f"No delivery with id {delivery_id!r}.")
-    query = select(WebhookDelivery).where(WebhookDelivery.id == int(delivery_id))
-    delivery = session.scalar(query.with_for_update() if lock else query)
-    if delivery is None:
-        raise NotFound(f"No delivery with id {delivery_id!r}.")
-    return delivery
-
-
-def read_delivery(
-    session: Session, staff: Staff, delivery_id: str, now: datetime
-) -> DeliveryBodyOut:
-    """A delivery with its raw body (PHI: the read is audited)."""
-    delivery = get_delivery(session, delivery_id)
-    audit_staff(
-        session, staff, "delivery.read", now, job_id=delivery.job_id, delivery_id=delivery.id
-    )
-    body = delivery.raw_body
-    return DeliveryBodyOut(
-        **dict(delivery_view(delivery)),
-        headers=delivery.headers,
-        body=body.decode("utf-8", "replace") if body is not None else None,
-    )
-
-
-def list_inbox(
-    session: Session, query: InboxQuery
-) -> tuple[list[WebhookDelivery], DeliveryKey | None]:
-    """Deliveries that need a person, newest first, keyset-paginated like the job list."""
-    states = [query.state] if query.state else list(INBOX_STATES)
-    conditions: list[ColumnElement[bool]] = [WebhookDelivery.state.in_(states)]
-    if query.cursor is not None:
-        conditions.append(
-            tuple_(WebhookDelivery.received_at, WebhookDelivery.id) < tuple_(*query.cursor)
-        )
-    found = list(
-        session.scalars(
-            select(WebhookDelivery)
-            .where(*conditions)
-            .order_by(WebhookDelivery.received_at.desc(), WebhookDelivery.id.desc())
-            .limit(query.limit + 1)
-        )
-    )
-    page = found[: query.limit]
-    last = page[-1] if page and len(found) > query.limit else None
-    return page, (last.received_at, last.id) if last is not None else None
-
-
-def attention_jobs(session: Session, limit: int = INBOX_ATTENTION_LIMIT) -> list[JobRow]:
-    """Jobs with `attention` (past the deadline, fate unknown), longest waiting first."""
-    return _fetch(session, _ATTENTION_ROWS, {"limit": limit})
-
-
-def lists_attention_jobs(query: InboxQuery) -> bool:
-    """Whether an inbox page lists the jobs with attention: its first page only, and not when
-    filtered to one delivery state (they are not deliveries, and are not paged)."""
-    return query.cursor is None and query.state is None
-
-
-def delivery_view(delivery: WebhookDelivery) -> DeliveryOut:
-    return DeliveryOut(
-        id=delivery.id,
-        received_at=delivery.received_at,
-        event_type=delivery.event_type,
-        state=delivery.state,
-        state_detail=delivery.state_detail,
-        signature_match=delivery.signature_match,
-        attempt=delivery.attempt,
-        job_id=delivery.job_id,
-        cobalt_job_id=delivery.cobalt_job_id,
-        telephone_encounter_id=delivery.telephone_encounter_id,
-    )

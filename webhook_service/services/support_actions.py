@@ -1,5 +1,5 @@
-"""Support staff's actions: retry a failed job, reconcile it now, replay a stored delivery,
-record what the chart shows.
+"""Support staff's actions: retry a failed job, record what the chart shows (reconcile now
+and replay are `support_reconcile`'s and `support_replay`'s).
 
 Each carries a reason, is audited, and is written on the job's timeline. A retry never risks a
 second copy of a note in a chart without a person's explicit, audited confirmation.
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,16 +29,9 @@ from webhook_service.lifecycle import (
     status_for_event,
 )
 from webhook_service.models import ApiClient, Clinic, Job, JobEvent
-from webhook_service.schemas import NoteRequest, ReplayOut, TelephoneEncounterRequest
-from webhook_service.services.jobs import add_event, get_job, settle, submit_job
-from webhook_service.services.reconcile import Lookup, record_lookup
-from webhook_service.services.support import Staff, audit_staff, get_delivery
-from webhook_service.services.webhooks import (
-    DeliveryState,
-    _apply_safely,
-    _parse,
-    match_job,
-)
+from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest
+from webhook_service.services.jobs import add_event, settle, submit_job
+from webhook_service.services.support import Staff, audit_staff
 
 # Submissions that certainly put nothing in a chart: Cobalt refused them (4xx), or they never
 # reached Cobalt (transient failures only, or failed before being sent).
@@ -53,7 +46,6 @@ NEVER_REACHED = frozenset(
 )
 # Timeline entries that say what Cobalt did with the first try.
 EVIDENCE_EVENTS = ("reconcile_lookup", "outcome_conflict")
-_SETTLED_ONCE = (DeliveryState.APPLIED, DeliveryState.REPEAT)
 
 
 # --- Retry ------------------------------------------------------------------------------------
@@ -303,179 +295,3 @@ def record_chart_outcome(
         attention=attention,
     )
     return job
-
-
-# --- Reconcile now ----------------------------------------------------------------------------
-
-
-def begin_reconcile(
-    session: Session, staff: Staff, job_id: str, *, reason: str, now: datetime
-) -> Lookup:
-    """Record a staff-requested lookup and return what the caller needs to ask Cobalt.
-
-    The caller commits before calling Cobalt: no transaction is held across the call.
-    """
-    job = get_job(session, job_id)
-    clinic = session.get(Clinic, job.clinic_id)
-    assert clinic is not None  # foreign key
-    job.reconciled_at = now  # the worker need not look again this minute
-    add_event(session, job, "reconcile_requested", now, by=staff.name)
-    audit_staff(session, staff, "job.reconcile", now, job_id=job.id, reason=reason)
-    return Lookup(
-        job_id=job.id,
-        kind=job.kind,
-        access_token=clinic.access_token,
-        cobalt_job_id=job.cobalt_job_id,
-        appointment_hash=job.appointment_hash,
-        since=job.created_at,
-    )
-
-
-@dataclass(frozen=True)
-class ReconcileResult:
-    """What a staff-requested lookup found in Cobalt's log, and what it did to the job."""
-
-    job_id: uuid.UUID
-    events_searched: int  # events Cobalt's log answered with (this job's or not)
-    found: bool  # an outcome event for this job was among them
-    event_type: str | None  # the outcome found, e.g. `note.created`
-    applied: bool  # the job took that outcome now
-    status_before: str
-    status_after: str
-
-    @property
-    def summary(self) -> str:
-        """The result in plain words (API and console say the same)."""
-        if not self.found:
-            searched = f"searched {self.events_searched} event{_plural(self.events_searched)}"
-            return (
-                f"Cobalt's log has no outcome for this job yet ({searched}); "
-                f"the job is still {self.status_after}: nothing changed."
-            )
-        if self.applied:
-            return f"Found {self.event_type} in Cobalt's log: the job is now {self.status_after}."
-        if self.status_before == JobStatus.PROCESSING:
-            return (
-                f"Found {self.event_type} in Cobalt's log, but it could not be applied: the job "
-                "is still processing. The timeline and the inbox say why."
-            )
-        return (
-            f"Found {self.event_type} in Cobalt's log, but the job already showed "
-            f"{self.status_before}: nothing changed."
-        )
-
-
-def _plural(count: int) -> str:
-    return "" if count == 1 else "s"
-
-
-def finish_reconcile(
-    session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
-) -> ReconcileResult:
-    """Write the lookup on the timeline and apply what it found, as the worker does; say
-    what it found (read back from the timeline line the lookup writes) and what changed."""
-    job = _job_for_update(session, str(lookup.job_id))
-    status_before = str(job.status)
-    # Only the line this lookup writes, not an earlier lookup's.
-    earlier = session.scalar(
-        select(func.max(JobEvent.id)).where(
-            JobEvent.job_id == job.id, JobEvent.type == "reconcile_lookup"
-        )
-    )
-    applied = record_lookup(session, lookup, events, now)
-    written = session.scalar(
-        select(JobEvent.detail)
-        .where(
-            JobEvent.job_id == job.id,
-            JobEvent.type == "reconcile_lookup",
-            JobEvent.id > (earlier or 0),
-        )
-        .order_by(JobEvent.id.desc())
-        .limit(1)
-    )
-    detail = written or {}
-    event_type = detail.get("event_type")
-    return ReconcileResult(
-        job_id=job.id,
-        events_searched=len(events),
-        found=bool(detail.get("found")),
-        event_type=str(event_type) if event_type else None,
-        applied=applied,
-        status_before=status_before,
-        # Read from the database: applying may have written the job with a plain UPDATE.
-        status_after=str(session.scalar(select(Job.status).where(Job.id == job.id))),
-    )
-
-
-# --- Replay -----------------------------------------------------------------------------------
-
-
-def can_apply_replay(state: str) -> bool:
-    """Whether a delivery in this state may be replayed for real (a dry run always may):
-    one already settled once is never applied again."""
-    return state not in _SETTLED_ONCE
-
-
-def replay_delivery(
-    session: Session, staff: Staff, delivery_id: str, *, reason: str, dry_run: bool, now: datetime
-) -> ReplayOut:
-    """Apply a stored delivery again through today's code; a dry run reports and rolls back."""
-    delivery = get_delivery(session, delivery_id, lock=True)
-    if delivery.raw_body is None:
-        raise Conflict("The delivery's body was purged after the retention period.")
-    if not dry_run and not can_apply_replay(delivery.state):
-        raise Conflict(f"The delivery is {delivery.state} already: there is nothing to replay.")
-    payload = _parse(delivery.raw_body)
-    state_before = delivery.state
-    # The job it would settle, found as applying finds it (`match_job`: the same rules).
-    job = _job_of(session, delivery.job_id) or match_job(session, delivery)
-    status_before = job.status if job is not None else None
-    savepoint = session.begin_nested()
-    try:
-        _apply_safely(session, delivery, payload, now)
-        session.flush()
-        job = _job_of(session, delivery.job_id) or job
-        result = ReplayOut(
-            delivery_id=delivery.id,
-            dry_run=dry_run,
-            state_before=state_before,
-            state_after=delivery.state,
-            state_detail=delivery.state_detail,
-            job_id=job.id if job is not None else None,
-            job_status_before=status_before,
-            job_status_after=job.status if job is not None else None,
-        )
-    except BaseException:
-        savepoint.rollback()
-        raise
-    if dry_run:
-        savepoint.rollback()  # expires what the replay touched: later reads see the database
-    else:
-        savepoint.commit()
-        if job is not None:
-            add_event(
-                session,
-                job,
-                "webhook_replayed",
-                now,
-                delivery_id=delivery.id,
-                state=result.state_after,
-                by=staff.name,
-            )
-    audit_staff(
-        session,
-        staff,
-        "delivery.replay",
-        now,
-        job_id=result.job_id,
-        delivery_id=result.delivery_id,
-        reason=reason,
-        dry_run=dry_run,
-        state_before=state_before,
-        state_after=result.state_after,
-    )
-    return result
-
-
-def _job_of(session: Session, job_id: uuid.UUID | None) -> Job | None:
-    return session.get(Job, job_id) if job_id is not None else None

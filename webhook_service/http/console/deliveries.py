@@ -20,8 +20,12 @@ from webhook_service.schemas import (
     encode_cursor,
 )
 from webhook_service.services import console as console_services
-from webhook_service.services.support import INBOX_ATTENTION_LIMIT, INBOX_STATES, get_delivery
-from webhook_service.services.support_actions import can_apply_replay
+from webhook_service.services.support_inbox import (
+    INBOX_ATTENTION_LIMIT,
+    INBOX_STATES,
+    get_delivery,
+)
+from webhook_service.services.support_replay import can_apply_replay
 
 
 @bp.get("/deliveries/<delivery_id>")
