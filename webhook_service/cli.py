@@ -6,6 +6,7 @@ why in one line on stderr and exits 2; one the service refuses (a duplicate name
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -76,15 +77,20 @@ def main() -> None:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Migrate the database (DATABASE_URL, or the embedded SQLite file) to REVISION."""
+    from webhook_service.logs import capture_stray_output, configure_logging
     from webhook_service.migrations import upgrade
 
     settings = Settings()
+    configure_logging(settings.log_level)  # alembic's lines too: JSON, like every process
+    capture_stray_output()
     # The release phase is the last gate before new web and worker processes start:
     # settings they would refuse stop the release (and the old release keeps running).
     settings.require_web_secrets()
     settings.phi_keys()
     upgrade(settings.effective_database_url, revision)
-    click.echo(f"database migrated to {revision}")
+    logging.getLogger("webhook_service.cli").info(
+        "database migrated to %s", revision, extra={"revision": revision}
+    )
 
 
 @main.command()

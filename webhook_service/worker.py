@@ -38,7 +38,7 @@ from webhook_service.db import (
     transaction,
 )
 from webhook_service.lifecycle import JobKind, retry_delay
-from webhook_service.logs import configure_logging, log_failure
+from webhook_service.logs import capture_stray_output, configure_logging, log_failure
 from webhook_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,7 @@ def run_worker(settings: Settings) -> None:
     supervises them (see `_supervise`); each is what one process alone would be.
     """
     configure_logging(settings.log_level)
+    capture_stray_output()
     if settings.worker_processes > 1:
         raise SystemExit(_supervise(settings))
     _run_process(settings)
