@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from webhook_service.db import SessionFactory
+from webhook_service.error_tracking import init_error_tracking
 from webhook_service.migrations import MigrationsMissing
 from webhook_service.settings import Settings
 
@@ -71,6 +72,9 @@ def _version() -> str:
 @click.version_option(_version(), "-V", "--version", prog_name="webhook-service")
 def main() -> None:
     """Operate webhook_service."""
+    # The worker starts its own (named "worker"); the sandbox is not the service.
+    if click.get_current_context().invoked_subcommand not in ("worker", "sandbox"):
+        init_error_tracking(Settings(), "cli")
 
 
 @main.command()

@@ -195,6 +195,7 @@ def capture_stray_output() -> None:
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     logging.getLogger("uncaught").critical("uncaught exception", exc_info=(kind, exc, tb))
+    _send_to_error_tracking(exc)
 
 
 def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
@@ -204,6 +205,7 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
             extra={"thread_name": args.thread.name if args.thread else None},
         )
+        _send_to_error_tracking(args.exc_value)
 
 
 def log_failure(logger: logging.Logger, message: str, exc: BaseException, **extra: Any) -> None:
@@ -213,6 +215,13 @@ def log_failure(logger: logging.Logger, message: str, exc: BaseException, **extr
     message is left out; the frames say where it happened.
     """
     logger.error(message, extra={**describe_error(exc), **extra})
+    _send_to_error_tracking(exc)
+
+
+def _send_to_error_tracking(exc: BaseException) -> None:
+    from webhook_service.error_tracking import capture  # sentry_sdk: only once it is needed
+
+    capture(exc)
 
 
 class RequestLog:

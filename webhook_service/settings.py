@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     phi_retention_days: int = Field(default=30, validation_alias="PHI_RETENTION_DAYS")
     cors_allowed_origins: CommaList = Field(default=(), validation_alias="CORS_ALLOWED_ORIGINS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    # Optional error tracking (webhook_service/error_tracking.py): empty, nothing is sent.
+    sentry_dsn: str = Field(default="", validation_alias="SENTRY_DSN")
 
     max_body_bytes: int = Field(default=256 * 1024, validation_alias="MAX_BODY_BYTES")
     note_expected_seconds: int = Field(default=180, validation_alias="NOTE_EXPECTED_SECONDS")

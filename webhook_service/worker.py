@@ -38,6 +38,7 @@ from webhook_service.db import (
     make_session_factory,
     transaction,
 )
+from webhook_service.error_tracking import init_error_tracking
 from webhook_service.lifecycle import JobKind, retry_delay
 from webhook_service.logs import capture_stray_output, configure_logging, log_failure
 from webhook_service.settings import SHUTDOWN_MARGIN_SECONDS, Settings
@@ -322,6 +323,7 @@ def run_worker(settings: Settings) -> None:
     """
     configure_logging(settings.log_level)
     capture_stray_output()
+    init_error_tracking(settings, "worker")
     if settings.worker_processes > 1:
         raise SystemExit(_supervise(settings))
     _run_process(settings)
