@@ -9,6 +9,8 @@ import multiprocessing
 import os
 from typing import Any
 
+from webhook_service.logs import capture_stray_output, gunicorn_logconfig
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
 worker_class = "gthread"
@@ -19,8 +21,11 @@ keepalive = 5
 max_requests = 100_000  # recycle now and then (10,000 meant every 10-40 s under load)
 max_requests_jitter = 10_000  # so they do not all go at once
 accesslog = None  # the app logs each request as a JSON line, without query strings (PHI)
-errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# gunicorn's own lines ("Booting worker", "Worker exiting", a worker that cannot load the
+# app) in the app's JSON shape, on stdout like the app's; what it prints to stderr too.
+logconfig_dict = gunicorn_logconfig(loglevel)
+capture_stray_output()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # No preload: each process opens its own database pool after the fork.
 preload_app = False

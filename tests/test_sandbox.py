@@ -23,6 +23,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
+from webhook_service.logs import JsonLineFormatter
 from webhook_service.sandbox import (
     DEMO_IDS,
     AccessTokenConfig,
@@ -32,7 +33,7 @@ from webhook_service.sandbox import (
     get_sandbox,
     start_sandbox_server,
 )
-from webhook_service.sandbox.cli import JsonLineFormatter, config_from_options, sandbox_command
+from webhook_service.sandbox.cli import config_from_options, sandbox_command
 from webhook_service.signatures import compact_json, compute_signature
 
 AUTH = {

@@ -29,6 +29,13 @@ MIN_SECRET_KEY_BYTES = 32
 MAX_AUTH_CACHE_SECONDS = 60.0
 
 
+# Heroku sends SIGKILL this long after SIGTERM (any process: web, worker, release).
+PLATFORM_STOP_SECONDS = 30.0
+# What a worker needs after its shutdown grace: record the calls it gave up on as `unknown`,
+# close its pool and exit. SHUTDOWN_GRACE_SECONDS is at most the rest of the 30 s.
+SHUTDOWN_MARGIN_SECONDS = 5.0
+
+
 def normalise_database_url(url: str) -> str:
     """Accept Heroku's `postgres://` and plain `postgresql://`; always use psycopg 3."""
     for prefix in ("postgres://", "postgresql://"):
@@ -76,6 +83,8 @@ class Settings(BaseSettings):
     phi_retention_days: int = Field(default=30, validation_alias="PHI_RETENTION_DAYS")
     cors_allowed_origins: CommaList = Field(default=(), validation_alias="CORS_ALLOWED_ORIGINS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    # Optional error tracking (webhook_service/error_tracking.py): empty, nothing is sent.
+    sentry_dsn: str = Field(default="", validation_alias="SENTRY_DSN")
 
     max_body_bytes: int = Field(default=256 * 1024, validation_alias="MAX_BODY_BYTES")
     note_expected_seconds: int = Field(default=180, validation_alias="NOTE_EXPECTED_SECONDS")
@@ -87,6 +96,15 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, validation_alias="RETRY_BASE_SECONDS")
     retry_cap_seconds: float = Field(default=300.0, validation_alias="RETRY_CAP_SECONDS")
     claim_ttl_seconds: int = Field(default=60, validation_alias="CLAIM_TTL_SECONDS")
+    # After SIGTERM, how long a worker still waits for Cobalt to answer the calls in hand;
+    # then it records each one `unknown` (never resent: reconciled against Cobalt's log) and
+    # exits, inside the platform's 30 s whatever COBALT_READ_TIMEOUT_SECONDS is.
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=PLATFORM_STOP_SECONDS - SHUTDOWN_MARGIN_SECONDS,
+        validation_alias="SHUTDOWN_GRACE_SECONDS",
+    )
     worker_poll_seconds: float = Field(default=1.0, validation_alias="WORKER_POLL_SECONDS")
     # Threads per worker process; each makes one Cobalt call at a time, so a 200 ms Cobalt
     # caps a process at WORKER_CONCURRENCY / 0.2 s submissions per second. The threads

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from webhook_service import phi, services
 from webhook_service.clock import Clock, utcnow
 from webhook_service.cobalt import (
+    Accepted,
     CobaltAmbiguous,
     CobaltClient,
     CobaltError,
@@ -38,9 +39,10 @@ from webhook_service.db import (
     make_session_factory,
     transaction,
 )
+from webhook_service.error_tracking import init_error_tracking
 from webhook_service.lifecycle import JobKind, retry_delay
-from webhook_service.logs import configure_logging, log_failure
-from webhook_service.settings import Settings
+from webhook_service.logs import capture_stray_output, configure_logging, log_failure
+from webhook_service.settings import SHUTDOWN_MARGIN_SECONDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,14 @@ RECORD_RETRY_CAP = 2.0
 # The longest pause of a worker thread that cannot get a database connection: a full server
 # should not be knocked on by every thread every second, nor left alone once it has room.
 DATABASE_BACKOFF_CAP = 10.0
+# After the shutdown grace, the most time spent recording the calls given up on (the rest of
+# SHUTDOWN_MARGIN_SECONDS closes the pool and exits): a database that does not answer by
+# then leaves them `sending` until their claims run out, then `unknown` all the same.
+GIVE_UP_RECORD_SECONDS = SHUTDOWN_MARGIN_SECONDS - 2.0
+
+
+class CallGivenUp(Exception):
+    """Shutdown stopped waiting for this call to Cobalt and recorded its job `unknown`."""
 
 
 class Worker:
@@ -74,6 +84,11 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._last_housekeeping: datetime | None = None
         self._does_housekeeping = housekeeping
+        # The submission waiting on Cobalt, and whether shutdown has given up waiting for it
+        # (`give_up_call`): whichever of the answer and the giving up comes first wins.
+        self._calling: services.Claim | None = None
+        self._given_up = False
+        self._call_lock = threading.Lock()
 
     def run_once(self) -> bool:
         """Do one unit of work; return False when there was nothing to do."""
@@ -94,10 +109,10 @@ class Worker:
         """Send one claimed job to Cobalt and record the answer."""
         log.info("submitting", extra={"job_id": str(claim.job_id), "attempt": claim.attempt})
         try:
-            if claim.kind == JobKind.NOTE:
-                reply = self.cobalt.create_note(claim.access_token, claim.body)
-            else:
-                reply = self.cobalt.create_telephone_encounter(claim.access_token, claim.body)
+            reply = self._send(claim)
+        except CallGivenUp:
+            log.info("answer came after the call was given up", extra={"job_id": str(claim.job_id)})
+            return
         except CobaltRejected as exc:
             self._record(claim, "rejected", exc.status_code, services.record_rejected, exc)
         except CobaltTransient as exc:
@@ -133,6 +148,29 @@ class Worker:
                 "submission accepted",
                 extra={"job_id": str(claim.job_id), "cobalt_job_id": reply.job_id},
             )
+
+    def _send(self, claim: services.Claim) -> Accepted:
+        with self._call_lock:
+            if self._given_up:
+                raise CallGivenUp
+            self._calling = claim
+        try:
+            if claim.kind == JobKind.NOTE:
+                return self.cobalt.create_note(claim.access_token, claim.body)
+            return self.cobalt.create_telephone_encounter(claim.access_token, claim.body)
+        finally:
+            with self._call_lock:
+                self._calling = None
+                given_up = self._given_up
+            if given_up:  # its job is `unknown` already: Cobalt's answer, or error, is moot
+                raise CallGivenUp
+
+    def give_up_call(self) -> services.Claim | None:
+        """Shutdown: stop waiting for Cobalt; the claim of the call in hand, if any, for the
+        caller to record `unknown`. Whatever this worker's thread does next records nothing."""
+        with self._call_lock:
+            self._given_up = True
+            return self._calling
 
     def _record(
         self,
@@ -270,6 +308,8 @@ def run_worker(settings: Settings) -> None:
     supervises them (see `_supervise`); each is what one process alone would be.
     """
     configure_logging(settings.log_level)
+    capture_stray_output()
+    init_error_tracking(settings, "worker")
     if settings.worker_processes > 1:
         raise SystemExit(_supervise(settings))
     _run_process(settings)
@@ -281,7 +321,10 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
     `WORKER_CONCURRENCY` threads each claim and submit jobs, so a slow Cobalt (each call
     waits on a headless browser's queue) does not cap throughput at one call at a time.
     One of them also does the housekeeping. On SIGTERM every thread finishes and records
-    the call in hand, then exits: well inside Heroku's 30 s when Cobalt answers normally.
+    the call in hand, then exits. A call Cobalt has not answered within
+    `SHUTDOWN_GRACE_SECONDS` is given up: its job is recorded `unknown` (Cobalt may have it:
+    never resent, reconciled against Cobalt's log) and the process exits, inside Heroku's
+    30 s whatever `COBALT_READ_TIMEOUT_SECONDS` is.
     """
     phi.configure(settings.phi_keys())
     threads = max(1, settings.worker_concurrency)
@@ -308,18 +351,25 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
         for n in range(threads)
     ]
     running = [
-        threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}")
+        # Daemons: a thread still waiting on Cobalt after the grace must not hold the exit.
+        threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}", daemon=True)
         for n, w in enumerate(workers)
     ]
     try:
         for thread in running:
             thread.start()
         log.info("worker started", extra={"threads": threads})
+        stopping_since: float | None = None
         while alive := [thread for thread in running if thread.is_alive()]:
             if parent is not None and os.getppid() != parent and not stop.is_set():
                 log.warning("supervisor gone: stopping")
                 stop.set()
-            alive[0].join(timeout=0.5)
+            if stop.is_set():
+                stopping_since = stopping_since or time.monotonic()
+                if time.monotonic() - stopping_since >= settings.shutdown_grace_seconds:
+                    give_up_calls(workers, sessions)
+                    break
+            alive[0].join(timeout=0.25)
     finally:
         stop.set()
         engine.dispose()
@@ -327,6 +377,37 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def give_up_calls(workers: list[Worker], sessions: SessionFactory) -> None:
+    """Shutdown's grace is over: record `unknown` for each submission still waiting on Cobalt.
+
+    As when Cobalt's answer times out (`record_ambiguous`): the request may be at Cobalt, so
+    the job is never resent and never failed; reconciling against Cobalt's log settles it.
+    Doing it now, not leaving the job `sending` until its claim runs out, means nothing
+    waits on `CLAIM_TTL_SECONDS`. Bounded by `GIVE_UP_RECORD_SECONDS`.
+    """
+    claims = [claim for worker in workers if (claim := worker.give_up_call()) is not None]
+    if not claims:
+        return
+    given_up = CobaltAmbiguous("no answer before the worker stopped: Cobalt may have it")
+
+    def record() -> None:
+        for claim in claims:
+            try:
+                with transaction(sessions) as session:
+                    services.record_ambiguous(session, claim, given_up, utcnow())
+            except Exception as exc:  # the claim runs out instead; the job becomes unknown
+                log_failure(log, "could not record a call given up", exc, job_id=str(claim.job_id))
+            else:
+                log.warning(
+                    "submission unknown: no answer before the worker stopped",
+                    extra={"job_id": str(claim.job_id)},
+                )
+
+    recorder = threading.Thread(target=record, name="give-up", daemon=True)
+    recorder.start()
+    recorder.join(GIVE_UP_RECORD_SECONDS)
 
 
 def _supervise(settings: Settings) -> int:

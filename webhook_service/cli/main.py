@@ -6,6 +6,7 @@ why in one line on stderr and exits 2; one the service refuses (a duplicate name
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from webhook_service.cli.base import session_factory
 from webhook_service.cli.support import jobs as support_jobs
 from webhook_service.clock import utcnow
+from webhook_service.error_tracking import init_error_tracking
 from webhook_service.migrations import MigrationsMissing
 from webhook_service.settings import Settings
 
@@ -71,21 +73,29 @@ def _version() -> str:
 @click.version_option(_version(), "-V", "--version", prog_name="webhook-service")
 def main() -> None:
     """Operate webhook_service."""
+    # The worker starts its own (named "worker"); the sandbox is not the service.
+    if click.get_current_context().invoked_subcommand not in ("worker", "sandbox"):
+        init_error_tracking(Settings(), "cli")
 
 
 @main.command()
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Migrate the database (DATABASE_URL, or the embedded SQLite file) to REVISION."""
+    from webhook_service.logs import capture_stray_output, configure_logging
     from webhook_service.migrations import upgrade
 
     settings = Settings()
+    configure_logging(settings.log_level)  # alembic's lines too: JSON, like every process
+    capture_stray_output()
     # The release phase is the last gate before new web and worker processes start:
     # settings they would refuse stop the release (and the old release keeps running).
     settings.require_web_secrets()
     settings.phi_keys()
     upgrade(settings.effective_database_url, revision)
-    click.echo(f"database migrated to {revision}")
+    logging.getLogger("webhook_service.cli").info(
+        "database migrated to %s", revision, extra={"revision": revision}
+    )
 
 
 @main.command()

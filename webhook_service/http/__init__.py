@@ -14,6 +14,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from webhook_service import phi
 from webhook_service.db import connection_trouble, make_engine, make_session_factory
+from webhook_service.error_tracking import init_error_tracking
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.require_web_secrets()
     phi.configure(settings.phi_keys())
     configure_logging(settings.log_level)
+    init_error_tracking(settings, "web")
     # No app-wide /static: the only static files are the dev-only demo page's own.
     app = Flask(__name__, static_folder=None)
     app.config.update(

@@ -1,22 +1,19 @@
 """`webhook-service sandbox`: run the Cobalt simulator on a local port.
 
-Logs are JSON lines on stdout carrying ids, types and statuses only: never note text, MRNs,
-names or medications.
+Logs are the service's JSON lines on stdout (`webhook_service.logs`), carrying ids, types
+and statuses only: never note text, MRNs, names or medications.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import sys
-import traceback
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import click
 
+from webhook_service.logs import capture_stray_output, configure_logging
 from webhook_service.sandbox.app import create_sandbox_app, get_sandbox
 from webhook_service.sandbox.config import (
     DEFAULT_ACCESS_TOKEN,
@@ -34,28 +31,6 @@ logger = logging.getLogger("webhook_service.sandbox")
 _RATE = click.FloatRange(0.0, 1.0)
 _SECONDS = click.FloatRange(min=0.0)
 _FAULT_FIELDS = tuple(FaultSettings.model_fields)
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event name and the `extra` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
-        if record.exc_info and record.exc_info[1] is not None:
-            # Type and innermost frame only: an exception's message may quote request data.
-            exc = record.exc_info[1]
-            frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-            line["exc_type"] = type(exc).__name__
-            line["exc_at"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in frame]
-        return json.dumps(line, default=str)
 
 
 def parse_access_tokens(values: tuple[str, ...]) -> list[AccessTokenConfig]:
@@ -105,14 +80,6 @@ def config_from_options(options: dict[str, Any]) -> SandboxConfig:
         retry_timeout=options["retry_timeout"],
         faults=faults,
     )
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -255,7 +222,8 @@ def sandbox_command(**options: Any) -> None:
         config = config_from_options(options)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise click.BadParameter(str(exc)) from exc
-    configure_logging(options["log_level"])
+    configure_logging(options["log_level"].upper())
+    capture_stray_output()
     app = create_sandbox_app(config)
     server = make_sandbox_server(app, options["host"], options["port"])
     signal.signal(signal.SIGTERM, _stop)
