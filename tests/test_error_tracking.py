@@ -19,8 +19,8 @@ import sentry_sdk
 from flask import request
 
 from tests.conftest import make_settings
-from webhook_service import create_app
 from webhook_service.error_tracking import init_error_tracking
+from webhook_service.http import create_app
 from webhook_service.logs import log_failure
 
 NOTE = "Canary note: Margaret Oduya reports chest pain after metformin"
