@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, delete, event, func, select, text
+from sqlalchemy import Connection, Select, Table, delete, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -231,57 +231,57 @@ _PROCESSING = Job.status == JobStatus.PROCESSING
 
 def snapshot(session: Session, now: datetime) -> Snapshot:
     """Read the gauges and the totals. Each query reads an index, and a bounded part of it."""
-    processing = dict(
-        session.execute(
-            select(Job.submission_state, func.count())
-            .where(_PROCESSING)
-            .group_by(Job.submission_state)
-        ).tuples()
+    processing = _grouped(
+        session,
+        select(Job.submission_state, func.count())
+        .where(_PROCESSING)
+        .group_by(Job.submission_state),
     )
     oldest = session.scalar(select(func.min(Job.created_at)).where(_PROCESSING))
-    attention = dict(
-        session.execute(
-            select(Job.attention_code, func.count())
-            .where(text(ATTENTION_PREDICATE))
-            .group_by(Job.attention_code)
-        ).tuples()
+    attention = _grouped(
+        session,
+        select(Job.attention_code, func.count())
+        .where(text(ATTENTION_PREDICATE))
+        .group_by(Job.attention_code),
     )
-    finished = dict(
-        session.execute(
-            select(Job.status, func.count())
-            .where(text(PURGE_PREDICATE), Job.finished_at >= now - RECENT)
-            .group_by(Job.status)
-        ).tuples()
+    finished = _grouped(
+        session,
+        select(Job.status, func.count())
+        .where(text(PURGE_PREDICATE), Job.finished_at >= now - RECENT)
+        .group_by(Job.status),
     )
-    deliveries = dict(
-        session.execute(
-            select(WebhookDelivery.state, func.count())
-            .where(
-                WebhookDelivery.state.in_(DELIVERY_STATES),
-                WebhookDelivery.received_at >= now - RECENT,
-            )
-            .group_by(WebhookDelivery.state)
-        ).tuples()
+    deliveries = _grouped(
+        session,
+        select(WebhookDelivery.state, func.count())
+        .where(
+            WebhookDelivery.state.in_(DELIVERY_STATES),
+            WebhookDelivery.received_at >= now - RECENT,
+        )
+        .group_by(WebhookDelivery.state),
     )
-    inbox = dict(
-        session.execute(
-            select(WebhookDelivery.state, func.count())
-            .where(WebhookDelivery.state.in_(INBOX_STATES))
-            .group_by(WebhookDelivery.state)
-        ).tuples()
+    inbox = _grouped(
+        session,
+        select(WebhookDelivery.state, func.count())
+        .where(WebhookDelivery.state.in_(INBOX_STATES))
+        .group_by(WebhookDelivery.state),
     )
     counters = {
         (row.sample, row.labels): row.value
         for row in session.execute(select(COUNTERS.c.sample, COUNTERS.c.labels, COUNTERS.c.value))
     }
     return Snapshot(
-        processing={str(k): int(v) for k, v in processing.items()},
+        processing=processing,
         oldest_processing_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
         waiting_to_send=waiting_jobs(session.connection()),
-        attention={str(k): int(v) for k, v in attention.items()},
-        finished_recently={str(s): int(finished.get(s, 0)) for s in FINISHED_STATUSES},
-        deliveries_recently={s: int(deliveries.get(s, 0)) for s in DELIVERY_STATES},
-        inbox={s: int(inbox.get(s, 0)) for s in INBOX_STATES},
+        attention=attention,
+        finished_recently={str(s): finished.get(s, 0) for s in FINISHED_STATUSES},
+        deliveries_recently={s: deliveries.get(s, 0) for s in DELIVERY_STATES},
+        inbox={s: inbox.get(s, 0) for s in INBOX_STATES},
         counters=counters,
         worker=worker_status(session, now),
     )
+
+
+def _grouped(session: Session, query: Select[*tuple[Any, ...]]) -> dict[str, int]:
+    """A `(key, count)` query's rows as a dict."""
+    return {str(key): int(count) for key, count in session.execute(query)}
