@@ -5,15 +5,21 @@ and on the console's dashboard."""
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import requests
 import responses
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from tests import test_end_to_end as e2e
 from tests.conftest import COBALT, FakeClock, event, new_token
+from tests.processes import RunningSystem, running_system, throwaway_postgres_database
+from tests.processes import _create_client as create_client
 from tests.test_console import anonymous
 from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_note, submit
 from webhook_service import metrics
@@ -292,3 +298,70 @@ def test_a_metrics_token_cannot_sign_in_to_the_console(app, sessions):
     console = anonymous(app)
     response = console.sign_in(new_token(sessions, "prometheus", "metrics"))
     assert response.status_code != 303
+
+
+# --- End to end: gunicorn's processes read what the worker process flushed -----------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def system_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'webhook_service.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_server_url")
+    with throwaway_postgres_database(server, "metrics") as url:
+        yield url
+
+
+def scrape_over_http(system: RunningSystem, token: str) -> Samples:
+    response = requests.get(
+        f"{system.web_url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+@pytest.mark.e2e
+def test_the_web_processes_show_what_the_worker_process_counted(
+    system_database: str, tmp_path: Path
+) -> None:
+    wanted = {"note-completed", "note-failed", "encounter-completed"}
+    cases = [case for case in e2e.all_outcomes() if case.name in wanted]
+    with running_system(system_database, tmp_path) as system:
+        token = create_client(system.environ, tmp_path, "prometheus", "metrics")
+        with system.api() as api:
+            submitted = {case.name: e2e.submit(api, system, case) for case in cases}
+            jobs = e2e.poll_until_settled(api, system, submitted)
+        notes = sum(1 for case in cases if case.path == "/v1/notes")
+        encounters = len(cases) - notes
+
+        # The worker flushes every few seconds: wait for its counts to reach the database.
+        deadline = time.monotonic() + e2e.DEADLINE_SECONDS
+        while True:
+            samples = scrape_over_http(system, token)
+            sent = (
+                value(samples, "cobalt_calls_total", operation="notes", answer="accepted"),
+                value(
+                    samples,
+                    "cobalt_calls_total",
+                    operation="telephone_encounters",
+                    answer="accepted",
+                ),
+            )
+            if sent == (notes, encounters) or time.monotonic() > deadline:
+                break
+            time.sleep(e2e.POLL_SECONDS)
+        assert sent == (notes, encounters), system.tails()
+        assert value(samples, "cobalt_call_duration_seconds_count", operation="notes") == notes
+        finished = Counter(job["status"] for job in jobs.values())
+        for status in ("completed", "failed", "partial"):
+            assert value(samples, "jobs_finished_last_hour", status=status) == finished[status]
+        assert value(samples, "webhook_deliveries_last_hour", state="applied") == len(cases)
+        assert value(samples, "jobs_waiting_to_send") == 0
+        assert value(samples, "workers_live") == 1
+        assert value(samples, "worker_heartbeat_age_seconds") is not None
+        assert system.server_errors() == []
