@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import requests
 import responses
@@ -365,3 +366,13 @@ def test_the_web_processes_show_what_the_worker_process_counted(
         assert value(samples, "workers_live") == 1
         assert value(samples, "worker_heartbeat_age_seconds") is not None
         assert system.server_errors() == []
+
+
+def test_the_command_offers_every_role() -> None:
+    """`clients create --role` spells the roles for a fast `--help`: the same ones."""
+    from webhook_service.cli.main import clients_create
+    from webhook_service.services.clients import ROLES
+
+    role = next(param for param in clients_create.params if param.name == "role")
+    assert isinstance(role.type, click.Choice)
+    assert tuple(role.type.choices) == ROLES
