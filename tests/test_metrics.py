@@ -250,11 +250,11 @@ def test_a_stopped_worker_shows_on_the_metrics_and_the_dashboard(
 def test_heartbeats_of_processes_long_gone_are_pruned(sessions, clock: FakeClock):
     gone = Heartbeat.for_this_process(clock())
     with transaction(sessions) as session:
-        beat(session, gone, clock())
+        beat(session.connection(), gone, clock())
     clock.advance(days=2)
     alive = Heartbeat.for_this_process(clock())
     with transaction(sessions) as session:
-        beat(session, alive, clock())
+        beat(session.connection(), alive, clock())
     with sessions() as session:
         assert list(session.scalars(select(WorkerHeartbeat.id))) == [alive.id]
 

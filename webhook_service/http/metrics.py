@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from webhook_service import metrics
 from webhook_service.http.auth import require
-from webhook_service.http.context import request_transaction, sessions, utcnow
+from webhook_service.http.context import read_connection, sessions, utcnow
 from webhook_service.services import metrics as shared
 from webhook_service.services.metrics import Snapshot
 
@@ -40,8 +40,8 @@ P = metrics.PREFIX
 @bp.get("/metrics")
 @require("metrics", "support")
 def scrape() -> Response:
-    with request_transaction() as session:
-        snap = shared.snapshot(session, utcnow())
+    with read_connection() as connection:
+        snap = shared.snapshot(connection, utcnow())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collected(snap))
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))

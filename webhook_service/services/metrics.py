@@ -127,10 +127,10 @@ def _beat_upsert(insert: Any) -> Any:
 _BEAT = {"postgresql": _beat_upsert(postgresql.insert), "sqlite": _beat_upsert(sqlite.insert)}
 
 
-def beat(session: Session, heartbeat: Heartbeat, now: datetime) -> None:
+def beat(connection: Connection, heartbeat: Heartbeat, now: datetime) -> None:
     """Record that this worker process is alive now; forget processes long gone."""
-    session.execute(
-        _BEAT[session.get_bind().dialect.name],
+    connection.execute(
+        _BEAT[connection.dialect.name],
         {
             "id": heartbeat.id,
             "hostname": heartbeat.hostname,
@@ -139,9 +139,7 @@ def beat(session: Session, heartbeat: Heartbeat, now: datetime) -> None:
             "last_seen_at": now,
         },
     )
-    session.execute(
-        delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen_at < now - HEARTBEAT_KEEP)
-    )
+    connection.execute(delete(HEARTBEATS).where(HEARTBEATS.c.last_seen_at < now - HEARTBEAT_KEEP))
 
 
 @dataclass(frozen=True)
@@ -159,8 +157,8 @@ class WorkerStatus:
         return self.live == 0
 
 
-def worker_status(session: Session, now: datetime) -> WorkerStatus:
-    seen = list(session.scalars(select(WorkerHeartbeat.last_seen_at)))
+def worker_status(connection: Connection, now: datetime) -> WorkerStatus:
+    seen = list(connection.scalars(select(WorkerHeartbeat.last_seen_at)))
     if not seen:
         return WorkerStatus(None, None, 0)
     newest = max(seen)
@@ -185,9 +183,10 @@ class Flusher:
         deltas = self.tally.drain()
         try:
             with transaction(self.sessions) as session:
-                add_counts(session.connection(), deltas)
+                connection = session.connection()
+                add_counts(connection, deltas)
                 if self.heartbeat is not None:
-                    beat(session, self.heartbeat, self.clock())
+                    beat(connection, self.heartbeat, self.clock())
         except BaseException:
             self.tally.restore(deltas)
             raise
@@ -229,29 +228,29 @@ class Snapshot:
 _PROCESSING = Job.status == JobStatus.PROCESSING
 
 
-def snapshot(session: Session, now: datetime) -> Snapshot:
+def snapshot(connection: Connection, now: datetime) -> Snapshot:
     """Read the gauges and the totals. Each query reads an index, and a bounded part of it."""
     processing = _grouped(
-        session,
+        connection,
         select(Job.submission_state, func.count())
         .where(_PROCESSING)
         .group_by(Job.submission_state),
     )
-    oldest = session.scalar(select(func.min(Job.created_at)).where(_PROCESSING))
+    oldest = connection.scalar(select(func.min(Job.created_at)).where(_PROCESSING))
     attention = _grouped(
-        session,
+        connection,
         select(Job.attention_code, func.count())
         .where(text(ATTENTION_PREDICATE))
         .group_by(Job.attention_code),
     )
     finished = _grouped(
-        session,
+        connection,
         select(Job.status, func.count())
         .where(text(PURGE_PREDICATE), Job.finished_at >= now - RECENT)
         .group_by(Job.status),
     )
     deliveries = _grouped(
-        session,
+        connection,
         select(WebhookDelivery.state, func.count())
         .where(
             WebhookDelivery.state.in_(DELIVERY_STATES),
@@ -260,28 +259,30 @@ def snapshot(session: Session, now: datetime) -> Snapshot:
         .group_by(WebhookDelivery.state),
     )
     inbox = _grouped(
-        session,
+        connection,
         select(WebhookDelivery.state, func.count())
         .where(WebhookDelivery.state.in_(INBOX_STATES))
         .group_by(WebhookDelivery.state),
     )
     counters = {
         (row.sample, row.labels): row.value
-        for row in session.execute(select(COUNTERS.c.sample, COUNTERS.c.labels, COUNTERS.c.value))
+        for row in connection.execute(
+            select(COUNTERS.c.sample, COUNTERS.c.labels, COUNTERS.c.value)
+        )
     }
     return Snapshot(
         processing=processing,
         oldest_processing_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
-        waiting_to_send=waiting_jobs(session.connection()),
+        waiting_to_send=waiting_jobs(connection),
         attention=attention,
         finished_recently={str(s): finished.get(s, 0) for s in FINISHED_STATUSES},
         deliveries_recently={s: deliveries.get(s, 0) for s in DELIVERY_STATES},
         inbox={s: inbox.get(s, 0) for s in INBOX_STATES},
         counters=counters,
-        worker=worker_status(session, now),
+        worker=worker_status(connection, now),
     )
 
 
-def _grouped(session: Session, query: Select[*tuple[Any, ...]]) -> dict[str, int]:
+def _grouped(connection: Connection, query: Select[*tuple[Any, ...]]) -> dict[str, int]:
     """A `(key, count)` query's rows as a dict."""
-    return {str(key): int(count) for key, count in session.execute(query)}
+    return {str(key): int(count) for key, count in connection.execute(query)}

@@ -63,7 +63,7 @@ def dashboard() -> Response:
     """Counts by status, what needs a person, and a chart of the last seven days."""
     with request_transaction() as db:
         board = console_services.dashboard(db, now=utcnow(), expected=expected_durations())
-        worker = worker_status(db, utcnow())
+        worker = worker_status(db.connection(), utcnow())
     return page(
         "dashboard.html", board=board, worker=worker, chart=chart(board.days), statuses=STATUSES
     )
