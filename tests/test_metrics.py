@@ -16,6 +16,8 @@ import requests
 import responses
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
+from sqlalchemy.event import listen as event_listen
+from sqlalchemy.event import remove as event_remove
 
 from tests import test_end_to_end as e2e
 from tests.conftest import COBALT, FakeClock, event, new_token
@@ -376,3 +378,31 @@ def test_the_command_offers_every_role() -> None:
     role = next(param for param in clients_create.params if param.name == "role")
     assert isinstance(role.type, click.Choice)
     assert tuple(role.type.choices) == ROLES
+
+
+def test_submissions_polls_and_webhooks_write_nothing_for_the_metrics(
+    app, engine, client, worker, cobalt, post_webhook, sessions, clock
+):
+    """The hot paths gain no write: only the worker's flush (and a scrape's reads) touch the
+    metrics' tables."""
+    engines = [app.extensions["webhook_service"]["engine"], engine]  # the web's, the worker's
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    accept_note(cobalt, job_id="cj_hot")
+    for each in engines:
+        event_listen(each, "before_cursor_execute", record)
+    try:
+        job = submit(client, "/v1/notes", NOTE)
+        worker.run_once()
+        client.get(f"/v1/jobs/{job['id']}")
+        post_webhook(event("note.created", job_id="cj_hot", appointment_id="728948"))
+        client.get(f"/v1/jobs/{job['id']}")
+    finally:
+        for each in engines:
+            event_remove(each, "before_cursor_execute", record)
+    assert statements
+    assert [s for s in statements if "metric_counters" in s or "worker_heartbeats" in s] == []
+    assert metrics.TALLY.pending(), "the worker's Cobalt call waits in memory for the flush"
