@@ -270,3 +270,21 @@ def test_purge_finds_settled_jobs_from_the_partial_index(engine, seeded):
     plans = captured.plans()
     assert seq_scans_of_jobs(plans) == []
     assert "ix_jobs_purge_due" in indexes_used(plans)
+
+
+def test_the_metrics_scrape_reads_jobs_through_indexes(app, engine, seeded):
+    """Every gauge reads a bounded part of an index: open jobs, jobs needing a person, the
+    last hour's settled jobs, the backlog. No count of all jobs ever settled."""
+    scraper = app.test_client(token=seeded["support"])
+    with Captured(engine) as captured:
+        response = scraper.get("/metrics")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    plans = captured.plans()
+    assert len(plans) == 5
+    assert seq_scans_of_jobs(plans) == []
+    assert {
+        "ix_jobs_status_created_id",
+        "ix_jobs_attention",
+        "ix_jobs_purge_due",
+        "ix_jobs_due_next",
+    } <= indexes_used(plans)

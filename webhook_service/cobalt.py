@@ -9,11 +9,16 @@ certainly not (safe to resend), `CobaltAmbiguous` means maybe (reconcile first),
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests
 from urllib3.exceptions import NewConnectionError
+
+from webhook_service import metrics
 
 if TYPE_CHECKING:
     from webhook_service.settings import Settings
@@ -177,6 +182,14 @@ class CobaltClient:
         }
 
     def _write(self, path: str, access_token: str, body: dict[str, Any]) -> Accepted:
+        with _measured(path, "accepted"):
+            return self._send_write(path, access_token, body)
+
+    def _get(self, path: str, access_token: str, params: dict[str, Any]) -> dict[str, Any]:
+        with _measured(path, "ok"):
+            return self._send_get(path, access_token, params)
+
+    def _send_write(self, path: str, access_token: str, body: dict[str, Any]) -> Accepted:
         try:
             response = self._http.post(
                 self.base_url + path,
@@ -205,7 +218,7 @@ class CobaltClient:
             message=payload.get("message") if isinstance(payload.get("message"), str) else None,
         )
 
-    def _get(self, path: str, access_token: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _send_get(self, path: str, access_token: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._http.get(
                 self.base_url + path,
@@ -221,6 +234,29 @@ class CobaltClient:
         payload = _json_or_empty(response)
         _raise_for_status(response.status_code, payload)
         return payload
+
+
+@contextmanager
+def _measured(path: str, success: str) -> Iterator[None]:
+    """Count the call (`metrics.cobalt_call`): the operation is the path (`notes`,
+    `telephone_encounters`, `settings`, `webhook_events`), the answer what it proved."""
+    started = time.perf_counter()
+    answer = "error"  # not an answer from Cobalt: a bug of ours, counted all the same
+    try:
+        yield
+        answer = success
+    except CobaltRejected:
+        answer = "rejected"
+        raise
+    except CobaltTransient:
+        answer = "transient"
+        raise
+    except CobaltAmbiguous:
+        answer = "ambiguous"
+        raise
+    finally:
+        operation = path.strip("/").replace("-", "_")
+        metrics.cobalt_call(operation, answer, time.perf_counter() - started)
 
 
 def _raise_for_write(status_code: int, payload: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -272,3 +273,27 @@ class RateCounter(Base):
     # Start of the current window, in whole seconds since the Unix epoch.
     window_start: Mapped[int] = mapped_column(BigInteger)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class MetricCounter(Base):
+    """A counter's total across every process and restart: one sample (a counter, or a
+    histogram's bucket, count or sum) with its labels; processes add what they counted."""
+
+    __tablename__ = "metric_counters"
+
+    sample: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # The labels as compact JSON with sorted keys: one spelling per set of labels.
+    labels: Mapped[str] = mapped_column(String(300), primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+
+
+class WorkerHeartbeat(Base):
+    """One worker process, and when it was last seen alive (refreshed every few seconds)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]

@@ -42,6 +42,7 @@ from webhook_service.db import (
 from webhook_service.error_tracking import init_error_tracking
 from webhook_service.lifecycle import JobKind, retry_delay
 from webhook_service.logs import capture_stray_output, configure_logging, log_failure
+from webhook_service.services.metrics import FLUSH_EVERY, Flusher, Heartbeat
 from webhook_service.settings import SHUTDOWN_MARGIN_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,11 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
         threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}", daemon=True)
         for n, w in enumerate(workers)
     ]
+    # Counts and the heartbeat go to the database every few seconds, and once more at the end.
+    flusher = Flusher(sessions, utcnow, heartbeat=Heartbeat.for_this_process(utcnow()))
+    flushing = threading.Thread(target=flusher.run, args=(stop,), name="metrics", daemon=True)
     try:
+        flushing.start()
         for thread in running:
             thread.start()
         log.info("worker started", extra={"threads": threads})
@@ -372,6 +377,8 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
             alive[0].join(timeout=0.25)
     finally:
         stop.set()
+        flushing.join(timeout=FLUSH_EVERY)
+        flusher.flush_quietly()
         engine.dispose()
         log.info("worker stopped", extra={"threads": threads})
 

@@ -113,12 +113,13 @@ def worker() -> None:
 
 @main.group()
 def clients() -> None:
-    """Create, list and revoke API clients (front ends and support staff)."""
+    """Create, list and revoke API clients (front ends, support staff, metrics scrapers)."""
 
 
 @clients.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["frontend", "support"]), required=True)
+# services.clients.ROLES, spelled here so `--help` needs no database modules.
+@click.option("--role", type=click.Choice(["frontend", "support", "metrics"]), required=True)
 @click.option("--clinic", "clinic_id", type=int, default=None, help="Clinic id (frontend).")
 def clients_create(name: str, role: str, clinic_id: int | None) -> None:
     """Create a client; its token is printed once, alone on the last line."""

@@ -54,13 +54,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         "default_clinic_id": None,
     }
 
-    from webhook_service.http import api, console, health, support, webhooks
+    from webhook_service.http import api, console, health, metrics, support, webhooks
 
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     if settings.environment == "development":
         # The try-it page: a front end in miniature, for local runs only.
         from webhook_service.http import demo

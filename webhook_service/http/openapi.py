@@ -214,6 +214,27 @@ def build_spec() -> dict[str, Any]:
                     "responses": {"200": {"description": "Up"}},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "tags": ["health"],
+                    "summary": "Prometheus metrics (the metrics or the support role)",
+                    "description": "The service's metrics in Prometheus's text format, or "
+                    "OpenMetrics when asked for in Accept; see README, Operating, Metrics.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "The metrics.",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "401": _problem("No bearer token, or an unknown or revoked one."),
+                        "403": _problem("The token's role may not read the metrics."),
+                    },
+                }
+            },
             "/readyz": {
                 "get": {
                     "operationId": "readyz",

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from webhook_service.errors import ServiceError
 from webhook_service.models import ApiClient, AuditEvent, Clinic
 
-ROLES = ("frontend", "support")
+# `metrics` reads GET /metrics and nothing else (no job, no PHI): for a Prometheus scraper.
+ROLES = ("frontend", "support", "metrics")
 TOKEN_PREFIX = "wst_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
 
 

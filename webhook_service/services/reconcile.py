@@ -18,7 +18,8 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from webhook_service.cobalt import CobaltClient
+from webhook_service import metrics
+from webhook_service.cobalt import CobaltClient, CobaltError
 from webhook_service.lifecycle import (
     APPOINTMENT_BUSY,
     COBALT_UNAVAILABLE,
@@ -44,6 +45,7 @@ from webhook_service.services.deliveries import (
     delivery_fields,
 )
 from webhook_service.services.jobs import add_event, settle
+from webhook_service.services.metrics import on_commit
 from webhook_service.signatures import compact_json
 
 log = logging.getLogger(__name__)
@@ -179,7 +181,11 @@ def read_cobalt_log(cobalt: CobaltClient, lookup: Lookup) -> list[dict[str, Any]
     """
     found: dict[object, dict[str, Any]] = {}
     for params in lookup_params(lookup):
-        read = cobalt.webhook_events(lookup.access_token, params)
+        try:
+            read = cobalt.webhook_events(lookup.access_token, params)
+        except CobaltError:
+            metrics.reconcile_lookup("failed")
+            raise
         if read.stopped is not None:
             log.warning(
                 "cobalt log read stopped early",
@@ -267,6 +273,17 @@ def _first_unclaimed(
 
 
 def record_lookup(
+    session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
+) -> bool:
+    """Write the lookup on the timeline and apply the outcome found, like a webhook would
+    (`_record_lookup`); counted in the metrics once it commits."""
+    applied = _record_lookup(session, lookup, events, now)
+    result = "applied" if applied else "nothing_applied"
+    on_commit(session, lambda: metrics.reconcile_lookup(result))
+    return applied
+
+
+def _record_lookup(
     session: Session, lookup: Lookup, events: list[dict[str, Any]], now: datetime
 ) -> bool:
     """Write the lookup on the timeline and apply the outcome found, like a webhook would.

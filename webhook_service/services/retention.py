@@ -12,9 +12,10 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import flag_modified
 
-from webhook_service import phi
+from webhook_service import metrics, phi
 from webhook_service.models import PURGE_PREDICATE, Clinic, Job, WebhookDelivery
 from webhook_service.services.jobs import add_event
+from webhook_service.services.metrics import on_commit
 
 PURGE_BATCH = 500
 
@@ -49,7 +50,9 @@ def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) 
         .values(raw_body=None)
         .execution_options(synchronize_session=False)
     )
-    return len(jobs)
+    purged = len(jobs)
+    on_commit(session, lambda: metrics.phi_purged(purged))
+    return purged
 
 
 def reencrypt_phi(session: Session, batch: int = 500) -> int:

@@ -34,6 +34,7 @@ from webhook_service.schemas import (
 )
 from webhook_service.services import console as console_services
 from webhook_service.services.clinics import list_clinics
+from webhook_service.services.metrics import worker_status
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ def dashboard() -> Response:
     """Counts by status, what needs a person, and a chart of the last seven days."""
     with request_transaction() as db:
         board = console_services.dashboard(db, now=utcnow(), expected=expected_durations())
-    return page("dashboard.html", board=board, chart=chart(board.days), statuses=STATUSES)
+        worker = worker_status(db.connection(), utcnow())
+    return page(
+        "dashboard.html", board=board, worker=worker, chart=chart(board.days), statuses=STATUSES
+    )
 
 
 @dataclass(frozen=True)
