@@ -47,8 +47,8 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 # Routes a front end calls; every other /v1 route is support staff's.
 FRONTEND_OPERATIONS = {("POST", "/v1/notes"), ("POST", "/v1/telephone-encounters")}
 # Flask rules that are not part of the JSON API: the spec itself, and HTML pages (the support
-# console, the development demo page) with their static files.
-NOT_API = re.compile(r"^/(openapi\.json$|console(/|$)|static/|$)")
+# console, the development demo page) with their static files, and the site's icon.
+NOT_API = re.compile(r"^/(openapi\.json$|favicon\.ico$|console(/|$)|static/|$)")
 CHECKS = [
     status_code_conformance,
     content_type_conformance,
