@@ -14,6 +14,9 @@ import click
 import pytest
 import requests
 import responses
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.event import listen as event_listen
@@ -406,3 +409,24 @@ def test_submissions_polls_and_webhooks_write_nothing_for_the_metrics(
     assert statements
     assert [s for s in statements if "metric_counters" in s or "worker_heartbeats" in s] == []
     assert metrics.TALLY.pending(), "the worker's Cobalt call waits in memory for the flush"
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(scraper, sessions, clock):
+    metrics.cobalt_call("notes", "accepted", 0.3)
+    Flusher(sessions, clock).flush()
+    response = scraper.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.status_code == 200
+    assert response.content_type.startswith("application/openmetrics-text")
+    families = {
+        family.name: family for family in openmetrics_families(response.get_data(as_text=True))
+    }
+    calls = families[P + "cobalt_calls"]
+    assert calls.type == "counter"
+    assert [(s.labels, s.value) for s in calls.samples if s.name.endswith("_total")] == [
+        ({"operation": "notes", "answer": "accepted"}, 1.0)
+    ]
+    duration = families[P + "cobalt_call_duration_seconds"]
+    buckets = {s.labels["le"]: s.value for s in duration.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.25"], buckets["0.5"], buckets["+Inf"]) == (0, 1, 1)

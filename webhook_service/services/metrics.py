@@ -88,7 +88,8 @@ _ADD = {
 
 
 def add_counts(connection: Connection, deltas: Mapping[metrics.Key, float]) -> None:
-    """Add a process's counts to the shared totals (one statement, every sample)."""
+    """Add a process's counts to the shared totals (one statement, every sample). In one
+    order (sorted), so two processes flushing at once wait for each other, never deadlock."""
     if deltas:
         connection.execute(
             _ADD[connection.dialect.name],
