@@ -3,7 +3,7 @@
 `http/` answers HTTP, `cli/` and `worker.py` run as processes, `services/` holds the use
 cases, and the pure core (`lifecycle`, `signatures`, `phi`, `clock`) knows no storage and no
 web framework. These tests read the package's imports (no code runs) and fail on an arrow
-that goes the wrong way.
+that goes the wrong way, and on a module grown past 400 lines without a reason at its top.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "webhook_service"
+RELIABILITY = PACKAGE.parent / "reliability"
 
 
 def _module_name(path: Path) -> str:
@@ -110,3 +111,30 @@ def test_no_two_modules_import_each_other() -> None:
         if a < b and a in IMPORTS.get(b, set()) and not related(a, b)
     )
     assert both_ways == []
+
+
+MAX_LINES = 400
+# A module may be longer if its docstring says why, on a line of its first few starting so.
+LONGER_BECAUSE = "Longer than 400 lines because"
+
+
+def _too_long(folder: Path) -> list[str]:
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines <= MAX_LINES:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if any(line.startswith(LONGER_BECAUSE) for line in docstring.splitlines()[:5]):
+            continue
+        found.append(f"{path.relative_to(folder.parent)}: {lines} lines")
+    return found
+
+
+@pytest.mark.parametrize("folder", [PACKAGE, RELIABILITY], ids=lambda folder: folder.name)
+def test_no_module_is_over_400_lines_without_a_reason(folder: Path) -> None:
+    """Split a long module along its seams, or say at its top why it stays whole."""
+    assert _too_long(folder) == []

@@ -1,5 +1,8 @@
 """The Cobalt HTTP client: every call to Cobalt goes through here.
 
+Longer than 400 lines because the calls and the reading of their answers (accepted, refused
+and why, maybe sent) are one contract with Cobalt, read and changed together.
+
 Cobalt has no idempotency key, so the one question that matters after a failed call is
 "could Cobalt have accepted it?". The error classes answer it: `CobaltTransient` means
 certainly not (safe to resend), `CobaltAmbiguous` means maybe (reconcile first), and

@@ -1,5 +1,8 @@
 """The job state machine and Cobalt's event → status table: pure functions, no I/O.
 
+Longer than 400 lines because the states, the codes a job carries and what each Cobalt event
+does to a job are one set of rules, read and changed together.
+
 Everything here is a function of its arguments (the clock and randomness are passed in), so
 the rules that decide what happens to a patient's note carry most of the tests.
 """

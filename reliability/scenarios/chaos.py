@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    PATTERN,
-    Log,
-    _stderr,
-    plan_jobs,
-    set_faults,
-    submit_all,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account
+from reliability.drive import PATTERN, Log, _stderr, plan_jobs, set_faults
+from reliability.runner import Size, run
 
 
 def chaos(
@@ -28,7 +19,7 @@ def chaos(
 ) -> Account:
     """Every sandbox fault at once: 20% duplicated, 10% dropped, 20% reordered webhooks,
     5% of submissions answered 500, 2% hanging past the service's read timeout."""
-    env = FAST | {
+    env = {
         "NOTE_EXPECTED_SECONDS": str(size.expected_seconds),
         "ENCOUNTER_EXPECTED_SECONDS": str(size.expected_seconds),
         "JOB_DEADLINE_SECONDS": str(size.deadline_seconds),
@@ -36,9 +27,9 @@ def chaos(
         "CLAIM_TTL_SECONDS": "10",
     }
     planned = plan_jobs(size.jobs, variants=variants)
-    with _system(database_url, tmp_dir, env, 0.3) as system:
+    with run(database_url, tmp_dir, env, 0.3, log) as r:
         set_faults(
-            system,
+            r.system,
             duplicate_rate=0.2,
             drop_rate=0.1,
             reorder_rate=0.2,
@@ -49,16 +40,7 @@ def chaos(
             seed=size.seed,
         )
         log(f"chaos: submitting {len(planned)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        elapsed = time.monotonic() - started
-        set_faults(system, drop_rate=0.0, duplicate_rate=0.0, reorder_rate=0.0)
-        return account_for(
-            f"chaos: {size.jobs} jobs, every sandbox fault at once",
-            system,
-            planned,
-            job_ids,
-            elapsed=elapsed,
-            submit_retries=retries,
-        )
+        r.submit(planned)
+        r.settle(size.deadline_seconds + 30)
+        set_faults(r.system, drop_rate=0.0, duplicate_rate=0.0, reorder_rate=0.0)
+        return r.account(f"chaos: {size.jobs} jobs, every sandbox fault at once")

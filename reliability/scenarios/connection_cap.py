@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from reliability.account import Account, _ok, account_for
+from reliability.account import Account, _ok
 from reliability.drive import (
     Log,
     _all_sent,
@@ -18,11 +18,9 @@ from reliability.drive import (
     plan_jobs,
     psycopg_url,
     sandbox_deliveries,
-    submit_all,
     wait_for,
-    wait_until_settled,
 )
-from reliability.runner import FAST, Size, _system
+from reliability.runner import Size, run
 from tests.processes import capped_postgres_database
 
 
@@ -34,15 +32,15 @@ def connection_cap(
     new ones. Each webhook is stored or answered 503; what Cobalt gave up on is found by
     reconciliation once connections free up, with no restart.
     """
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
     planned = plan_jobs(size.jobs)
     with (
         capped_postgres_database(server_url, 20) as database_url,
-        _system(database_url, tmp_dir, env, 2.5) as system,
+        run(database_url, tmp_dir, env, 2.5, log) as r,
     ):
+        system = r.system
         log(f"connection-cap: submitting {len(planned)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
+        r.submit(planned)
         wait_for("the worker to send every job it may send now", lambda: _all_sent(system), 60)
         # Outcomes come 2.5 s after each acceptance: the burst falls into the full spell.
         hogs: list[psycopg.Connection[Any]] = []
@@ -56,16 +54,10 @@ def connection_cap(
             for hog in hogs:
                 hog.close()
         wait_for("gunicorn to serve again", lambda: _ready(system), 30)
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        elapsed = time.monotonic() - started
-        account = account_for(
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
             f"connection-cap: {size.jobs} jobs, a 20-connection database full for "
-            f"{full_seconds:.0f} s mid-burst",
-            system,
-            planned,
-            job_ids,
-            elapsed=elapsed,
-            submit_retries=retries,
+            f"{full_seconds:.0f} s mid-burst"
         )
         refused = sum(1 for a in sandbox_deliveries(system) if not _ok(a))
         account.add("webhook attempts refused while the database was full", refused, "refused")

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    Log,
-    _stderr,
-    plan_jobs,
-    query,
-    set_faults,
-    submit_all,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account
+from reliability.drive import Log, _stderr, plan_jobs, query, set_faults
+from reliability.runner import Size, run
 
 
 def foreign_events(database_url: str, tmp_dir: Path, size: Size, log: Log = _stderr) -> Account:
@@ -23,24 +14,18 @@ def foreign_events(database_url: str, tmp_dir: Path, size: Size, log: Log = _std
     appointment (another Cobalt operation on it), delivered and logged like any event, while
     the note is still in flight. None may settle or bind a note: each note ends as its own
     `note.*` outcome says."""
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
     planned = plan_jobs(size.jobs)
-    with _system(database_url, tmp_dir, env, 1.0) as system:
-        set_faults(system, foreign_event_rate=1.0, seed=size.seed)
+    with run(database_url, tmp_dir, env, 1.0, log) as r:
+        set_faults(r.system, foreign_event_rate=1.0, seed=size.seed)
         log(f"foreign-events: submitting {len(planned)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        account = account_for(
-            f"foreign events: {size.jobs} jobs, an appointment.failed beside every note",
-            system,
-            planned,
-            job_ids,
-            elapsed=time.monotonic() - started,
-            submit_retries=retries,
+        r.submit(planned)
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"foreign events: {size.jobs} jobs, an appointment.failed beside every note"
         )
         foreign = query(
-            system.database_url,
+            r.system.database_url,
             "SELECT state, job_id IS NOT NULL, count(*) FROM webhook_deliveries"
             " WHERE event_type NOT LIKE 'note.%%' AND event_type NOT LIKE 'telephone_encounter.%%'"
             " GROUP BY 1, 2",

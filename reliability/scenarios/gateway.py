@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    Log,
-    _all_sent,
-    _stderr,
-    plan_jobs,
-    set_faults,
-    submit_all,
-    wait_for,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account
+from reliability.drive import Log, _all_sent, _stderr, plan_jobs, set_faults, wait_for
+from reliability.runner import Size, run
 
 
 def gateway_errors(database_url: str, tmp_dir: Path, size: Size, log: Log = _stderr) -> Account:
@@ -26,28 +16,22 @@ def gateway_errors(database_url: str, tmp_dir: Path, size: Size, log: Log = _std
     tell them apart. Each becomes `unknown`; a note queued at Cobalt settles from its webhook
     or a lookup by appointment, an encounter queued there has no id the service knows; the
     rest reach the deadline still `processing`, with attention, never `failed`."""
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
     planned = plan_jobs(size.jobs)
     half = len(planned) // 2
-    with _system(database_url, tmp_dir, env, 0.3) as system:
+    with run(database_url, tmp_dir, env, 0.3, log) as r:
+        system = r.system
         faults = {"gateway_error_rate": 0.1, "gateway_error_after_queue_rate": 0.1}
-        started = time.monotonic()
         set_faults(system, **faults, gateway_status=502, seed=size.seed)
         log(f"gateway: {half} jobs behind 502s")
-        job_ids, retries = submit_all(system, planned[:half])
+        r.submit(planned[:half])
         wait_for("the first half sent", lambda: _all_sent(system), 60)
         set_faults(system, **faults, gateway_status=504)
         log(f"gateway: {len(planned) - half} jobs behind 504s")
-        more, more_retries = submit_all(system, planned[half:])
-        job_ids |= more
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        account = account_for(
-            f"gateway: {size.jobs} jobs, 20% answered 502/504 by a gateway (half after queuing)",
-            system,
-            planned,
-            job_ids,
-            elapsed=time.monotonic() - started,
-            submit_retries=retries + more_retries,
+        r.submit(planned[half:])
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"gateway: {size.jobs} jobs, 20% answered 502/504 by a gateway (half after queuing)"
         )
         sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
         gateway = sum(1 for e in sandbox_log if isinstance(e, str) and "gateway" in e)

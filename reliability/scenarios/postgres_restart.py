@@ -5,18 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from reliability.account import Account, _ok, account_for
-from reliability.drive import (
-    Log,
-    _all_sent,
-    _stderr,
-    plan_jobs,
-    sandbox_deliveries,
-    submit_all,
-    wait_for,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account, _ok
+from reliability.drive import Log, _all_sent, _stderr, plan_jobs, sandbox_deliveries, wait_for
+from reliability.runner import Size, run
 from tests.processes import throwaway_postgres_cluster, throwaway_postgres_database
 
 
@@ -27,19 +18,18 @@ def postgres_restart(
 
     Runs on a throwaway cluster of its own, so a shared server is never touched.
     """
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds), "CLAIM_TTL_SECONDS": "5"}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds), "CLAIM_TTL_SECONDS": "5"}
     planned = plan_jobs(size.jobs)
     with (
         throwaway_postgres_cluster() as cluster,
         throwaway_postgres_database(cluster.server_url) as database_url,
-        _system(database_url, tmp_dir, env, 2.5) as system,
+        run(database_url, tmp_dir, env, 2.5, log) as r,
     ):
         log(f"postgres-restart: submitting {len(planned)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
+        r.submit(planned)
         # Cobalt has every job before the outage (but notes waiting for an earlier note of their
         # appointment): this scenario is about the webhooks.
-        wait_for("the worker to send every job it may send now", lambda: _all_sent(system), 60)
+        wait_for("the worker to send every job it may send now", lambda: _all_sent(r.system), 60)
         # Outcomes come 2.5 s after each acceptance: the burst falls into the outage.
         cluster.stop("fast")
         stopped = time.monotonic()
@@ -47,16 +37,10 @@ def postgres_restart(
         time.sleep(down_seconds)
         cluster.start()
         log(f"postgres-restart: database back after {time.monotonic() - stopped:.1f} s")
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        elapsed = time.monotonic() - started
-        account = account_for(
-            f"postgres-restart: {size.jobs} jobs, database down {down_seconds:.0f} s mid-burst",
-            system,
-            planned,
-            job_ids,
-            elapsed=elapsed,
-            submit_retries=retries,
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"postgres-restart: {size.jobs} jobs, database down {down_seconds:.0f} s mid-burst"
         )
-        refused = sum(1 for a in sandbox_deliveries(system) if not _ok(a))
+        refused = sum(1 for a in sandbox_deliveries(r.system) if not _ok(a))
         account.add("webhook attempts refused during the outage", refused, "refused")
         return account

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reliability.account import Account, _counts, account_for
+from reliability.account import Account, _counts
 from reliability.drive import (
     HTTP_TIMEOUT,
     PATTERN,
@@ -20,11 +19,9 @@ from reliability.drive import (
     query,
     sandbox_events,
     sandbox_submissions,
-    submit_all,
     wait_for,
-    wait_until_settled,
 )
-from reliability.runner import FAST, Size, _system
+from reliability.runner import Size, run
 from tests.processes import WEBHOOK_SECRET, RunningSystem
 from webhook_service.sandbox.config import DEFAULT_ACCESS_TOKEN_REFERENCE_ID
 from webhook_service.sandbox.delivery import signed_headers
@@ -38,13 +35,13 @@ def replayed_bodies(database_url: str, tmp_dir: Path, size: Size, log: Log = _st
     none. Each is a repeat (the signed event id decides, never the unsigned header) and
     settles nothing: above all not the new note in flight for the appointment, which a
     replayed note outcome (no job id it knows) used to settle."""
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
     first = plan_jobs(size.jobs, variants=PATTERN)
-    with _system(database_url, tmp_dir, env, 3.0) as system:
+    with run(database_url, tmp_dir, env, 3.0, log) as r:
+        system = r.system
         log(f"replay: first round, {len(first)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, first)
-        wait_until_settled(system, size.deadline_seconds + 30, log)
+        r.submit(first)
+        r.settle(size.deadline_seconds + 30)
         captured = [_signed_body(event) for event in sandbox_events(system)]
         # The second round: a note for every appointment a first-round note was written to.
         appointments = sorted(
@@ -61,8 +58,7 @@ def replayed_bodies(database_url: str, tmp_dir: Path, size: Size, log: Log = _st
             )
             for i, p in enumerate(plan_jobs(len(appointments), variants=("note-written",)))
         ]
-        more, more_retries = submit_all(system, second)
-        job_ids |= more
+        r.submit(second)
         sent = len(first) + len(second)
         wait_for("the second round at Cobalt", lambda: len(sandbox_submissions(system)) >= sent, 30)
         log(f"replay: {len(captured)} signed bodies sent again, {len(second)} notes in flight")
@@ -70,14 +66,9 @@ def replayed_bodies(database_url: str, tmp_dir: Path, size: Size, log: Log = _st
             _post_signed(system, body, None if i % 2 else f"msg_replay_{i}")
             for i, body in enumerate(captured)
         )
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        account = account_for(
-            f"replay: {len(captured)} signed bodies sent again, {len(second)} notes in flight",
-            system,
-            first + second,
-            job_ids,
-            elapsed=time.monotonic() - started,
-            submit_retries=retries + more_retries,
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"replay: {len(captured)} signed bodies sent again, {len(second)} notes in flight"
         )
         account.add(
             "replayed bodies answered", _counts(Counter({str(k): n for k, n in answers.items()}))

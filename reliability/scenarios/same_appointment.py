@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    APPOINTMENTS,
-    Log,
-    Planned,
-    _stderr,
-    plan_jobs,
-    set_faults,
-    submit_all,
-    wait_until_settled,
-)
-from reliability.runner import FAST, _system
+from reliability.account import Account
+from reliability.drive import APPOINTMENTS, Log, Planned, _stderr, plan_jobs, set_faults
+from reliability.runner import run
 
 
 def same_appointment_notes(
@@ -24,7 +14,7 @@ def same_appointment_notes(
 ) -> Account:
     """Several notes for one appointment, every webhook dropped: each must be reconciled to
     its own outcome (they go to Cobalt one at a time, so each has its own event)."""
-    env = FAST | {"NOTE_EXPECTED_SECONDS": "2", "JOB_DEADLINE_SECONDS": "600"}
+    env = {"NOTE_EXPECTED_SECONDS": "2", "JOB_DEADLINE_SECONDS": "600"}
     planned = plan_jobs(notes, variants=("note-written",))
     planned = [
         Planned(
@@ -37,17 +27,9 @@ def same_appointment_notes(
         )
         for p in planned
     ]
-    with _system(database_url, tmp_dir, env, 0.2) as system:
-        set_faults(system, drop_rate=1.0, seed=1)
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
+    with run(database_url, tmp_dir, env, 0.2, log) as r:
+        set_faults(r.system, drop_rate=1.0, seed=1)
+        r.submit(planned)
         # Each note needs one housekeeping pass (5 s) after the one before it settled.
-        wait_until_settled(system, 15 + 10 * notes, log)
-        return account_for(
-            f"same-appointment notes: {notes} notes, every webhook dropped",
-            system,
-            planned,
-            job_ids,
-            elapsed=time.monotonic() - started,
-            submit_retries=retries,
-        )
+        r.settle(15 + 10 * notes)
+        return r.account(f"same-appointment notes: {notes} notes, every webhook dropped")

@@ -7,18 +7,9 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    Log,
-    _ready,
-    _stderr,
-    plan_jobs,
-    sandbox_deliveries,
-    submit_all,
-    wait_for,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account
+from reliability.drive import Log, _ready, _stderr, plan_jobs, sandbox_deliveries, wait_for
+from reliability.runner import Size, run
 from tests.processes import child_pids
 
 
@@ -30,12 +21,12 @@ def web_kills(
     A delivery whose request dies after its transaction committed is stored but never
     answered: Cobalt retries it once (a repeat, refused) or the service reconciles it.
     """
-    env = FAST | {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
+    env = {"JOB_DEADLINE_SECONDS": str(size.deadline_seconds)}
     planned = plan_jobs(size.jobs)
-    with _system(database_url, tmp_dir, env, 1.5) as system:
+    with run(database_url, tmp_dir, env, 1.5, log) as r:
+        system = r.system
         log(f"web-kill: submitting {len(planned)} jobs")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
+        r.submit(planned)
         wait_for("the first webhooks", lambda: len(sandbox_deliveries(system)) >= 1, 30)
         master = system.processes["web"].popen.pid
         killed = 0
@@ -48,15 +39,9 @@ def web_kills(
             time.sleep(0.25)
         log(f"web-kill: {killed} gunicorn workers killed")
         wait_for("gunicorn to serve again", lambda: _ready(system), 30)
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        elapsed = time.monotonic() - started
-        account = account_for(
-            f"web-kill: {size.jobs} jobs, {killed} gunicorn workers SIGKILLed mid-burst",
-            system,
-            planned,
-            job_ids,
-            elapsed=elapsed,
-            submit_retries=retries,
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"web-kill: {size.jobs} jobs, {killed} gunicorn workers SIGKILLed mid-burst"
         )
         account.add("gunicorn workers killed", killed, "kills")
         return account

@@ -5,18 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from reliability.account import Account, account_for
-from reliability.drive import (
-    Log,
-    _sending,
-    _stderr,
-    plan_jobs,
-    query,
-    set_faults,
-    submit_all,
-    wait_until_settled,
-)
-from reliability.runner import FAST, Size, _system
+from reliability.account import Account
+from reliability.drive import Log, _sending, _stderr, plan_jobs, query, set_faults
+from reliability.runner import Size, run
 from tests.processes import RunningSystem, restart_worker
 
 
@@ -24,17 +15,17 @@ def worker_kills(
     database_url: str, tmp_dir: Path, size: Size, kills: int = 5, log: Log = _stderr
 ) -> Account:
     """`kill -9` the worker while submissions hang in flight, restart it, again and again."""
-    env = FAST | {
+    env = {
         "JOB_DEADLINE_SECONDS": str(size.deadline_seconds),
         "COBALT_READ_TIMEOUT_SECONDS": "10",
         "CLAIM_TTL_SECONDS": "3",
     }
     planned = plan_jobs(size.jobs)
-    with _system(database_url, tmp_dir, env, 0.3) as system:
+    with run(database_url, tmp_dir, env, 0.3, log) as r:
+        system = r.system
         set_faults(system, submit_hang_rate=0.5, hang_seconds=1.5, seed=size.seed)
         log(f"worker-kill: submitting {len(planned)} jobs, then {kills} kills")
-        started = time.monotonic()
-        job_ids, retries = submit_all(system, planned)
+        r.submit(planned)
         in_flight: set[str] = set()
         done = 0
         for _ in range(kills):
@@ -46,15 +37,9 @@ def worker_kills(
             restart_worker(system)
             done += 1
         log(f"worker-kill: {done} kills, {len(in_flight)} submissions in flight at a kill")
-        wait_until_settled(system, size.deadline_seconds + 30, log)
-        elapsed = time.monotonic() - started
-        account = account_for(
-            f"worker-kill: {size.jobs} jobs, worker SIGKILLed {done} times mid-submission",
-            system,
-            planned,
-            job_ids,
-            elapsed=elapsed,
-            submit_retries=retries,
+        r.settle(size.deadline_seconds + 30)
+        account = r.account(
+            f"worker-kill: {size.jobs} jobs, worker SIGKILLed {done} times mid-submission"
         )
         expired = query(
             system.database_url, "SELECT count(*) FROM job_events WHERE type = 'claim_expired'"

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from webhook_service.logs import capture_stray_output, configure_logging
-from webhook_service.sandbox.app import create_sandbox_app, get_sandbox
+from webhook_service.sandbox.app import create_sandbox_app
 from webhook_service.sandbox.config import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_ACCESS_TOKEN_REFERENCE_ID,
@@ -24,6 +24,7 @@ from webhook_service.sandbox.config import (
     FaultSettings,
     SandboxConfig,
 )
+from webhook_service.sandbox.replies import get_sandbox
 from webhook_service.sandbox.server import make_sandbox_server
 
 logger = logging.getLogger("webhook_service.sandbox")

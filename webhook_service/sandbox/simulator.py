@@ -1,5 +1,8 @@
 """The sandbox's behaviour: authenticate, accept submissions, produce each outcome later.
 
+Longer than 400 lines because `Sandbox` is one simulated account whose methods share its
+state and lock; its data, outcomes, store and deliveries are modules of their own already.
+
 `Sandbox` is what the Flask views call and what tests drive directly (`drain`, `shutdown`).
 Faults are drawn here, at the moments Cobalt itself could misbehave.
 """

@@ -24,14 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from webhook_service.schemas.api import (
-    JobKind,
-    JobOut,
-    JobStatus,
-    RequiredId,
-    _not_blank,
-    _Strict,
-)
+from webhook_service.schemas.api import JobKind, JobOut, JobStatus, RequiredId, _not_blank, _Strict
 
 # --- Support API -----------------------------------------------------------------------------
 

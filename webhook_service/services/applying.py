@@ -8,12 +8,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Row,
-    bindparam,
-    select,
-    update,
-)
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from webhook_service.lifecycle import (

@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
-    and_,
-    bindparam,
-    or_,
-    select,
-)
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, or_, select
 
 from webhook_service.lifecycle import JobStatus
 from webhook_service.models import Clinic, Job, WebhookDelivery

@@ -11,13 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    Connection,
-    LargeBinary,
-    bindparam,
-    select,
-    type_coerce,
-)
+from sqlalchemy import Connection, LargeBinary, bindparam, select, type_coerce
 
 from webhook_service import phi
 from webhook_service.errors import NotFound

@@ -5,11 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import (
-    Row,
-    bindparam,
-    select,
-)
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session, defer
 
 from webhook_service.lifecycle import (
@@ -20,9 +16,7 @@ from webhook_service.lifecycle import (
 )
 from webhook_service.models import Clinic, Job
 from webhook_service.services.deliveries import Delivery
-from webhook_service.services.jobs import (
-    JOBS,
-)
+from webhook_service.services.jobs import JOBS
 
 
 def find_job(session: Session, delivery: Delivery, kind: str) -> Row[*tuple[Any, ...]] | None:

@@ -6,17 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    case,
-    exists,
-    or_,
-    select,
-)
+from sqlalchemy import case, exists, or_, select
 from sqlalchemy.orm import Session
 
-from webhook_service.lifecycle import (
-    JobKind,
-)
+from webhook_service.lifecycle import JobKind
 from webhook_service.models import Job, WebhookDelivery
 from webhook_service.services.applying import _apply_safely
 from webhook_service.services.deliveries import DeliveryState, _parse

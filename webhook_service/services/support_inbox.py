@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    ColumnElement,
-    Integer,
-    bindparam,
-    or_,
-    select,
-    tuple_,
-)
+from sqlalchemy import ColumnElement, Integer, bindparam, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from webhook_service.errors import NotFound

@@ -12,9 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from webhook_service.lifecycle import (
-    JobStatus,
-)
+from webhook_service.lifecycle import JobStatus
 from webhook_service.models import Clinic, Job, JobEvent
 from webhook_service.services.jobs import add_event, get_job
 from webhook_service.services.reconcile import Lookup, record_lookup
