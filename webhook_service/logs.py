@@ -83,6 +83,13 @@ def describe_error(exc: BaseException) -> dict[str, str]:
     return described
 
 
+def log_line(level: int, logger: str, message: str) -> str:
+    """One line in the log format, made without a configured logger (a command that stops
+    before it has one)."""
+    record = logging.LogRecord(logger, level, "", 0, message, None, None)
+    return JsonLineFormatter().format(record)
+
+
 def json_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonLineFormatter())
