@@ -446,7 +446,7 @@ def account_for(
     submissions = sandbox_submissions(system)
     events = sandbox_events(system)
     attempts = sandbox_deliveries(system)
-    sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
+    sandbox_log = [line.get("message") for line in system.processes["sandbox"].log_lines()]
     stored = query(
         system.database_url,
         "SELECT dedup_key, webhook_id, attempt, signature_match, state, event_id"
@@ -1127,7 +1127,7 @@ def gateway_errors(database_url: str, tmp_dir: Path, size: Size, log: Log = _std
             elapsed=time.monotonic() - started,
             submit_retries=retries + more_retries,
         )
-        sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
+        sandbox_log = [line.get("message") for line in system.processes["sandbox"].log_lines()]
         gateway = sum(1 for e in sandbox_log if isinstance(e, str) and "gateway" in e)
         account.add("submissions answered by the gateway", gateway, "gateway_answers")
         return account
