@@ -73,7 +73,7 @@ def account_for(
     submissions = sandbox_submissions(system)
     events = sandbox_events(system)
     attempts = sandbox_deliveries(system)
-    sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
+    sandbox_log = [line.get("message") for line in system.processes["sandbox"].log_lines()]
     stored = query(
         system.database_url,
         "SELECT dedup_key, webhook_id, attempt, signature_match, state, event_id"

@@ -398,8 +398,10 @@ def test_migrate_without_migrations_fails_with_one_line_saying_where_it_looked(
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("Error: no migration scripts beside webhook_service")
-    assert str(migrations.PROJECT) in lines[0]
+    line = json.loads(lines[0])  # the release's lines are JSON, its refusal too
+    assert line["level"] == "ERROR"
+    assert line["message"].startswith("no migration scripts beside webhook_service")
+    assert str(migrations.PROJECT) in line["message"]
 
 
 # --- The release refuses settings the web and worker would refuse --------------------------

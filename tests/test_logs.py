@@ -119,8 +119,42 @@ def test_a_web_process_that_cannot_boot_says_why_in_json_lines(
         )
     assert result.returncode != 0
     lines = json_lines(log_path)
-    assert "Worker failed to boot" in messages(lines)
+    # The master's word on it ("Worker failed to boot", or, when both workers fail at once,
+    # gunicorn's own uncaught HaltServer) is a JSON line like the rest: `json_lines` says so.
+    assert "exited with code 3" in messages(lines)
     assert says in messages(lines)
     failure = next(line for line in lines if line["message"] == "Exception in worker process")
     assert failure["level"] == "ERROR"
     assert failure["error_type"] in {"RuntimeError", "ModuleNotFoundError"}
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "says"),
+    [
+        (
+            "release",
+            {"WEBHOOK_SERVICE_ENV": "production", "SECRET_KEY": "short"},
+            "SECRET_KEY must be at least 32 bytes in production",
+        ),
+        ("worker", {"COBALT_CLIENT_SECRET": ""}, "COBALT_CLIENT_SECRET must be set"),
+    ],
+)
+def test_a_release_or_worker_that_refuses_to_start_says_why_in_a_json_line(
+    tmp_path: Path, command: str, overrides: dict[str, str], says: str
+) -> None:
+    env = base_environment(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path, overrides)
+    log_path = tmp_path / f"{command}.log"
+    with log_path.open("wb") as output:
+        result = subprocess.run(
+            procfile_command(command),
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    [line] = json_lines(log_path)
+    assert line["level"] == "ERROR"
+    assert says in line["message"]

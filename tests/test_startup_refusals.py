@@ -3,6 +3,7 @@ never reach Cobalt, or would reach it over plain http in production."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,8 @@ def test_the_worker_refuses_to_start_in_one_line_with_exit_status_2(
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("Error: ")
-    assert says in lines[0]
+    assert json.loads(lines[0])["level"] == "ERROR"  # a process's line: JSON, like its logs
+    assert says in json.loads(lines[0])["message"]
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,7 @@ class JsonLineFormatter(JsonFormatter):
     """The one log format: a JSON object per line with `REQUIRED_KEYS` and the extras.
 
     An exception is logged by type and frames only (`error_type`, `at`): its message can
-    quote PHI (a driver error echoes its bound parameters). A message we wrote ourselves to
-    be read by an operator (a setting refused at start-up) says so with `loggable = True`
-    and is kept, as `error`.
+    quote PHI (a driver error echoes its bound parameters).
     """
 
     def __init__(self) -> None:
@@ -72,15 +70,18 @@ class JsonLineFormatter(JsonFormatter):
 
 
 def describe_error(exc: BaseException) -> dict[str, str]:
-    """An exception as it may be logged: its type and where it happened; its message only
-    when we wrote it for an operator (`loggable = True`), never a library's."""
-    described = {
+    """An exception as it may be logged: its type and where it happened, never its message."""
+    return {
         "error_type": type(exc).__name__,
         "at": "".join(traceback.format_tb(exc.__traceback__)),
     }
-    if getattr(exc, "loggable", False):
-        described["error"] = str(exc)
-    return described
+
+
+def log_line(level: int, logger: str, message: str) -> str:
+    """One line in the log format, made without a configured logger (a command that stops
+    before it has one)."""
+    record = logging.LogRecord(logger, level, "", 0, message, None, None)
+    return JsonLineFormatter().format(record)
 
 
 def json_handler() -> logging.Handler:

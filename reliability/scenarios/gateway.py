@@ -33,7 +33,7 @@ def gateway_errors(database_url: str, tmp_dir: Path, size: Size, log: Log = _std
         account = r.account(
             f"gateway: {size.jobs} jobs, 20% answered 502/504 by a gateway (half after queuing)"
         )
-        sandbox_log = [line.get("event") for line in system.processes["sandbox"].log_lines()]
+        sandbox_log = [line.get("message") for line in system.processes["sandbox"].log_lines()]
         gateway = sum(1 for e in sandbox_log if isinstance(e, str) and "gateway" in e)
         account.add("submissions answered by the gateway", gateway, "gateway_answers")
         return account

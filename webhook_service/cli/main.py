@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import IO, Any
 
 import click
 from pydantic import ValidationError
@@ -21,12 +21,25 @@ from webhook_service.error_tracking import init_error_tracking
 from webhook_service.migrations import MigrationsMissing
 from webhook_service.settings import Settings
 
+# The commands the platform runs as processes (Procfile's release and worker): all they
+# print is log lines (webhook_service/logs.py), a refusal to start included.
+PROCESS_COMMANDS = frozenset({"migrate", "worker"})
+
 
 class CannotRun(click.ClickException):
     """The command could not run here: settings (including ones a process will not start
-    with), schema or database. One line on stderr, exit 2."""
+    with), schema or database. One line on stderr (a process's: a log line on stdout), exit 2."""
 
     exit_code = 2
+    as_log_line = False
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if not self.as_log_line:
+            return super().show(file)
+        from webhook_service.logs import log_line
+
+        click.echo(log_line(logging.ERROR, "webhook_service.cli", self.message))
+        return None
 
 
 def _cannot_run(exc: Exception) -> CannotRun:
@@ -59,7 +72,9 @@ class _Main(click.Group):
         except (RuntimeError, ValueError, DBAPIError, MigrationsMissing) as exc:
             # RuntimeError and ValueError: Settings refusing what it was given (ValidationError
             # is a ValueError). A bug raising one of these still says its message, in a line.
-            raise _cannot_run(exc) from None
+            failure = _cannot_run(exc)
+            failure.as_log_line = ctx.invoked_subcommand in PROCESS_COMMANDS
+            raise failure from None
 
 
 def _version() -> str:
