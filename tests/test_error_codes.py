@@ -24,7 +24,7 @@ from webhook_service.lifecycle import (
     outcome_from_event,
 )
 from webhook_service.models import Job
-from webhook_service.services.reconcile import NOT_SENT_CODES
+from webhook_service.services.deadline import NOT_SENT_CODES
 from webhook_service.services.support_actions import chart_outcome
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -63,7 +63,13 @@ def test_the_layers_are_folders() -> None:
 
 def test_no_edge_imports_from_the_worker_or_the_commands() -> None:
     http = ("webhook_service.http",)
-    assert _arrows(http, ("webhook_service.worker", "webhook_service.cli")) == []
+    assert (
+        _arrows(
+            http,
+            ("webhook_service.worker", "webhook_service.worker_process", "webhook_service.cli"),
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +77,12 @@ def test_no_edge_imports_from_the_worker_or_the_commands() -> None:
     [
         (
             ("webhook_service.services",),
-            ("webhook_service.http", "webhook_service.cli", "webhook_service.worker"),
+            (
+                "webhook_service.http",
+                "webhook_service.cli",
+                "webhook_service.worker",
+                "webhook_service.worker_process",
+            ),
         ),
         (
             (
@@ -87,6 +98,7 @@ def test_no_edge_imports_from_the_worker_or_the_commands() -> None:
                 "webhook_service.http",
                 "webhook_service.cli",
                 "webhook_service.worker",
+                "webhook_service.worker_process",
             ),
         ),
     ],

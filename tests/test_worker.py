@@ -352,7 +352,7 @@ def test_a_worker_process_logs_its_start_and_stop_once_with_its_thread_count(
     import os
     import signal
 
-    from webhook_service.worker import _run_process
+    from webhook_service.worker_process import _run_process
 
     settings = make_settings(database_url, WORKER_CONCURRENCY=4, WORKER_POLL_SECONDS=0.1)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}

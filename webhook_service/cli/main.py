@@ -116,7 +116,7 @@ def migrate(revision: str) -> None:
 @main.command()
 def worker() -> None:
     """Run the worker: submit jobs to Cobalt, retry, reconcile, purge expired PHI."""
-    from webhook_service.worker import run_worker
+    from webhook_service.worker_process import run_worker
 
     settings = Settings()
     # Without these the worker would start and log CobaltTransient forever; a refusal is

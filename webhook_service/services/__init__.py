@@ -12,6 +12,7 @@ from webhook_service.services.clients import (
     reissue_token,
     revoke_client,
 )
+from webhook_service.services.deadline import mark_past_deadline
 from webhook_service.services.deliveries import Recorded
 from webhook_service.services.job_views import Polled, etag_of, job_view, poll_job
 from webhook_service.services.jobs import (
@@ -28,7 +29,6 @@ from webhook_service.services.reconcile import (
     Lookup,
     due_lookups,
     lookup_params,
-    mark_past_deadline,
     read_cobalt_log,
     record_lookup,
 )

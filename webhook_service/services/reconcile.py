@@ -21,13 +21,9 @@ from sqlalchemy.orm import Session
 from webhook_service import metrics
 from webhook_service.cobalt import CobaltClient, CobaltError
 from webhook_service.lifecycle import (
-    APPOINTMENT_BUSY,
-    COBALT_UNAVAILABLE,
     DOCUMENTED_OUTCOMES,
-    NO_OUTCOME,
     JobKind,
     JobStatus,
-    Outcome,
     Submission,
     held_reason,
     learned_ids,
@@ -44,7 +40,7 @@ from webhook_service.services.deliveries import (
     dedup_key,
     delivery_fields,
 )
-from webhook_service.services.jobs import add_event, settle
+from webhook_service.services.jobs import add_event
 from webhook_service.services.metrics import on_commit
 from webhook_service.signatures import compact_json
 
@@ -60,13 +56,6 @@ LOOKUP_EVERY = timedelta(seconds=60)
 LATE_LOOKUP_EVERY = timedelta(minutes=10)
 LATE_LOOKUP_FOR = timedelta(days=1)
 LATER_LOOKUP_EVERY = timedelta(hours=1)
-# Codes of a job failed at its deadline because its request certainly never reached Cobalt.
-NOT_SENT_CODES = {
-    Submission.PENDING: COBALT_UNAVAILABLE,
-    Submission.RETRYING: COBALT_UNAVAILABLE,
-    # Waiting behind an earlier note for the same appointment whose outcome is not known.
-    Submission.WAITING: APPOINTMENT_BUSY,
-}
 
 
 @dataclass(frozen=True)
@@ -346,67 +335,3 @@ def _record_lookup(
         add_event(session, job, "reconciled", now, delivery_id=delivery.id)
         return True
     return False
-
-
-@dataclass(frozen=True)
-class PastDeadline:
-    """What `mark_past_deadline` did: jobs given `attention`, jobs failed as never sent."""
-
-    attention: int
-    failed: int
-
-
-def mark_past_deadline(session: Session, *, now: datetime, deadline: timedelta) -> PastDeadline:
-    """Processing jobs with no outcome past the deadline: say what is known, and no more.
-
-    A job whose request may be at Cobalt (accepted, unknown, or being sent: a `sending` job
-    may be mid-call) stays `processing` with `attention: no_outcome` and is looked up less
-    often; a note keeps its appointment slot, so an outcome for the appointment still has
-    exactly one note to match. A job whose request certainly never reached Cobalt fails.
-    """
-    jobs = session.scalars(
-        select(Job)
-        .where(
-            Job.status == JobStatus.PROCESSING,
-            Job.attention_code.is_(None),
-            Job.created_at < now - deadline,
-        )
-        .limit(100)
-        .with_for_update(skip_locked=True)
-    ).all()
-    attention = 0
-    minutes = int(deadline.total_seconds() // 60)
-    for job in jobs:
-        state = job.submission_state
-        add_event(session, job, "deadline_passed", now, submission=state)
-        if state in LOOKUP_STATES:
-            job.attention_code = NO_OUTCOME
-            job.attention_since = now
-            job.updated_at = now
-            attention += 1
-        else:
-            settle(session, job, _not_sent(state, minutes), now)
-    return PastDeadline(attention=attention, failed=len(jobs) - attention)
-
-
-def _not_sent(state: str, minutes: int) -> Outcome:
-    """The failure of a job whose request never reached Cobalt by the deadline."""
-    code = NOT_SENT_CODES.get(Submission(state), COBALT_UNAVAILABLE)
-    if code == APPOINTMENT_BUSY:
-        message = (
-            f"Not sent to Cobalt within {minutes} minutes: an earlier note for this "
-            "appointment has no outcome yet, and Cobalt cannot tell two notes for one "
-            "appointment apart. Nothing of this note was written to the chart; check the chart "
-            "for the earlier note before submitting again."
-        )
-    else:
-        message = (
-            f"Cobalt could not be reached within {minutes} minutes: the request never reached "
-            "it, so nothing was written to the chart. It is safe to submit again."
-        )
-    return Outcome(
-        status=JobStatus.FAILED,
-        event="deadline_passed",
-        detail={"event": "deadline_passed", "message": message},
-        error={"code": code, "message": message},
-    )
