@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     StrictStr,
     Tag,
     ValidationError,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType, TypedDict  # pydantic reads these on 3.11
 
+from webhook_service import lifecycle
 from webhook_service.errors import FieldError
 from webhook_service.lifecycle import ATTENTION_MESSAGES, ERROR_CODES
 
@@ -231,10 +233,11 @@ class Attention(BaseModel):
     since: datetime
 
 
-# Named, so the OpenAPI document (and clients generated from it) share one enum for each,
-# also where a filter makes it optional.
-JobKind = TypeAliasType("JobKind", Literal["note", "telephone_encounter"])
-JobStatus = TypeAliasType("JobStatus", Literal["processing", "completed", "partial", "failed"])
+# The lifecycle's own enums (one list of kinds and statuses), accepted as plain strings in
+# strict models too; named, so the OpenAPI document (and clients generated from it) share
+# one enum for each, also where a filter makes it optional.
+JobKind = Annotated[lifecycle.JobKind, Strict(False)]
+JobStatus = Annotated[lifecycle.JobStatus, Strict(False)]
 
 
 class JobOutcome(TypedDict, total=False):
