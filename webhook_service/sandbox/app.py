@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
 from webhook_service.sandbox.data import DEMO_IDS
 from webhook_service.sandbox.outcomes import SubmissionRejected
+from webhook_service.sandbox.reference import reference_reply
 from webhook_service.sandbox.simulator import (
     Accepted,
     AuthFailure,
@@ -100,10 +101,7 @@ def settings() -> ResponseReturnValue:
 
 @cobalt.get("/providers")
 def providers() -> ResponseReturnValue:
-    return {
-        "success": True,
-        "providers": [p.to_api() for p in get_sandbox().seed.providers.values()],
-    }
+    return _reference("providers")
 
 
 @cobalt.get("/staff")
@@ -113,16 +111,17 @@ def staff() -> ResponseReturnValue:
 
 @cobalt.get("/locations")
 def locations() -> ResponseReturnValue:
-    return {
-        "success": True,
-        "locations": [x.to_api() for x in get_sandbox().seed.locations.values()],
-    }
+    return _reference("locations")
 
 
 @cobalt.get("/pharmacies")
 def pharmacies() -> ResponseReturnValue:
-    found = get_sandbox().seed.pharmacies.values()
-    return {"success": True, "pharmacies": [p.to_api() for p in found]}
+    return _reference("pharmacies")
+
+
+def _reference(resource: str) -> ResponseReturnValue:
+    sandbox = get_sandbox()
+    return reference_reply(sandbox.seed, resource, sandbox.store.faults())
 
 
 @cobalt.get("/appointments")
