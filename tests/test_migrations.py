@@ -24,6 +24,8 @@ TABLES = {
     "api_clients",
     "audit_events",
     "rate_counters",
+    "reference_lists",
+    "reference_items",
 }
 
 
