@@ -245,6 +245,9 @@ class Worker:
         """Fetch the clinics' provider, location and pharmacy lists whose copy is due
         (REFERENCE_TTL_SECONDS); each claimed first, so one worker process fetches each."""
         with transaction(self.sessions) as session:
+            if self.settings.cobalt_access_token:
+                # The default clinic's lists are there before its first submission.
+                services.default_clinic(session, self.settings, self.clock())
             due = reference.claim_due_lists(
                 session.connection(), self.clock(), self.settings.reference_ttl
             )
