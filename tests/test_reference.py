@@ -15,6 +15,7 @@ import pytest
 import responses
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from tests.conftest import (
     ACCESS_TOKEN,
@@ -33,7 +34,7 @@ from webhook_service.sandbox.app import create_sandbox_app, get_sandbox
 from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
 from webhook_service.sandbox.data import DEMO_IDS, Provider
 from webhook_service.services import default_clinic
-from webhook_service.services.reference import FRESH, KINDS
+from webhook_service.services.reference import FRESH, KINDS, KnownIds, record_fetch
 from webhook_service.settings import Settings
 from webhook_service.worker import Worker
 
@@ -327,3 +328,20 @@ def _default_clinic_id(sessions: SessionFactory, app: Flask) -> int:
     settings: Settings = app.extensions["webhook_service"]["settings"]
     with transaction(sessions) as session:
         return default_clinic(session, settings, START).id
+
+
+def test_a_process_remembers_the_ids_it_read_for_half_a_minute(fetched, engine, clock):
+    """Hits are answered from memory (no query on the hot path). A remembered id the EMR
+    has since dropped is sent to Cobalt, which decides, as with the check off; never longer
+    than `KnownIds.MEMORY`."""
+    seconds = [0.0]
+    known = KnownIds(clock=lambda: seconds[0])
+    wanted = {"providers": DEMO_IDS["provider_id"], "locations": None, "pharmacies": None}
+    with engine.begin() as connection:
+        clinic_id = connection.execute(text("SELECT id FROM clinics")).scalar_one()
+        assert known.hold_all(connection, clinic_id, wanted)
+        record_fetch(connection, clinic_id, "providers", [], clock())
+        seconds[0] += KnownIds.MEMORY - 1
+        assert known.hold_all(connection, clinic_id, wanted)
+        seconds[0] += 1
+        assert not known.hold_all(connection, clinic_id, wanted)

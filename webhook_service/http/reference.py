@@ -84,7 +84,13 @@ def check_submission(
     transaction rolls back and nothing is stored.
     """
     if isinstance(validated, TelephoneEncounterRequest) and settings().preflight_checks:
-        reference.preflight(connection, clinic_id, validated, now, may_refresh=may_refresh)
+        extension = current_app.extensions["webhook_service"]
+        known = extension.get("known_ids")
+        if known is None:
+            known = extension["known_ids"] = reference.KnownIds()
+        reference.preflight(
+            connection, clinic_id, validated, now, may_refresh=may_refresh, known=known
+        )
 
 
 def with_preflight(store: Callable[[bool], Response]) -> Response:
