@@ -1,24 +1,17 @@
-"""Each clinic's copy of Cobalt's provider, location and pharmacy lists, and the pre-flight
-check that reads it before a telephone encounter is stored.
-
-The copy only ever helps: an id it holds is sent on; an id it lacks is refused only when the
-copy was fetched moments ago (after one refresh on the miss), so an id added in the EMR this
-morning is never refused; and a copy that cannot be had leaves the decision to Cobalt.
-"""
+"""Each clinic's copy of Cobalt's provider, location and pharmacy lists: reading them from
+Cobalt, storing them, reading them back, and the worker's schedule for fetching them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from webhook_service.cobalt import (
@@ -29,7 +22,6 @@ from webhook_service.cobalt import (
     CobaltUnreadable,
 )
 from webhook_service.db import SessionFactory, transaction
-from webhook_service.errors import FieldError, ValidationFailed
 from webhook_service.lifecycle import (
     ERROR_CODES,
     LOCATION_NOT_FOUND,
@@ -37,7 +29,6 @@ from webhook_service.lifecycle import (
     PROVIDER_NOT_FOUND,
 )
 from webhook_service.models import Clinic, ReferenceItem, ReferenceList
-from webhook_service.schemas import TelephoneEncounterRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +39,14 @@ KINDS: dict[str, str] = {
     "locations": LOCATION_NOT_FOUND,
     "pharmacies": PHARMACY_NOT_FOUND,
 }
-# A miss is refused only against a copy fetched this recently: the refresh a miss triggers
-# makes one, and a second miss within the window (another process, a retry) is answered
-# from it without asking Cobalt again.
-FRESH = timedelta(seconds=10)
 # After a failed fetch the worker tries again this soon (or at the TTL, if that is sooner).
 RETRY_FAILED = timedelta(seconds=60)
 # Beyond this many entries a list is taken to be something other than a clinic's list.
 MAX_ITEMS = 10_000
 
-_LISTS = cast(Table, ReferenceList.__table__)
-_ITEMS = cast(Table, ReferenceItem.__table__)
+# The two tables for Core statements (the check and the copy share them).
+LISTS = cast(Table, ReferenceList.__table__)
+ITEMS = cast(Table, ReferenceItem.__table__)
 
 
 def field_of(kind: str) -> str:
@@ -131,9 +119,9 @@ def describe_failure(exc: CobaltError) -> str:
 
 
 def _upsert_list(insert_: Any) -> Any:
-    statement = insert_(_LISTS)
+    statement = insert_(LISTS)
     return statement.on_conflict_do_update(
-        index_elements=[_LISTS.c.clinic_id, _LISTS.c.kind],
+        index_elements=[LISTS.c.clinic_id, LISTS.c.kind],
         set_={
             "fetched_at": statement.excluded.fetched_at,
             "attempted_at": statement.excluded.attempted_at,
@@ -168,10 +156,10 @@ def record_fetch(
             "error": None,
         },
     )
-    connection.execute(delete(_ITEMS).where(_ITEMS.c.clinic_id == clinic_id, _ITEMS.c.kind == kind))
+    connection.execute(delete(ITEMS).where(ITEMS.c.clinic_id == clinic_id, ITEMS.c.kind == kind))
     if items:
         connection.execute(
-            insert(_ITEMS),
+            insert(ITEMS),
             [
                 {
                     "clinic_id": clinic_id,
@@ -190,8 +178,8 @@ def record_failure(
 ) -> None:
     """Note a fetch that failed; the copy already held (if any) stays as it was."""
     done = connection.execute(
-        update(_LISTS)
-        .where(_LISTS.c.clinic_id == clinic_id, _LISTS.c.kind == kind)
+        update(LISTS)
+        .where(LISTS.c.clinic_id == clinic_id, LISTS.c.kind == kind)
         .values(attempted_at=now, error=error[:200])
     )
     if done.rowcount == 0:
@@ -235,14 +223,14 @@ class ListCopy:
 def read_copy(connection: Connection, clinic_id: int, kind: str) -> ListCopy:
     """The clinic's copy of list `kind`, ordered by name (empty when never fetched)."""
     state = connection.execute(
-        select(_LISTS.c.fetched_at, _LISTS.c.attempted_at, _LISTS.c.error).where(
-            _LISTS.c.clinic_id == clinic_id, _LISTS.c.kind == kind
+        select(LISTS.c.fetched_at, LISTS.c.attempted_at, LISTS.c.error).where(
+            LISTS.c.clinic_id == clinic_id, LISTS.c.kind == kind
         )
     ).one_or_none()
     rows = connection.execute(
-        select(_ITEMS.c.ehr_id, _ITEMS.c.name, _ITEMS.c.status)
-        .where(_ITEMS.c.clinic_id == clinic_id, _ITEMS.c.kind == kind)
-        .order_by(_ITEMS.c.name, _ITEMS.c.ehr_id)
+        select(ITEMS.c.ehr_id, ITEMS.c.name, ITEMS.c.status)
+        .where(ITEMS.c.clinic_id == clinic_id, ITEMS.c.kind == kind)
+        .order_by(ITEMS.c.name, ITEMS.c.ehr_id)
     ).all()
     return ListCopy(
         clinic_id=clinic_id,
@@ -313,7 +301,7 @@ def claim_due_lists(
     tried = {
         (row.clinic_id, row.kind): row
         for row in connection.execute(
-            select(_LISTS.c.clinic_id, _LISTS.c.kind, _LISTS.c.attempted_at, _LISTS.c.error)
+            select(LISTS.c.clinic_id, LISTS.c.kind, LISTS.c.attempted_at, LISTS.c.error)
         )
     }
     retry = min(ttl, RETRY_FAILED)
@@ -331,13 +319,13 @@ def claim_due_lists(
                 retry if row.error else ttl
             ):
                 claimed = connection.execute(
-                    update(_LISTS)
+                    update(LISTS)
                     .where(
-                        _LISTS.c.clinic_id == clinic_id,
-                        _LISTS.c.kind == kind,
-                        _LISTS.c.attempted_at.is_(None)
+                        LISTS.c.clinic_id == clinic_id,
+                        LISTS.c.kind == kind,
+                        LISTS.c.attempted_at.is_(None)
                         if row.attempted_at is None
-                        else _LISTS.c.attempted_at == row.attempted_at,
+                        else LISTS.c.attempted_at == row.attempted_at,
                     )
                     .values(attempted_at=now)
                 ).rowcount
@@ -351,189 +339,8 @@ def claim_due_lists(
 
 
 def _claim_new(insert_: Any) -> Any:
-    keys = [_LISTS.c.clinic_id, _LISTS.c.kind]
-    return insert_(_LISTS).on_conflict_do_nothing(index_elements=keys)
+    keys = [LISTS.c.clinic_id, LISTS.c.kind]
+    return insert_(LISTS).on_conflict_do_nothing(index_elements=keys)
 
 
 _CLAIM_NEW = {"postgresql": _claim_new(postgresql.insert), "sqlite": _claim_new(sqlite.insert)}
-
-
-# --- The pre-flight check ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Miss:
-    """An id the clinic's copy of a list does not hold."""
-
-    kind: str
-    ehr_id: str
-    fetched_at: datetime
-
-    @property
-    def field(self) -> str:
-        return field_of(self.kind)
-
-    @property
-    def code(self) -> str:
-        return KINDS[self.kind]
-
-
-class NotInEmrList(ValidationFailed):
-    """An id the clinic's EMR does not have, by a copy of its list fetched just now.
-
-    The problem is a validation problem (`errors`, one per field) whose entries also carry
-    the error code Cobalt's own refusal would have had (`provider_not_found`, …).
-    """
-
-    slug, title = "not-in-emr-list", "Not in the clinic's EMR lists"
-
-    def __init__(self, misses: list[Miss]) -> None:
-        self.misses = misses
-        super().__init__(
-            "An id is not in the clinic's EMR lists; see `errors`. Nothing was stored.",
-            [
-                FieldError(
-                    miss.field,
-                    f"{miss.ehr_id!r} is not in the clinic's EMR list of {miss.kind}, "
-                    f"fetched at {miss.fetched_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
-                )
-                for miss in misses
-            ],
-        )
-
-    def problem(self) -> dict[str, Any]:
-        body = super().problem()
-        for entry, miss in zip(body["errors"], self.misses, strict=True):
-            entry["code"] = miss.code
-        return body
-
-
-class StaleMiss(Exception):
-    """A miss against a copy not fetched just now: refresh these lists, then check again."""
-
-    def __init__(self, clinic_id: int, kinds: list[str]) -> None:
-        super().__init__(f"refresh {kinds} of clinic {clinic_id}")
-        self.clinic_id = clinic_id
-        self.kinds = kinds
-
-
-def _check_statement() -> Any:
-    wanted = or_(
-        *(and_(_ITEMS.c.kind == kind, _ITEMS.c.ehr_id == bindparam(kind)) for kind in KINDS)
-    )
-    joined = _LISTS.outerjoin(
-        _ITEMS,
-        and_(_ITEMS.c.clinic_id == _LISTS.c.clinic_id, _ITEMS.c.kind == _LISTS.c.kind, wanted),
-    )
-    return (
-        select(_LISTS.c.kind, _LISTS.c.fetched_at, _LISTS.c.item_count, _ITEMS.c.ehr_id)
-        .select_from(joined)
-        .where(_LISTS.c.clinic_id == bindparam("clinic"))
-    )
-
-
-# Built once: a submission runs it on its own connection, in its own transaction.
-_CHECK = _check_statement()
-
-
-def wanted_ids(request: TelephoneEncounterRequest) -> dict[str, str | None]:
-    """The ids a telephone encounter takes from each list (the pharmacy is optional)."""
-    return {kind: getattr(request, field_of(kind)) for kind in KINDS}
-
-
-def find_misses(
-    connection: Connection, clinic_id: int, request: TelephoneEncounterRequest
-) -> list[Miss]:
-    """The request's ids that the clinic's copy lacks, in one indexed query.
-
-    Only a list that has been fetched and holds entries can miss: a list never fetched, or
-    fetched empty, proves nothing about an id (an EMR with no providers is a broken read).
-    """
-    wanted = wanted_ids(request)
-    rows = connection.execute(_CHECK, {"clinic": clinic_id, **wanted}).all()
-    return [
-        Miss(row.kind, ehr_id, row.fetched_at)
-        for row in rows
-        if (ehr_id := wanted.get(row.kind)) is not None
-        and row.ehr_id is None
-        and row.fetched_at is not None
-        and row.item_count > 0
-    ]
-
-
-def judge(misses: list[Miss], now: datetime) -> tuple[list[Miss], list[str]]:
-    """The misses to refuse for (against a fresh copy), and the lists whose copy is not
-    fresh: worth one refresh, and no reason to refuse if that refresh cannot be had."""
-    fresh = [miss for miss in misses if now - miss.fetched_at <= FRESH]
-    stale = sorted({miss.kind for miss in misses if now - miss.fetched_at > FRESH})
-    return fresh, stale
-
-
-class KnownIds:
-    """One process's memory of the ids each clinic's copy held when it last read them.
-
-    Every id a submission sends being there answers the check with no query at all (the
-    common case, on the hot path). Anything else asks the database, which decides. A stale
-    memory can only say "known" for an id removed since: the submission then goes to Cobalt,
-    which decides, as it would with the check off. So it is kept `MEMORY` at most.
-    """
-
-    MEMORY = 30.0  # seconds
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._ids: dict[tuple[int, str], tuple[float, frozenset[str]]] = {}
-
-    def hold_all(
-        self, connection: Connection, clinic_id: int, wanted: dict[str, str | None]
-    ) -> bool:
-        """True when every id in `wanted` is in the clinic's copy (as last read, or read now)."""
-        return all(
-            ehr_id in self._ids_of(connection, clinic_id, kind)
-            for kind, ehr_id in wanted.items()
-            if ehr_id is not None
-        )
-
-    def _ids_of(self, connection: Connection, clinic_id: int, kind: str) -> frozenset[str]:
-        now = self._clock()
-        with self._lock:
-            held = self._ids.get((clinic_id, kind))
-        if held is not None and now - held[0] < self.MEMORY:
-            return held[1]
-        ids = frozenset(connection.execute(_IDS, {"clinic": clinic_id, "kind": kind}).scalars())
-        with self._lock:
-            self._ids[(clinic_id, kind)] = (now, ids)
-        return ids
-
-
-_IDS = select(_ITEMS.c.ehr_id).where(
-    _ITEMS.c.clinic_id == bindparam("clinic"), _ITEMS.c.kind == bindparam("kind")
-)
-
-
-def preflight(
-    connection: Connection,
-    clinic_id: int,
-    request: TelephoneEncounterRequest,
-    now: datetime,
-    *,
-    may_refresh: bool,
-    known: KnownIds | None = None,
-) -> None:
-    """Refuse a telephone encounter whose ids the clinic's EMR lists lack (NotInEmrList),
-    or ask for a refresh first (StaleMiss). Says nothing when the copy cannot tell."""
-    if known is not None and known.hold_all(connection, clinic_id, wanted_ids(request)):
-        return
-    misses = find_misses(connection, clinic_id, request)
-    if not misses:
-        return
-    refused, stale = judge(misses, now)
-    if stale and may_refresh:
-        raise StaleMiss(clinic_id, stale)
-    if refused:
-        log.info(
-            "pre-flight refused",
-            extra={"clinic_id": clinic_id, "fields": [miss.field for miss in refused]},
-        )
-        raise NotInEmrList(refused)
