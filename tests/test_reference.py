@@ -157,6 +157,13 @@ def test_every_absent_id_is_named_with_its_code(fetched, client):
     }
 
 
+def test_an_id_with_a_nul_character_is_refused_not_a_database_error(fetched, client):
+    # PostgreSQL takes no NUL in a text parameter: the check must not send one.
+    response = submit(client, provider_id="PRV-1001\x00")
+    assert response.status_code == 422, response.json
+    assert [e["field"] for e in response.json["errors"]] == ["provider_id"]
+
+
 def test_no_pharmacy_is_not_checked(fetched, client):
     body = encounter_body()
     del body["pharmacy_ehr_id"]

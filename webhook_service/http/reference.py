@@ -13,7 +13,6 @@ from sqlalchemy import Connection
 
 from webhook_service import services
 from webhook_service.cobalt import CobaltClient
-from webhook_service.errors import NotFound
 from webhook_service.http.auth import current_client, require
 from webhook_service.http.context import request_transaction, sessions, settings, utcnow
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest
@@ -46,12 +45,9 @@ class ReferenceListOut(BaseModel):
     )
 
 
-@bp.get("/v1/reference/<kind>")
 @require("frontend")
 def reference_list(kind: str) -> Response:
     """The calling client's clinic's copy of a list; 304 when the caller's ETag is current."""
-    if kind not in KINDS:
-        raise NotFound(f"No list {kind!r}: there are {', '.join(KINDS)}.")
     client = current_client()
     with request_transaction() as session:
         clinic = services.clinic_for(session, client, settings(), utcnow())
@@ -65,6 +61,13 @@ def reference_list(kind: str) -> Response:
     # Not PHI, but the clinic's own: kept by the caller's browser only, checked every time.
     response.headers["Cache-Control"] = "private, no-cache"
     return response
+
+
+# One route per list (as the OpenAPI document has one path each); any other name is a 404.
+for _kind in KINDS:
+    bp.add_url_rule(
+        f"/v1/reference/{_kind}", f"list_{_kind}", reference_list, defaults={"kind": _kind}
+    )
 
 
 # --- The hook the submission route calls -----------------------------------------------------

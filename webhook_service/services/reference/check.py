@@ -120,7 +120,12 @@ def find_misses(
     fetched empty, proves nothing about an id (an EMR with no providers is a broken read).
     """
     wanted = wanted_ids(request)
-    rows = connection.execute(_CHECK, {"clinic": clinic_id, **wanted}).all()
+    # PostgreSQL cannot take a NUL character in a text parameter; no stored id holds one,
+    # so such an id is looked up as nothing, and misses like any id the list lacks.
+    bound = {
+        kind: None if ehr_id and "\x00" in ehr_id else ehr_id for kind, ehr_id in wanted.items()
+    }
+    rows = connection.execute(_CHECK, {"clinic": clinic_id, **bound}).all()
     return [
         Miss(row.kind, ehr_id, row.fetched_at)
         for row in rows
