@@ -28,13 +28,26 @@ from tests.conftest import (
 )
 from tests.test_console import Console, anonymous
 from tests.test_support import audits
+from webhook_service.cobalt import (
+    CobaltClient,
+    CobaltRejected,
+    CobaltTransient,
+    CobaltUnreadable,
+)
 from webhook_service.db import SessionFactory, transaction
 from webhook_service.http import create_app
 from webhook_service.sandbox.app import create_sandbox_app, get_sandbox
 from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
 from webhook_service.sandbox.data import DEMO_IDS, Provider
 from webhook_service.services import default_clinic
-from webhook_service.services.reference import FRESH, KINDS, KnownIds, record_fetch
+from webhook_service.services.reference import (
+    FRESH,
+    KINDS,
+    Item,
+    KnownIds,
+    read_items,
+    record_fetch,
+)
 from webhook_service.settings import Settings
 from webhook_service.worker import Worker
 
@@ -352,3 +365,62 @@ def test_a_process_remembers_the_ids_it_read_for_half_a_minute(fetched, engine, 
         assert known.hold_all(connection, clinic_id, wanted)
         seconds[0] += 1
         assert not known.hold_all(connection, clinic_id, wanted)
+
+
+# --- Reading Cobalt's lists ------------------------------------------------------------------
+
+
+def test_a_list_is_read_by_ehr_id_with_a_name_and_status() -> None:
+    items = read_items(
+        [
+            {"id": "p1", "ehr_id": "PRV-1", "name": "Ann Lee", "status": "active"},
+            {"ehr_id": 42, "first_name": "Bo", "last_name": "Chan"},  # an integer id, no name
+            {"ehr_id": "PRV-1", "name": "Ann Lee (again)"},  # the first one wins
+            {"name": "no id"},
+            "not an object",
+        ]
+    )
+    assert items == [Item("PRV-1", "Ann Lee", "active"), Item("42", "Bo Chan", None)]
+    assert read_items([]) == []  # an empty list is a list (and refuses nothing)
+
+
+def test_a_list_with_no_usable_entry_is_unreadable_not_empty() -> None:
+    with pytest.raises(CobaltUnreadable):
+        read_items([{"id": "p1", "name": "Ann Lee"}])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, {"success": True, "data": {}}, CobaltUnreadable),
+        (200, {"success": False, "message": "nope"}, CobaltUnreadable),
+        (503, {"success": False, "message": "down"}, CobaltTransient),
+        (403, {"success": False, "error": "login_required"}, CobaltRejected),
+        (302, {}, CobaltTransient),
+    ],
+)
+def test_cobalts_list_answers_are_classified(cobalt, status, body, error) -> None:
+    cobalt.add(responses.GET, f"{COBALT}/pharmacies", json=body, status=status)
+    client = CobaltClient(COBALT, "ci_test", "cs_test", connect_timeout=1, read_timeout=1)
+    with pytest.raises(error):
+        client.reference_list(ACCESS_TOKEN, "pharmacies")
+    (call,) = [c for c in cobalt.calls if c.request.url.endswith("/pharmacies")]
+    assert call.request.headers["access_token"] == ACCESS_TOKEN
+
+
+def test_the_sandbox_serves_cobalts_shapes_and_its_knob_breaks_them(emr) -> None:
+    client = emr.app.test_client()
+    headers = {"client_id": "ci_test", "client_secret": "cs_test", "access_token": ACCESS_TOKEN}
+    providers = client.get("/v1/providers", headers=headers).json["providers"]
+    assert {"id", "ehr_id", "name", "npi", "timezone", "status", "hide_in_availability"} <= set(
+        providers[0]
+    )
+    locations = client.get("/v1/locations", headers=headers).json["locations"]
+    assert {"id", "ehr_id", "name", "status", "address", "phone", "fax"} <= set(locations[0])
+    emr.lists("unavailable")
+    down = client.get("/v1/pharmacies", headers=headers)
+    assert (down.status_code, down.json["success"]) == (503, False)
+    emr.lists("unreadable")
+    odd = client.get("/v1/pharmacies", headers=headers)
+    assert odd.status_code == 200
+    assert "pharmacies" not in odd.json
