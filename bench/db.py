@@ -144,6 +144,33 @@ def seed_clinic(conn: psycopg.Connection, keys: PhiKeys) -> int:
     return int(row[0])
 
 
+def seed_reference_lists(conn: psycopg.Connection, clinic_id: int, sizes: Mapping[str, int]) -> int:
+    """The clinic's copy of Cobalt's lists, as the worker would have fetched it: the sandbox's
+    demo ids (the ones the encounter scenario sends) among `sizes[kind]` entries each."""
+    demo = {"providers": "PRV-1001", "locations": "LOC-3001", "pharmacies": "PHR-4001"}
+    total = 0
+    for kind, size in sizes.items():
+        conn.execute(
+            "DELETE FROM reference_items WHERE clinic_id = %s AND kind = %s", (clinic_id, kind)
+        )
+        conn.execute(
+            "INSERT INTO reference_items (clinic_id, kind, ehr_id, name, status) "
+            "SELECT %s, %s, CASE WHEN n = 1 THEN %s::text ELSE %s::text || n END, "
+            "'Bench ' || n, 'active' "
+            "FROM generate_series(1, %s) AS n",
+            (clinic_id, kind, demo[kind], f"{kind[:3].upper()}-B", size),
+        )
+        conn.execute(
+            "INSERT INTO reference_lists (clinic_id, kind, fetched_at, attempted_at, item_count) "
+            "VALUES (%s, %s, now(), now(), %s) ON CONFLICT (clinic_id, kind) DO UPDATE "
+            "SET fetched_at = now(), attempted_at = now(), item_count = excluded.item_count",
+            (clinic_id, kind, size),
+        )
+        total += size
+    conn.execute("ANALYZE reference_items")
+    return total
+
+
 @dataclass(frozen=True)
 class SeedValues:
     """Encrypted PHI templates (valid Fernet tokens under the bench's keys) and the search key.

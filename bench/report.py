@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.preflight import table_lines
+
 # scenario -> (baseline target, minimum ratio of requests/s)
 RATIO_TARGETS: dict[str, tuple[str, float]] = {
     "poll_200": ("pk_read", 0.8),
@@ -351,6 +353,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines += _floor_lines(results.get("contract_floor", []))
     lines += _support_floor_lines(results.get("support_floor", []))
     lines += _support_filter_lines(results["runs"])
+    lines += table_lines(results.get("preflight", []))
     growth = results.get("growth")
     if growth:
         lines += [

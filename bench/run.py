@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from bench import db, load, report
+from bench import db, load, preflight, report
 from bench.procs import (
     ROOT,
     VENV_BIN,
@@ -87,6 +87,7 @@ class Options:
     skip_worker: bool
     quick: bool
     output: Path
+    only_preflight: bool = False
 
 
 @dataclass
@@ -167,13 +168,16 @@ class Bench:
     # --- gunicorn --------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def gunicorn(self, name: str, app: str) -> Iterator[Served]:
+    def gunicorn(
+        self, name: str, app: str, extra_env: Mapping[str, str] | None = None
+    ) -> Iterator[Served]:
         """Start gunicorn as the Procfile's `web` line does; stop it however the block ends."""
         port = free_port()
         env = {
             **self.service_env(),
             "PORT": str(port),
             "WEB_CONCURRENCY": str(self.options.web_concurrency),
+            **(extra_env or {}),
         }
         argv = [venv_tool("gunicorn"), "--config", GUNICORN_CONFIG, app]
         proc = self.processes.start(f"gunicorn-{name}", argv, env)
@@ -494,6 +498,26 @@ def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> 
         if opts.profile != "none":
             etag_count = ETAGS_QUICK if opts.quick else ETAGS
             profile(bench, served, scenarios, ids[:etag_count])
+
+
+def preflight_cost(bench: Bench) -> None:
+    """What the pre-flight check costs a telephone encounter's submission: the same scenario
+    on the service with PREFLIGHT_CHECKS on and off, one after the other (bench/preflight.py).
+    """
+    assert bench.database is not None
+    with db.connect(bench.database) as conn:
+        clinic = conn.execute("SELECT id FROM clinics WHERE name = %s", (db.CLINIC_NAME,))
+        row = clinic.fetchone()
+        assert row is not None
+        listed = db.seed_reference_lists(conn, int(row[0]), preflight.LIST_SIZES)
+    print(f"pre-flight: encounters with the check on and off ({listed:,} list entries)")
+    # On, off, off, on: whichever runs at a quieter moment of a shared machine, both had one
+    # (bench/preflight.py keeps each one's better run).
+    on, off = (preflight.CHECKED, "true"), (preflight.UNCHECKED, "false")
+    for label, checks in (on, off, off, on):
+        scenario = Scenario(label, "encounter", "/v1/telephone-encounters", (202,))
+        with bench.gunicorn(label, SERVICE_APP, {"PREFLIGHT_CHECKS": checks}) as served:
+            bench.measure(served, "service", scenario, auth=True)
 
 
 def floors(
@@ -910,6 +934,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--skip-worker", action="store_true")
+    parser.add_argument(
+        "--only-preflight",
+        action="store_true",
+        help="only what the pre-flight check costs a submission (and its baselines)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -932,6 +961,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         profile_seconds=args.profile_seconds,
         skip_worker=args.skip_worker,
         quick=quick,
+        only_preflight=bool(args.only_preflight),
         output=args.output,
     )
 
@@ -975,6 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_ratios(bench.results["runs"])
     bench.results["contract_floor"] = report.contract_floor(bench.results)
     bench.results["support_floor"] = report.support_floor(bench.results)
+    bench.results["preflight"] = preflight.summary(bench.results["runs"])
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
     report.write_results(bench.results, opts.output)
@@ -989,6 +1020,15 @@ def run_all(bench: Bench) -> None:
     opts = bench.options
     clinic_id, client_id = prepare_database(bench)
     assert bench.database is not None
+    if opts.only_preflight:
+        # Just issue 21's part: the bare baseline it is compared with, then the check on/off.
+        with bench.gunicorn("constant", "bench.baselines:constant") as served:
+            constant = Scenario("constant", "constant", "/", (200,))
+            bench.measure(served, "constant", constant, auth=False)
+        with bench.gunicorn("submit", SERVICE_APP) as served:
+            bench.measure(served, "service", submit_scenario(), auth=True)
+        preflight_cost(bench)
+        return
     small = min(SMALL_JOBS, opts.jobs)
     seconds = seed(bench, 1, small, clinic_id, client_id)
     with db.connect(bench.database) as conn:
@@ -1024,6 +1064,7 @@ def run_all(bench: Bench) -> None:
         ids = db.sample_job_ids(conn, POLL_SAMPLE)
     ids_file = load.write_ids(bench.work_dir / "ids.txt", ids)
     service(bench, bodies_file, ids, ids_file)
+    preflight_cost(bench)
     floors(bench, bodies_file, ids, ids_file, open_jobs)
     if not opts.skip_worker:
         print("worker throughput (Cobalt stub)")

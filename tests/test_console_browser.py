@@ -78,7 +78,8 @@ def submit_every_scenario(system: RunningSystem) -> dict[str, dict[str, Any]]:
         response = api.post(f"{system.web_url}/v1/notes", json=body, timeout=10)
         assert response.status_code == 202, response.text
         sent[f"note-{scenario.key}"] = response.json()["id"]
-    for scenario in ENCOUNTER_SCENARIOS:
+    # The unknown provider is refused at once by the pre-flight check: no job to find.
+    for scenario in (s for s in ENCOUNTER_SCENARIOS if s.key != "unknown_provider"):
         body = {k: v for k, v in (ENCOUNTER_DEFAULTS | scenario.fields).items() if v}
         response = api.post(f"{system.web_url}/v1/telephone-encounters", json=body, timeout=10)
         assert response.status_code == 202, response.text

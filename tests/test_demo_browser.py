@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from tests.conftest import CHROMIUM_ARGS
 from tests.processes import ROOT, RunningSystem, running_system, throwaway_postgres_database
-from webhook_service.sandbox.data import DEMO_IDS, PATIENTS
+from webhook_service.sandbox.data import DEMO_IDS, PATIENTS, PROVIDERS
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +65,16 @@ def page(chromium: Path, system: RunningSystem) -> Iterator[Page]:
             browser.close()
 
 
+def wait_for_lists(system: RunningSystem) -> None:
+    with system.api() as api:
+        for _ in range(150):
+            body = api.get(f"{system.web_url}/v1/reference/providers", timeout=5).json()
+            if body["fetched_at"]:
+                return
+            time.sleep(0.2)
+    pytest.fail("the worker did not fetch the clinic's lists")
+
+
 def submit(page: Page, form: str, scenario: str) -> str:
     """Pick a scenario, submit the form, and return the new job row's job id."""
     rows = page.locator("#jobs > li")
@@ -89,6 +100,21 @@ def test_every_scenario_settles_on_the_page(
     expect(encounter.locator("[name=reason]")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#jobs > li")).to_have_count(0)
     encounter.locator("[name=reason]").fill("Refill request")
+
+    # The id fields offer the clinic's EMR lists, which the worker fetches at start; an id
+    # in none of them is refused at once (pre-flight), next to its field, and nothing is made.
+    wait_for_lists(system)
+    page.reload()
+    providers = page.locator("#providers-options option")
+    expect(providers).to_have_count(len(PROVIDERS))
+    expect(page.locator("#picker-state")).to_contain_text(f"{len(PROVIDERS)} providers")
+    encounter = page.locator("#encounter-form")
+    encounter.locator(".scenario").select_option("unknown_provider")
+    encounter.locator("button[type=submit]").click()
+    expect(encounter.locator('[data-error-for="provider_id"]')).to_contain_text(
+        "not in the clinic's EMR list of providers"
+    )
+    expect(page.locator("#jobs > li")).to_have_count(0)
 
     note_text = submit(page, "#note-form", "completed")
     page.locator("#note-form .note-format").select_option("soap")

@@ -26,6 +26,8 @@ TABLES = {
     "rate_counters",
     "metric_counters",
     "worker_heartbeats",
+    "reference_lists",
+    "reference_items",
 }
 
 

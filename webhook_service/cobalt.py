@@ -85,6 +85,11 @@ class CobaltAmbiguous(CobaltError):
         self.status_code = status_code
 
 
+class CobaltUnreadable(CobaltError):
+    """Cobalt answered 2xx, but not with the list asked for (no list under the resource's
+    plural name): a read to try again later, never a reason to empty a copy."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     """Cobalt's 2xx reply to a write: its ids, when it gave any."""
@@ -135,6 +140,15 @@ class CobaltClient:
         """Ask `GET /v1/settings` which clinic reference id webhooks will carry."""
         payload = self._get("/settings", access_token, {})
         return _find_key(payload, "access_token_reference_id")
+
+    def reference_list(self, access_token: str, resource: str) -> list[Any]:
+        """`GET /v1/{resource}` (providers, locations or pharmacies): the list Cobalt keeps
+        under the resource's plural name. Its items are as Cobalt sent them."""
+        payload = self._get(f"/{resource}", access_token, {})
+        items = payload.get(resource)
+        if not isinstance(items, list) or _is_cobalt_error(payload):
+            raise CobaltUnreadable(f"no {resource} list in Cobalt's answer")
+        return items
 
     def list_webhook_events(self, access_token: str, **params: str | int) -> dict[str, Any]:
         return self._get("/webhook-events", access_token, params)

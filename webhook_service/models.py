@@ -297,3 +297,33 @@ class WorkerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class ReferenceList(Base):
+    """The state of one clinic's copy of one of Cobalt's lists (providers, locations,
+    pharmacies): when it was last fetched whole, and what went wrong with the last try."""
+
+    __tablename__ = "reference_lists"
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    # The last fetch that succeeded: the copy in `reference_items` is as of then.
+    fetched_at: Mapped[datetime | None]
+    # The last try, successful or not (the worker's schedule goes by it).
+    attempted_at: Mapped[datetime | None]
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the last try failed (no PHI: a class of error and a status), None after a success.
+    error: Mapped[str | None] = mapped_column(String(200))
+
+
+class ReferenceItem(Base):
+    """One entry of a clinic's copy of a Cobalt list: the EMR id front ends send, and what a
+    picker shows. No PHI: providers, locations and pharmacies, never patients."""
+
+    __tablename__ = "reference_items"
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    ehr_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str | None] = mapped_column(String(40))

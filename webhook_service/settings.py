@@ -137,6 +137,16 @@ class Settings(BaseSettings):
         default=4, ge=1, le=100, validation_alias="WORKER_DATABASE_POOL_SIZE"
     )
 
+    # Pre-flight (issue 21): how old each clinic's copy of Cobalt's provider, location and
+    # pharmacy lists may grow before the worker fetches it again. A miss refreshes it at
+    # once anyway, so this bounds how long a removed id is still offered to pickers.
+    reference_ttl_seconds: int = Field(
+        default=900, ge=10, le=7 * 24 * 3600, validation_alias="REFERENCE_TTL_SECONDS"
+    )
+    # Check a telephone encounter's provider, location and pharmacy ids against that copy
+    # before storing it (422 naming the field when the EMR lacks one); false: Cobalt decides.
+    preflight_checks: bool = Field(default=True, validation_alias="PREFLIGHT_CHECKS")
+
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"
     )
@@ -233,6 +243,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def reference_ttl(self) -> timedelta:
+        return timedelta(seconds=self.reference_ttl_seconds)
 
     @property
     def job_deadline(self) -> timedelta:

@@ -36,6 +36,7 @@ from webhook_service.db import (
 )
 from webhook_service.lifecycle import JobKind, retry_delay
 from webhook_service.logs import log_failure
+from webhook_service.services import reference
 from webhook_service.settings import SHUTDOWN_MARGIN_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ class Worker:
             expired = services.expire_claims(session, now)
             matched = services.match_parked(session, now)
         reconciled = self.reconcile()
+        self.refresh_reference_lists()
         with transaction(self.sessions) as session:
             past = services.mark_past_deadline(
                 session, now=self.clock(), deadline=self.settings.job_deadline
@@ -270,6 +272,20 @@ class Worker:
             with transaction(self.sessions) as session:
                 settled += services.record_lookup(session, lookup, events, self.clock())
         return settled
+
+    def refresh_reference_lists(self) -> int:
+        """Fetch the clinics' provider, location and pharmacy lists whose copy is due
+        (REFERENCE_TTL_SECONDS); each claimed first, so one worker process fetches each."""
+        with transaction(self.sessions) as session:
+            if self.settings.cobalt_access_token:
+                # The default clinic's lists are there before its first submission.
+                services.default_clinic(session, self.settings, self.clock())
+            due = reference.claim_due_lists(
+                session.connection(), self.clock(), self.settings.reference_ttl
+            )
+        for clinic_id, kinds in due:
+            reference.refresh_lists(self.sessions, self.cobalt, clinic_id, kinds, self.clock)
+        return len(due)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; an in-flight job is always finished and recorded."""

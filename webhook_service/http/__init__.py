@@ -54,9 +54,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "default_clinic_id": None,
     }
 
-    from webhook_service.http import api, console, health, metrics, support, webhooks
+    from webhook_service.http import api, console, health, metrics, reference, support, webhooks
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(reference.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(webhooks.bp)

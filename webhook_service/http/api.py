@@ -28,6 +28,7 @@ from webhook_service.http.context import (
     write_connection,
 )
 from webhook_service.http.openapi import build_spec
+from webhook_service.http.reference import check_submission, with_preflight
 from webhook_service.lifecycle import JobStatus
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.job_views import JobColumns
@@ -65,6 +66,15 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
     if errors:
         raise ValidationFailed("The request has invalid fields; see `errors`.", errors)
     assert isinstance(validated, NoteRequest | TelephoneEncounterRequest)
+    request_ = validated
+    return with_preflight(lambda may_refresh: _store(request_, key, may_refresh=may_refresh))
+
+
+def _store(
+    validated: NoteRequest | TelephoneEncounterRequest, key: str | None, *, may_refresh: bool
+) -> Response:
+    """Store the submission as a job and answer 202, in one transaction that the pre-flight
+    check (telephone encounters) can still refuse, so a refused request stores nothing."""
     client = current_client()
     now = utcnow()
     extension = current_app.extensions["webhook_service"]
@@ -78,6 +88,7 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
             job = services.accept_job(
                 connection, request=validated, clinic_id=clinic_id, client=client, now=now
             )
+            check_submission(connection, clinic_id, validated, now, may_refresh=may_refresh)
     else:
         with request_transaction() as session:
             _check_limits(session.connection(), client.id, now)
@@ -98,6 +109,10 @@ def _submit(model: type[NoteRequest] | type[TelephoneEncounterRequest]) -> Respo
                     client=client,
                     idempotency_key=key,
                     now=now,
+                )
+            if created:  # a replay is the first answer again, whatever the lists say now
+                check_submission(
+                    session.connection(), clinic.id, validated, now, may_refresh=may_refresh
                 )
         if client.clinic_id is None:
             # Committed, so it exists: later submissions skip reading (and decrypting) it.

@@ -66,6 +66,7 @@ NOTE_SCENARIOS: Final = (
 
 _REFILL: Final = {
     "patient_mrn": DEMO_IDS["patient_mrn"],
+    "provider_id": DEMO_IDS["provider_id"],
     "refill_medication_name": DEMO_IDS["refill_medication_name"],
     "pharmacy_ehr_id": DEMO_IDS["pharmacy_ehr_id"],
 }
@@ -86,7 +87,21 @@ ENCOUNTER_SCENARIOS: Final = (
         "Failed: the patient's chart is locked",
         _REFILL | {"patient_mrn": DEMO_IDS["locked_chart_patient_mrn"]},
     ),
+    # The pre-flight check: 422 at once, nothing stored (once the worker has fetched the
+    # clinic's lists, seconds after start; before that Cobalt refuses it: failed).
+    Scenario(
+        "unknown_provider",
+        "Refused at once (422): a provider the EMR does not have",
+        _REFILL | {"provider_id": DEMO_IDS["unknown_provider_id"]},
+    ),
 )
+# The form's id fields offer the clinic's lists (GET /v1/reference/...) as choices; typing
+# another id is still allowed, which is how the 422 scenario above is reached.
+PICKERS: Final = {
+    "provider_id": "providers",
+    "location_id": "locations",
+    "pharmacy_ehr_id": "pharmacies",
+}
 
 # The fields every encounter scenario shares; the scenario's own fields go on top.
 ENCOUNTER_DEFAULTS: Final = {
@@ -126,6 +141,7 @@ def page() -> Response:
         note=NOTE_SCENARIOS[0].fields,
         encounter_scenarios=ENCOUNTER_SCENARIOS,
         encounter=ENCOUNTER_DEFAULTS | ENCOUNTER_SCENARIOS[0].fields,
+        pickers=PICKERS,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY

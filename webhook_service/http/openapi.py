@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from webhook_service.http import reference
 from webhook_service.http.openapi_refs import _REF_TEMPLATE, _header, _json, _problem
 from webhook_service.http.openapi_support import _support_paths
 from webhook_service.schemas import (
@@ -50,6 +51,7 @@ _MODELS: list[type[BaseModel]] = [
     InboxOut,
     ReconcileOut,
     ReplayOut,
+    *reference.OPENAPI_MODELS,
 ]
 
 
@@ -94,7 +96,11 @@ def build_spec() -> dict[str, Any]:
                     "400": _problem("Malformed JSON."),
                     "413": _problem("Body too large."),
                     "415": _problem("Not JSON."),
-                    "422": _problem("Invalid fields (listed in `errors`), or key reused."),
+                    "422": _problem(
+                        "Invalid fields (listed in `errors`), or key reused. For a telephone "
+                        "encounter, also an id the clinic's EMR lists lack (pre-flight: type "
+                        "`.../not-in-emr-list`, each entry of `errors` with its `code`)."
+                    ),
                     "429": _problem(
                         "Over RATE_LIMIT_SUBMISSIONS_PER_MINUTE for this client; see Retry-After."
                     ),
@@ -119,6 +125,7 @@ def build_spec() -> dict[str, Any]:
             {"name": "submissions", "description": "Front ends submit notes and poll jobs."},
             {"name": "support", "description": "The support role's reads and actions."},
             {"name": "webhooks", "description": "Cobalt's signed webhooks."},
+            {"name": "reference", "description": "The clinic's EMR lists, for pickers."},
             {"name": "health", "description": "Probes for the platform."},
         ],
         "paths": {
@@ -185,6 +192,7 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            **reference.openapi_paths(_problem, _json, _header),
             **_support_paths(job_id),
             "/healthz": {
                 "get": {
@@ -234,7 +242,7 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas,
-            "headers": _HEADERS,
+            "headers": _HEADERS | reference.OPENAPI_HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

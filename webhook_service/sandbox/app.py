@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from webhook_service.sandbox.config import AccessTokenConfig, SandboxConfig
 from webhook_service.sandbox.control import control
 from webhook_service.sandbox.outcomes import SubmissionRejected
+from webhook_service.sandbox.reference import reference_reply
 from webhook_service.sandbox.replies import _http_error, _json_body, fail, get_sandbox
 from webhook_service.sandbox.simulator import (
     Accepted,
@@ -81,10 +82,7 @@ def settings() -> ResponseReturnValue:
 
 @cobalt.get("/providers")
 def providers() -> ResponseReturnValue:
-    return {
-        "success": True,
-        "providers": [p.to_api() for p in get_sandbox().seed.providers.values()],
-    }
+    return _reference("providers")
 
 
 @cobalt.get("/staff")
@@ -94,16 +92,17 @@ def staff() -> ResponseReturnValue:
 
 @cobalt.get("/locations")
 def locations() -> ResponseReturnValue:
-    return {
-        "success": True,
-        "locations": [x.to_api() for x in get_sandbox().seed.locations.values()],
-    }
+    return _reference("locations")
 
 
 @cobalt.get("/pharmacies")
 def pharmacies() -> ResponseReturnValue:
-    found = get_sandbox().seed.pharmacies.values()
-    return {"success": True, "pharmacies": [p.to_api() for p in found]}
+    return _reference("pharmacies")
+
+
+def _reference(resource: str) -> ResponseReturnValue:
+    sandbox = get_sandbox()
+    return reference_reply(sandbox.seed, resource, sandbox.store.faults())
 
 
 @cobalt.get("/appointments")

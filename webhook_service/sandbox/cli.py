@@ -215,6 +215,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     metavar="TOKEN",
     help="Repeatable. This access token's EMR is unsupported: encounters answer 422.",
 )
+@click.option(
+    "--reference-lists",
+    type=click.Choice(["available", "unavailable", "unreadable"]),
+    default="available",
+    show_default=True,
+    help="GET /v1/providers, /v1/locations, /v1/pharmacies: served, 503, or 200 without a list.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for the fault RNG.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="LOG_LEVEL")
 def sandbox_command(**options: Any) -> None:

@@ -81,6 +81,10 @@ class FaultSettings(BaseModel):
     """With an accepted note, also emit an `appointment.failed` carrying the same
     `data.appointment_id` (another Cobalt operation on the appointment), at once: delivered
     to every webhook and listed by GET /v1/webhook-events like any event."""
+    reference_lists: Literal["available", "unavailable", "unreadable"] = "available"
+    """GET /v1/providers, /v1/locations and /v1/pharmacies: served from the pretend EMR;
+    `unavailable`, answered 503 with Cobalt's error body; `unreadable`, answered 200 with no
+    list in the body. Not a rate: the lists are either there or not."""
     seed: int | None = None
 
 

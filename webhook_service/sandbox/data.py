@@ -18,6 +18,8 @@ class Provider:
     last_name: str
     npi: str
     specialty: str
+    # Cobalt lists inactive providers too (`status`), and refuses only ids it does not have.
+    status: str = "active"
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -138,6 +140,7 @@ PROVIDERS: Final = (
     Provider("PRV-1001", "Amara", "Okafor", "1487650001", "Family Medicine"),
     Provider("PRV-1002", "Daniel", "Reyes", "1487650002", "Internal Medicine"),
     Provider("PRV-1003", "Priya", "Natarajan", "1487650003", "Pediatrics"),
+    Provider("PRV-1004", "Helen", "Brooks", "1487650004", "Family Medicine", "inactive"),
 )
 STAFF: Final = (
     StaffMember("STF-2001", "Jordan Lee", "Medical Assistant"),
@@ -264,6 +267,10 @@ DEMO_IDS: Final[dict[str, str]] = {
     # POST /v1/telephone-encounters
     "patient_mrn": "MRN100001",
     "provider_id": "PRV-1001",
+    "inactive_provider_id": "PRV-1004",  # listed as inactive: Cobalt still takes it
+    # In no list: refused at once by the service's pre-flight check (422 naming
+    # provider_id) once the clinic's lists are fetched; before that, by Cobalt (failed).
+    "unknown_provider_id": "PRV-9999",
     "location_id": "LOC-3001",
     "assigned_to_id": "STF-2001",
     "pharmacy_ehr_id": "PHR-4001",

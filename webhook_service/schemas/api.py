@@ -305,6 +305,12 @@ class JobOut(BaseModel):
 class FieldProblem(BaseModel):
     field: str
     message: str
+    code: str | None = Field(
+        default=None,
+        description="For an id the clinic's EMR lists lack (pre-flight): the error code "
+        "Cobalt's refusal would have had (`provider_not_found`, `location_not_found`, "
+        "`pharmacy_not_found`).",
+    )
 
 
 class Problem(BaseModel):

@@ -7,6 +7,8 @@
 //    Cobalt's outcome turns up or support records what the chart shows.
 //  - Show `error.code` (and the field it names) and `retried_as` when support resubmitted it.
 //  - Show 422 field errors next to their fields. Server data goes in with textContent only.
+//  - Offer the clinic's providers, locations and pharmacies (GET /v1/reference/...) as choices,
+//    so a wrong id is rare; a wrong one typed anyway is refused at once (422 naming the field).
 "use strict";
 
 const TERMINAL = new Set(["completed", "partial", "failed"]);
@@ -210,3 +212,31 @@ for (const form of document.querySelectorAll("form[data-path]")) {
   form.querySelector(".scenario").addEventListener("change", onScenario);
   form.querySelector(".note-format")?.addEventListener("change", onNoteFormat);
 }
+
+// Fill each id field's choices from the clinic's EMR lists (ETag'd; the browser revalidates).
+async function loadPickers() {
+  const state = document.getElementById("picker-state");
+  const lists = [...document.querySelectorAll("datalist[id$='-options']")];
+  const counts = [];
+  for (const list of lists) {
+    const kind = list.id.replace(/-options$/, "");
+    try {
+      const response = await fetch(`/v1/reference/${kind}`, { headers: AUTH });
+      if (!response.ok) throw new Error(`${response.status}`);
+      const { items, fetched_at: fetchedAt } = await response.json();
+      list.replaceChildren(...items.map((item) => {
+        const option = el("option");
+        option.value = item.ehr_id;
+        option.label = item.status && item.status !== "active"
+          ? `${item.name} (${item.status})` : item.name;
+        return option;
+      }));
+      counts.push(fetchedAt ? `${items.length} ${kind}` : `${kind} not fetched yet`);
+    } catch (error) {
+      counts.push(`${kind} unavailable (${error.message})`);
+    }
+  }
+  if (state) state.textContent = `${counts.join(", ")}.`;
+}
+
+loadPickers();
