@@ -127,10 +127,14 @@ def test_scrape_shows_jobs_deliveries_and_the_cobalt_calls_a_worker_flushed(
         for (name, labels), count in samples.items()
         if name == P + "cobalt_calls_total"
     }
+    # The worker also fetches the clinic's reference lists (pre-flight); not stubbed here,
+    # each fetch fails before reaching anyone and counts as `transient`.
+    lists = {(op, "transient"): calls[op] for op in ("providers", "locations", "pharmacies")}
     assert shown == {
         ("notes", "accepted"): 2,
         ("telephone_encounters", "rejected"): 1,
         ("settings", "ok"): calls["settings"],
+        **{key: made for key, made in lists.items() if made},
     }
     for operation, made in calls.items():
         histogram = P + "cobalt_call_duration_seconds"
