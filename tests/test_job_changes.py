@@ -215,3 +215,32 @@ def test_the_triggers_copy_every_column_of_the_resource_and_watch_the_etags_colu
     resource = {column.name for column in RESOURCE_COLUMNS}
     assert resource | {"outcome_enc", "error_message_enc"} == copied
     assert re.findall(r'"(\w+)"', watched.group(1)) == [c.name for c in CHANGE_COLUMNS]
+
+
+def test_a_key_rotation_reencrypts_the_changes_so_streams_render_them_after_the_old_key_goes(
+    client, worker, cobalt, post_webhook, sessions
+):
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import PHI_KEY, PHI_SEARCH_KEY
+    from webhook_service import phi
+    from webhook_service.services import reencrypt_phi
+
+    accept_encounter(cobalt)
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    meds = ["Metformin 500 mg"]
+    post_webhook(event("telephone_encounter.failed", job_id="4242", available_medications=meds))
+    new_key = Fernet.generate_key().decode()
+    try:
+        phi.configure(phi.PhiKeys((new_key, PHI_KEY), PHI_SEARCH_KEY))
+        with transaction(sessions) as session:
+            reencrypt_phi(session)
+        phi.configure(phi.PhiKeys((new_key,), PHI_SEARCH_KEY))  # the old key dropped
+        with sessions() as session:
+            changes = job_changes(session.connection(), uuid.UUID(job["id"]))
+            outcome = changes[-1].view().outcome
+    finally:
+        phi.configure(phi.PhiKeys((PHI_KEY,), PHI_SEARCH_KEY))
+    assert outcome is not None
+    assert outcome["available_medications"] == meds
