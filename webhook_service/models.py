@@ -327,3 +327,44 @@ class ReferenceItem(Base):
     ehr_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
     status: Mapped[str | None] = mapped_column(String(40))
+
+
+class JobChange(Base):
+    """One change of a job, as the job resource then was: what every push sends.
+
+    Written only by the triggers of migration 0017 (see `services/changes.py`), in the
+    transaction that changed the job; read in `seq` order.
+    """
+
+    __tablename__ = "job_changes"
+    __table_args__ = (
+        # A job's changes after a seq (its stream, a long poll's re-check).
+        Index("ix_job_changes_job_seq", "job_id", "seq"),
+        # A client's changes after a position (its stream, its callbacks).
+        Index("ix_job_changes_client_txid_seq", "client_id", "txid", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    txid: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    client_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    cobalt_job_id: Mapped[str | None] = mapped_column(String(200))
+    cobalt_telephone_encounter_id: Mapped[str | None] = mapped_column(String(200))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    submission_state: Mapped[str] = mapped_column(String(16))
+    submit_attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
+    error_field: Mapped[str | None] = mapped_column(String(64))
+    attention_code: Mapped[str | None] = mapped_column(String(32))
+    attention_since: Mapped[datetime | None]
+    retried_as: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # PHI, encrypted as in `jobs`; replaced by the purged value when the job is purged.
+    outcome: Mapped[dict[str, Any] | None] = mapped_column("outcome_enc", EncryptedJSON)
+    error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)

@@ -16,8 +16,10 @@ from webhook_service import phi
 from webhook_service.db import connection_trouble, make_engine, make_session_factory
 from webhook_service.error_tracking import init_error_tracking
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
+from webhook_service.http.slots import Slots, SlottedApp
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
+from webhook_service.wakeups import Wakeups
 
 log = logging.getLogger("webhook_service.http")
 STATIC = Path(__file__).parent / "static"  # the console's and the demo page's own files
@@ -52,11 +54,24 @@ def create_app(settings: Settings | None = None) -> Flask:
         # and the default clinic's id once it is known to exist.
         "auth_cache": {},
         "default_clinic_id": None,
+        # Wakes this process's long polls and streams when a job changes (http/push.py).
+        "wakeups": Wakeups(engine),
+        "slots": Slots(settings.request_slots),
     }
 
-    from webhook_service.http import api, console, health, metrics, reference, support, webhooks
+    from webhook_service.http import (
+        api,
+        console,
+        health,
+        metrics,
+        push,
+        reference,
+        support,
+        webhooks,
+    )
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(push.bp)
     app.register_blueprint(reference.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)
@@ -74,7 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/favicon.ico", "favicon", _favicon)
     _register_error_handlers(app)
     _add_security_headers(app, hsts=settings.environment == "production")
-    app.wsgi_app = RequestLog(app.wsgi_app, log)  # type: ignore[method-assign]
+    slots = app.extensions["webhook_service"]["slots"]
+    app.wsgi_app = RequestLog(SlottedApp(app.wsgi_app, slots), log)  # type: ignore[method-assign]
     return app
 
 

@@ -18,6 +18,7 @@ from webhook_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from webhook_service.http import push
 from webhook_service.http.auth import current_client, require
 from webhook_service.http.context import (
     read_body,
@@ -30,6 +31,7 @@ from webhook_service.http.context import (
 from webhook_service.http.openapi import build_spec
 from webhook_service.http.reference import check_submission, with_preflight
 from webhook_service.lifecycle import JobStatus
+from webhook_service.models import ApiClient
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.job_views import JobColumns
 
@@ -157,8 +159,14 @@ def _waiting_jobs(connection: Connection, now: datetime) -> int:
 @bp.get("/v1/jobs/<job_id>")
 @require("frontend", "support")
 def get_job(job_id: str) -> Response:
-    """Return a job; 304 when the caller's ETag is still current."""
+    """Return a job; 304 when the caller's ETag is still current (after holding the answer
+    while it is, with `Prefer: wait`: the long poll, http/push.py)."""
     client = current_client()
+    waited = push.hold_poll(job_id, client)
+    return push.preference_applied(_poll(job_id, client), waited)
+
+
+def _poll(job_id: str, client: ApiClient) -> Response:
     if client.role == "support":
         with request_transaction() as session:
             polled = services.poll_job(session.connection(), job_id, client)
@@ -197,7 +205,7 @@ def _job_response(job: JobColumns, *, status: int, etag: str | None = None) -> R
 
 
 def _cache_headers(response: Response, etag: str, status: str) -> None:
-    response.set_etag(etag)
+    response.set_etag(etag, weak=True)  # see CHANGE_COLUMNS
     # The job carries PHI: no cache keeps it. Polls still cost a 304, since the front end
     # sends If-None-Match itself from the ETag it holds.
     response.headers["Cache-Control"] = "no-store"

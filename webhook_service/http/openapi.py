@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from webhook_service.http import reference
+from webhook_service.http.openapi_push import PREFER, PREFERENCE_APPLIED, push_paths
 from webhook_service.http.openapi_refs import _REF_TEMPLATE, _header, _json, _problem
 from webhook_service.http.openapi_support import _support_paths
 from webhook_service.schemas import (
@@ -143,6 +144,7 @@ def build_spec() -> dict[str, Any]:
                     "parameters": [
                         job_id,
                         {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                        PREFER,
                     ],
                     "responses": {
                         "200": {
@@ -150,6 +152,7 @@ def build_spec() -> dict[str, Any]:
                             "headers": {
                                 "ETag": _header("ETag"),
                                 "Retry-After": _header("PollRetryAfter"),
+                                "Preference-Applied": PREFERENCE_APPLIED,
                             },
                             "content": _json(JobOut),
                         },
@@ -158,6 +161,7 @@ def build_spec() -> dict[str, Any]:
                             "headers": {
                                 "ETag": _header("ETag"),
                                 "Retry-After": _header("PollRetryAfter"),
+                                "Preference-Applied": PREFERENCE_APPLIED,
                             },
                         },
                         "404": _problem("No such job."),
@@ -193,6 +197,7 @@ def build_spec() -> dict[str, Any]:
                 }
             },
             **reference.openapi_paths(_problem, _json, _header),
+            **push_paths(job_id, _problem),
             **_support_paths(job_id),
             "/healthz": {
                 "get": {
@@ -262,7 +267,9 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "enum": ["true"]},
     },
     "ETag": {
-        "description": "The job's version; send it back as If-None-Match to poll for a 304.",
+        "description": "The job's version (weak: it changes with the job's status, outcome, "
+        "attention or retry, not with the submission's progress); send it back as "
+        "If-None-Match to poll for a 304.",
         "schema": {"type": "string"},
     },
     "PollRetryAfter": {
