@@ -1,7 +1,10 @@
 // The demo page: a front end in miniature, and the reference for writing a real one.
 //  - Submit with an Idempotency-Key, so a retry after a network error never makes two jobs.
-//  - Poll GET /v1/jobs/{id} with If-None-Match: an unchanged job costs a 304 and no body.
-//  - Wait as long as Retry-After says; stop when the status is completed, partial or failed.
+//  - Follow the job through its event stream (GET /v1/jobs/{id}/stream): one request, each
+//    change the moment it happens, the stream ending once the job settles. A cut stream
+//    resumes with Last-Event-ID; a stream that cannot be had falls back to polling.
+//  - Polling: GET /v1/jobs/{id} with If-None-Match (an unchanged job costs a 304 and no body),
+//    as often as Retry-After says; stop when the status is completed, partial or failed.
 //  - A job still processing with `attention` is not lost and not failed: its fate is unknown.
 //    Tell the user to check the chart before resubmitting, and keep polling: it settles when
 //    Cobalt's outcome turns up or support records what the chart shows.
@@ -81,6 +84,70 @@ async function pollJob(accepted, job, onChange) {
   }
 }
 
+// One server-sent event: its `id`, `event` and `data` fields (comments and `retry` ignored).
+function parseEvent(block) {
+  const event = { data: [] };
+  for (const line of block.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) continue; // a comment (": still here") or a bare line
+    const name = line.slice(0, colon);
+    const value = line.slice(colon + 1).replace(/^ /, "");
+    if (name === "data") event.data.push(value);
+    else event[name] = value;
+  }
+  return { ...event, data: event.data.join("\n") };
+}
+
+// Follow the job through its event stream until it settles, calling onChange(job, stats) at
+// each change. fetch, not EventSource: EventSource cannot send the Authorization header (a
+// real front end's browser would follow its own back end's stream, or use a library that
+// can). A stream cut short is resumed with the last event's id; if no stream can be had
+// (an old server, a proxy that buffers), the job is polled instead.
+async function followJob(accepted, job, onChange) {
+  const url = `${accepted.headers.get("Location")}/stream`;
+  const stats = { via: "stream", requests: 0 };
+  let lastId = null;
+  for (let failures = 0; failures < 3 && !TERMINAL.has(job.status); ) {
+    let response;
+    try {
+      const headers = lastId ? { ...AUTH, "Last-Event-ID": lastId } : AUTH;
+      response = await fetch(url, { headers, cache: "no-store" });
+    } catch {
+      failures++;
+      await sleep(1000 * failures);
+      continue;
+    }
+    if (!response.ok || !response.body) break; // no stream to be had: poll
+    stats.requests++;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch {
+        failures++;
+        break; // cut: resume from lastId
+      }
+      if (chunk.done) break;
+      buffer += chunk.value;
+      for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event.id) lastId = event.id;
+        if (event.event !== "job" || !event.data) continue;
+        job = JSON.parse(event.data);
+        if (TERMINAL.has(job.status) && job.finished_at) {
+          // From the webhook that settled it (finished_at) to this page: same clock here.
+          stats.settledMs = Math.max(0, Date.now() - Date.parse(job.finished_at));
+        }
+        onChange(job, stats);
+      }
+    }
+  }
+  if (!TERMINAL.has(job.status)) await pollJob(accepted, job, onChange);
+}
+
 // --- Showing a job --------------------------------------------------------------------------
 
 function el(tag, className, text) {
@@ -96,6 +163,10 @@ function renderJob(row, job, stats) {
   head.append(el("span", `status status-${job.status}`, job.status));
   head.append(el("span", "job-title", row.dataset.title));
   const meta = [`job ${job.id.slice(0, 8)}`, `submission ${job.submission.state}`];
+  if (stats.via === "stream" && stats.requests) {
+    meta.push(`followed by its event stream (${stats.requests} request${stats.requests > 1 ? "s" : ""})`);
+  }
+  if (stats.settledMs !== undefined) meta.push(`on this page ${stats.settledMs} ms after it settled`);
   if (stats.polls) meta.push(`${stats.polls} polls, ${stats.notModified} unchanged (304)`);
   const parts = [head, el("p", "job-meta", meta.join(" · "))];
   const outcome = job.outcome || {};
@@ -185,8 +256,8 @@ async function onSubmit(event) {
     document.getElementById("jobs").prepend(row);
     document.querySelector(".jobs .empty").hidden = true;
     renderJob(row, payload, { polls: 0 });
-    pollJob(response, payload, (job, stats) => renderJob(row, job, stats))
-      .catch((error) => row.append(el("p", "job-error", `Polling stopped: ${error.message}`)));
+    followJob(response, payload, (job, stats) => renderJob(row, job, stats))
+      .catch((error) => row.append(el("p", "job-error", `Following stopped: ${error.message}`)));
   } catch (error) {
     form.querySelector(".form-error").textContent = `Could not reach the service: ${error.message}`;
   } finally {
