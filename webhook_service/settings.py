@@ -119,6 +119,20 @@ class Settings(BaseSettings):
         default=4, ge=1, le=100, validation_alias="WORKER_DATABASE_POOL_SIZE"
     )
 
+    # Callbacks to front ends (issue 20). Private, loopback and link-local targets (and plain
+    # http) are refused unless this is set: for development and tests, never production.
+    callback_allow_private_networks: bool = Field(
+        default=False, validation_alias="CALLBACK_ALLOW_PRIVATE_NETWORKS"
+    )
+    # Each attempt is bounded: connecting, each read, and the whole answer (see
+    # callback_client.py), so a hanging receiver never holds a worker thread for long.
+    callback_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, validation_alias="CALLBACK_CONNECT_TIMEOUT_SECONDS"
+    )
+    callback_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="CALLBACK_TIMEOUT_SECONDS"
+    )
+
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"
     )

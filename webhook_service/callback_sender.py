@@ -1,0 +1,88 @@
+"""The worker's callback step: turn new job changes into deliveries, then send one due
+delivery and record the attempt. Each database step is its own short transaction; none is
+open while the receiver is called."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from webhook_service import callback_client
+from webhook_service.clock import Clock, utcnow
+from webhook_service.db import SessionFactory, transaction
+from webhook_service.services import callbacks
+from webhook_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How often one worker thread looks for new changes to fan out (the cursor's lock makes the
+# other threads and processes skip it meanwhile).
+FAN_OUT_EVERY = timedelta(milliseconds=200)
+
+
+class CallbackSender:
+    """Sends callbacks for one worker thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        *,
+        clock: Clock = utcnow,
+        signing_clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.clock = clock
+        # `webhook-timestamp` is the wall clock's, always: a receiver checks it against its
+        # own clock to refuse replays, whatever clock schedules the retries.
+        self.signing_clock = signing_clock
+        self._last_fan_out: datetime | None = None
+
+    def run_once(self) -> bool:
+        """Fan out new changes (at most every FAN_OUT_EVERY), then send one due delivery;
+        return False when there was nothing to send."""
+        now = self.clock()
+        if self._last_fan_out is None or not timedelta(0) <= now - self._last_fan_out < FAN_OUT_EVERY:
+            self._last_fan_out = now
+            self.fan_out()
+        return self.send_one()
+
+    def fan_out(self) -> int:
+        with transaction(self.sessions) as session:
+            return callbacks.fan_out(session, now=self.clock())
+
+    def send_one(self) -> bool:
+        lease = timedelta(
+            seconds=self.settings.callback_connect_timeout_seconds
+            + 2 * self.settings.callback_timeout_seconds
+            + 30
+        )
+        with transaction(self.sessions) as session:
+            outgoing = callbacks.claim_due_delivery(session, now=self.clock(), lease=lease)
+        if outgoing is None:
+            return False
+        timestamp = int(self.signing_clock().timestamp())
+        headers = callback_client.signed_headers(
+            outgoing.secrets, outgoing.webhook_id, timestamp, outgoing.body
+        )
+        answer = callback_client.send(
+            outgoing.url,
+            outgoing.body,
+            headers,
+            allow_private=self.settings.callback_allow_private_networks,
+            connect_timeout=self.settings.callback_connect_timeout_seconds,
+            total_timeout=self.settings.callback_timeout_seconds,
+        )
+        with transaction(self.sessions) as session:
+            callbacks.record_attempt(session, outgoing, answer, self.clock())
+        return True
+
+    def housekeeping(self) -> None:
+        """Erase finished deliveries' bodies past PHI retention (a delivery whose sender died
+        mid-call needs nothing: its lease runs out and it is due again)."""
+        now = self.clock()
+        with transaction(self.sessions) as session:
+            callbacks.purge_delivery_bodies(
+                session, now=now, retention=timedelta(days=self.settings.phi_retention_days)
+            )
