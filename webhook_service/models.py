@@ -275,6 +275,47 @@ class RateCounter(Base):
     count: Mapped[int] = mapped_column(Integer)
 
 
+class JobChange(Base):
+    """One change of a job, as the job resource then was: what every push sends.
+
+    Written only by the triggers of migration 0017 (see `services/changes.py`), in the
+    transaction that changed the job; read in `seq` order.
+    """
+
+    __tablename__ = "job_changes"
+    __table_args__ = (
+        # A job's changes after a seq (its stream, a long poll's re-check).
+        Index("ix_job_changes_job_seq", "job_id", "seq"),
+        # A client's changes after a position (its stream, its callbacks).
+        Index("ix_job_changes_client_txid_seq", "client_id", "txid", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    txid: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    client_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    cobalt_job_id: Mapped[str | None] = mapped_column(String(200))
+    cobalt_telephone_encounter_id: Mapped[str | None] = mapped_column(String(200))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    submission_state: Mapped[str] = mapped_column(String(16))
+    submit_attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
+    error_field: Mapped[str | None] = mapped_column(String(64))
+    attention_code: Mapped[str | None] = mapped_column(String(32))
+    attention_since: Mapped[datetime | None]
+    retried_as: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # PHI, encrypted as in `jobs`; replaced by the purged value when the job is purged.
+    outcome: Mapped[dict[str, Any] | None] = mapped_column("outcome_enc", EncryptedJSON)
+    error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)
+
+
 class CallbackEndpoint(Base):
     """A front-end client's one callback URL and its signing secrets (issue 20)."""
 
@@ -293,6 +334,11 @@ class CallbackEndpoint(Base):
     # Since when every attempt has failed (cleared by a success): how disabling is decided.
     failing_since: Mapped[datetime | None]
     disabled_at: Mapped[datetime | None]
+    # How far the client's job changes have been turned into deliveries: a position in the
+    # record of changes, (txid, seq) as `services/changes.py` orders it. Each endpoint's
+    # row is locked (SKIP LOCKED) by the worker fanning out its changes.
+    fanned_out_txid: Mapped[int] = mapped_column(BigInteger)
+    fanned_out_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -349,16 +395,3 @@ class CallbackAttempt(Base):
     # The start of the receiver's answer (bounded): a receiver may echo what it was sent.
     response_excerpt: Mapped[str | None] = mapped_column("response_excerpt_enc", EncryptedText)
 
-
-class CallbackFanOut(Base):
-    """The cursor of the fan-out: the last change `seq` turned into deliveries. One row; the
-    worker that holds its lock fans out, the others skip it."""
-
-    __tablename__ = "callback_fan_out"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_seq: Mapped[int] = mapped_column(BigInteger)
-    # When a gap below the newest change (a transaction still open, or rolled back) was
-    # first seen: the cursor waits at it for a while, then passes it.
-    gap_since: Mapped[datetime | None]
-    updated_at: Mapped[datetime]

@@ -1,10 +1,11 @@
-"""Callbacks to front ends (issue 20): endpoints, deliveries, attempts, the fan-out cursor.
+"""Callbacks to front ends (issue 20): endpoints (each with its place in the record of job
+changes, migration 0017), deliveries, attempts.
 
 New tables, nothing reads them while the previous release runs: safe to apply first.
 Secrets, bodies and answer excerpts are Fernet tokens (bytes), like every encrypted column.
 
 Revision ID: 0018
-Revises: 0014
+Revises: 0017
 Create Date: 2026-12-06
 """
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0018"
-down_revision: str | None = "0014"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -27,14 +28,6 @@ def _at(name: str, nullable: bool = True) -> sa.Column[object]:
 
 def upgrade() -> None:
     op.create_table(
-        "callback_fan_out",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("last_seq", sa.BigInteger(), nullable=False),
-        _at("gap_since"),
-        _at("updated_at", nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_fan_out")),
-    )
-    op.create_table(
         "callback_endpoints",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("client_id", sa.Integer(), nullable=False),
@@ -45,6 +38,8 @@ def upgrade() -> None:
         _at("previous_until"),
         _at("failing_since"),
         _at("disabled_at"),
+        sa.Column("fanned_out_txid", sa.BigInteger(), nullable=False),
+        sa.Column("fanned_out_seq", sa.BigInteger(), nullable=False),
         _at("created_at", nullable=False),
         _at("updated_at", nullable=False),
         sa.ForeignKeyConstraint(
@@ -117,4 +112,3 @@ def downgrade() -> None:
     op.drop_table("callback_attempts")
     op.drop_table("callback_deliveries")
     op.drop_table("callback_endpoints")
-    op.drop_table("callback_fan_out")

@@ -182,7 +182,7 @@ def _job_response(job: JobColumns, *, status: int, etag: str | None = None) -> R
 
 
 def _cache_headers(response: Response, etag: str, status: str) -> None:
-    response.set_etag(etag)
+    response.set_etag(etag, weak=True)  # see CHANGE_COLUMNS
     # The job carries PHI: no cache keeps it. Polls still cost a 304, since the front end
     # sends If-None-Match itself from the ETag it holds.
     response.headers["Cache-Control"] = "no-store"

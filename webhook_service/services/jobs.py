@@ -278,8 +278,23 @@ _RAW_OUTCOME = type_coerce(JOBS.c.outcome_enc, LargeBinary).label("outcome_raw")
 _RAW_ERROR = type_coerce(JOBS.c.error_message_enc, LargeBinary).label("error_raw")
 # Built once: a poll runs it on the session's connection (Core), with only the id bound.
 _POLL_QUERY = select(*RESOURCE_COLUMNS, _RAW_OUTCOME, _RAW_ERROR).where(Job.id == bindparam("id"))
-_RESOURCE_WIDTH = len(RESOURCE_COLUMNS)
-_ETAG_VERSION = "2"  # bump when the job resource's shape changes
+# What changes a job's ETag, and what is a change pushed to front ends (a row of
+# `job_changes`, written by migration 0017's triggers when one of these differs): its status
+# and outcome (`finished_at` and `error_code` move with every settling, the outcome with them
+# or with `purged_at`), whether it needs a person, whether support retried it. The submission's
+# progress (state, attempts, next attempt, Cobalt ids) and `updated_at` are in the resource but
+# do not change the ETag: a front end does nothing with them, and a long poll woken by each
+# of them would cost requests (README, "Push").
+CHANGE_COLUMNS = (
+    Job.status,
+    Job.finished_at,
+    Job.error_code,
+    Job.attention_code,
+    Job.retried_as,
+    Job.purged_at,
+)
+_CHANGE_KEYS = tuple(column.key for column in CHANGE_COLUMNS)
+_ETAG_VERSION = "3"  # bump when the job resource's shape or CHANGE_COLUMNS change
 
 
 @dataclass(frozen=True)
@@ -325,22 +340,27 @@ def poll_job(connection: Connection, job_id: str, client: ApiClient) -> Polled:
     row = connection.execute(_POLL_QUERY, {"id": key}).one_or_none()
     if row is None or (client.role != "support" and row.client_id != client.id):
         raise NotFound(f"No job with id {job_id!r}.")
-    # The statement selects RESOURCE_COLUMNS first, in order: the ETag's values.
-    etag = job_etag(*row[:_RESOURCE_WIDTH])
+    return polled(row)
+
+
+def polled(row: Any) -> Polled:
+    """A row of the resource's columns (and the raw outcome and error) as a poll renders it:
+    the job's row, or one of its changes (`services/changes.py`)."""
+    etag = job_etag(*(getattr(row, key) for key in _CHANGE_KEYS))
     return Polled(etag=etag, status=row.status, row=row)
 
 
 def etag_of(job: JobColumns) -> str:
     """The ETag of a job resource; the same as `poll_job` gives for the stored job."""
-    return job_etag(*(getattr(job, column.key) for column in RESOURCE_COLUMNS))
+    return job_etag(*(getattr(job, key) for key in _CHANGE_KEYS))
 
 
 def job_etag(*values: object) -> str:
-    """An ETag from the job's plain columns, `updated_at` among them.
+    """A (weak) ETag from the job's CHANGE_COLUMNS, in order.
 
-    Every write to a job sets `updated_at`, and the encrypted columns (outcome, error message)
-    change only with `status` or `purged_at`, so equal plain columns mean an equal resource:
-    a 304 needs neither decryption nor rendering.
+    The encrypted columns (outcome, error message) change only with `finished_at` or
+    `purged_at`, so equal change columns mean the same job for a front end: a 304 needs
+    neither decryption nor rendering. Weak: the submission's progress may differ.
     """
     text = "|".join([_ETAG_VERSION, *(_etag_part(value) for value in values)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

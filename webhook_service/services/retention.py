@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from webhook_service import phi
 from webhook_service.models import PURGE_PREDICATE, Clinic, Job, WebhookDelivery
+from webhook_service.services.changes import erase_purged, purge_old_changes
 from webhook_service.services.jobs import add_event
 
 PURGE_BATCH = 500
@@ -43,6 +44,11 @@ def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) 
         job.purged_at = now
         job.updated_at = now
         add_event(session, job, "phi_purged", now, retention_days=retention.days)
+    # The purge is itself a change (the trigger records it); the job's earlier changes lose
+    # their PHI with it, and changes past their own retention go.
+    session.flush()
+    erase_purged(session.connection(), [job.id for job in jobs])
+    purge_old_changes(session.connection(), now)
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.received_at < cutoff, WebhookDelivery.raw_body.is_not(None))

@@ -1,0 +1,195 @@
+"""The record of job changes every push reads: long polls, streams and callbacks.
+
+A row of `job_changes` is written in the transaction that changes a job (created, or one of
+`CHANGE_COLUMNS` differs: status, settling, attention, retried_as, purge) and holds the job
+resource's columns as they then were, the outcome and error still encrypted. It is rendered
+by the poll's own definition (`polled(row).view()`, i.e. `job_fields` and `JobOut`): one shape.
+
+Written by database triggers (migration 0017), not by a function the writers call: the
+writers are many (webhook fast path and ORM path, parked sweep, reconcile, deadline,
+support actions, submission results, retention purge) and some are Core UPDATEs; a trigger
+is one definition that no writer, present or future, can forget, and it also records
+changes made by hand in SQL. The cost is a definition in SQL, spelled out in the migration;
+`tests/test_job_changes.py` checks it against `CHANGE_COLUMNS` and `RESOURCE_COLUMNS`.
+
+Order: `seq` increases with every row. One job's changes commit in `seq` order (its row is
+locked by the UPDATE until commit). Across jobs on PostgreSQL, two transactions may commit out
+of `seq` order, so a reader of a client's changes orders them by (`txid`, `seq`) and leaves
+out those of transactions that were still open when it read (`txid` at or past its snapshot's
+xmin): any change committed later has a `txid` past every one it read, so resuming after the
+last one read misses nothing. SQLite has one writer at a time: `seq` is commit order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    Table,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    type_coerce,
+    update,
+)
+
+from webhook_service.models import JobChange
+from webhook_service.schemas import JobOut
+from webhook_service.services.jobs import JOBS, RESOURCE_COLUMNS, Polled, polled
+
+CHANGES = cast(Table, JobChange.__table__)
+# How long changes are kept: streams resume and callbacks retry (about three days) from them.
+CHANGE_RETENTION = timedelta(days=4)
+DELETE_BATCH = 5_000
+
+
+def _column(key: str) -> Any:
+    return CHANGES.c["job_id" if key == "id" else key].label(key)
+
+
+# A change row read as a poll reads the job: RESOURCE_COLUMNS by their names, then the raw
+# outcome and error (decrypted only if rendered).
+_SNAPSHOT = (
+    CHANGES.c.seq,
+    CHANGES.c.txid,
+    *(_column(column.key) for column in RESOURCE_COLUMNS),
+    type_coerce(CHANGES.c.outcome_enc, LargeBinary).label("outcome_raw"),
+    type_coerce(CHANGES.c.error_message_enc, LargeBinary).label("error_raw"),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of a job: its place in the record, and the job as it then was."""
+
+    seq: int
+    txid: int
+    job: Polled
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return cast(uuid.UUID, self.job.row.id)
+
+    @property
+    def etag(self) -> str:
+        return self.job.etag
+
+    def view(self) -> JobOut:
+        return self.job.view()
+
+
+def _change(row: Any) -> Change:
+    return Change(seq=row.seq, txid=row.txid, job=polled(row))
+
+
+_JOB_CHANGES = (
+    select(*_SNAPSHOT)
+    .where(CHANGES.c.job_id == bindparam("job"), CHANGES.c.seq > bindparam("after"))
+    .order_by(CHANGES.c.seq)
+)
+
+
+def job_changes(connection: Connection, job_id: uuid.UUID, after: int = 0) -> list[Change]:
+    """A job's changes after `after`, in order (its first is its creation, if still kept)."""
+    rows = connection.execute(_JOB_CHANGES, {"job": job_id, "after": after})
+    return [_change(row) for row in rows]
+
+
+def latest_seq(connection: Connection) -> int:
+    """The newest change's seq (0 with none): where a reader of new changes starts."""
+    return int(connection.execute(select(func.coalesce(func.max(CHANGES.c.seq), 0))).scalar_one())
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a reader of a client's changes is: after (txid, seq)."""
+
+    txid: int
+    seq: int
+
+
+def position_of(connection: Connection, seq: int) -> Position | None:
+    """The position just after the change `seq`, or None if it is no longer kept."""
+    txid = connection.execute(select(CHANGES.c.txid).where(CHANGES.c.seq == seq)).scalar()
+    return None if txid is None else Position(int(txid), seq)
+
+
+def client_changes(
+    connection: Connection, client_id: int, after: Position, limit: int = 500
+) -> list[Change]:
+    """A client's changes after `after`, in (txid, seq) order, only those safe to pass.
+
+    On PostgreSQL a change of a transaction still open when this reads (at or past the
+    snapshot's xmin) is left for the next read, with any after it (see the module's note).
+    """
+    query = (
+        select(*_SNAPSHOT)
+        .where(
+            CHANGES.c.client_id == client_id,
+            tuple_(CHANGES.c.txid, CHANGES.c.seq) > tuple_(after.txid, after.seq),
+        )
+        .order_by(CHANGES.c.txid, CHANGES.c.seq)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.where(
+            CHANGES.c.txid < text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        )
+    return [_change(row) for row in connection.execute(query)]
+
+
+def start_position(connection: Connection) -> Position:
+    """A position after every change already passed (for a reader starting now)."""
+    if connection.dialect.name == "postgresql":
+        # Every transaction older than the snapshot's xmin has ended; a change at or past it
+        # may still commit, so start just before it.
+        xmin = connection.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar_one()
+        return Position(int(xmin) - 1, 2**62)
+    return Position(0, latest_seq(connection))
+
+
+def purge_old_changes(connection: Connection, now: datetime) -> int:
+    """Delete changes older than CHANGE_RETENTION, oldest first, in one batch; return how many.
+
+    By `seq` (the primary key), stopping at the first one still kept: no index on time.
+    """
+    cutoff = now - CHANGE_RETENTION
+    oldest = (
+        select(CHANGES.c.seq, CHANGES.c.updated_at)
+        .order_by(CHANGES.c.seq)
+        .limit(DELETE_BATCH)
+        .subquery()
+    )
+    last = connection.execute(
+        select(func.max(oldest.c.seq)).where(
+            oldest.c.updated_at < bindparam("cutoff", cutoff, type_=JobChange.updated_at.type)
+        )
+    ).scalar()
+    if last is None:
+        return 0
+    return connection.execute(delete(CHANGES).where(CHANGES.c.seq <= last)).rowcount
+
+
+def erase_purged(connection: Connection, job_ids: list[uuid.UUID]) -> None:
+    """Give these (just purged) jobs' earlier changes the purged outcome and no error message:
+    PHI leaves the record of changes with the job's."""
+    if not job_ids:
+        return
+    current = select(JOBS.c.outcome_enc).where(JOBS.c.id == CHANGES.c.job_id).scalar_subquery()
+    connection.execute(
+        update(CHANGES)
+        .where(CHANGES.c.job_id.in_(job_ids))
+        .where(or_(CHANGES.c.outcome_enc.is_not(None), CHANGES.c.error_message_enc.is_not(None)))
+        .values(outcome_enc=current, error_message_enc=None)
+    )
