@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the secrets' prefix, not a secret
 SECRET_BYTES = 24  # 192 bits, as the Standard Webhooks reference libraries generate
 # The start of a receiver's answer kept with each attempt: enough to read an error message.
 EXCERPT_CHARS = 500
@@ -201,7 +201,9 @@ def send(
             refused = _peer_refusal(exc)
             if refused:
                 return Answer(False, None, took(), f"refused: {refused}"[:300], None)
-            if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ReadTimeout):
+            if isinstance(
+                exc, requests.exceptions.ConnectTimeout | requests.exceptions.ReadTimeout
+            ):
                 return Answer(False, None, took(), "timeout", None)
             return Answer(False, None, took(), _connection_error(exc), None)
         except requests.exceptions.Timeout:

@@ -37,8 +37,8 @@ class CallbackOut(BaseModel):
         "POST /v1/callback/enable) to re-enable it; pending deliveries then resume."
     )
     secret: str | None = Field(
-        default=None, description="`whsec_` + base64 of the signing key: keep it, it is not "
-        "shown again."
+        default=None,
+        description="`whsec_` + base64 of the signing key: keep it, it is not shown again.",
     )
     previous_secret_expires_at: datetime | None = Field(
         default=None,

@@ -394,4 +394,3 @@ class CallbackAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(300))
     # The start of the receiver's answer (bounded): a receiver may echo what it was sent.
     response_excerpt: Mapped[str | None] = mapped_column("response_excerpt_enc", EncryptedText)
-

@@ -52,9 +52,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "default_clinic_id": None,
     }
 
-    from webhook_service.http import api, console, health, support, webhooks
+    from webhook_service.http import api, callbacks, console, health, support, webhooks
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(callbacks.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(webhooks.bp)

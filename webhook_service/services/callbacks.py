@@ -31,6 +31,7 @@ from webhook_service.models import (
     CallbackDelivery,
     CallbackEndpoint,
 )
+from webhook_service.services.changes import Position, client_changes, start_position
 from webhook_service.services.support import Staff, audit_staff
 
 log = logging.getLogger(__name__)
@@ -129,28 +130,34 @@ def register_endpoint(
     ).one_or_none()
     secret = None
     created = endpoint is None or endpoint.state == EndpointState.REMOVED
+    # A new endpoint is called back for changes from now on, not for the record's past.
+    start = start_position(session.connection()) if created else None
     if endpoint is None:
+        assert start is not None
         secret = new_secret()
         endpoint = CallbackEndpoint(
             client_id=client.id,
             url=url,
             state=EndpointState.ENABLED,
             secret=secret,
+            fanned_out_txid=start.txid,
+            fanned_out_seq=start.seq,
             created_at=now,
             updated_at=now,
         )
         session.add(endpoint)
     else:
-        if endpoint.state == EndpointState.REMOVED:
+        if start is not None:  # registered again after its removal: a new endpoint
             secret = new_secret()
             endpoint.secret = secret
             endpoint.previous_secret = None
             endpoint.previous_until = None
+            endpoint.fanned_out_txid, endpoint.fanned_out_seq = start.txid, start.seq
             endpoint.created_at = now
         endpoint.url = url
         _enable(endpoint, now)
     session.flush()
-    log.info("callback registered", extra={"client_id": client.id, "created": created})
+    log.info("callback registered", extra={"client_id": client.id, "new_endpoint": created})
     return endpoint, secret, created
 
 
@@ -190,7 +197,9 @@ def remove_endpoint(session: Session, client: ApiClient, now: datetime) -> None:
     log.info("callback removed", extra={"client_id": client.id})
 
 
-def rotate_secret(session: Session, client: ApiClient, now: datetime) -> tuple[CallbackEndpoint, str]:
+def rotate_secret(
+    session: Session, client: ApiClient, now: datetime
+) -> tuple[CallbackEndpoint, str]:
     """A new secret signs from now on; the old one signs alongside for 24 hours."""
     endpoint = _endpoint_of(session, client, lock=True)
     secret = new_secret()
@@ -202,8 +211,14 @@ def rotate_secret(session: Session, client: ApiClient, now: datetime) -> tuple[C
     return endpoint, secret
 
 
-def endpoint_view(endpoint: CallbackEndpoint, now: datetime, secret: str | None = None) -> CallbackOut:
-    overlap = endpoint.previous_until if endpoint.previous_until and endpoint.previous_until > now else None
+def endpoint_view(
+    endpoint: CallbackEndpoint, now: datetime, secret: str | None = None
+) -> CallbackOut:
+    overlap = (
+        endpoint.previous_until
+        if endpoint.previous_until and endpoint.previous_until > now
+        else None
+    )
     return CallbackOut(
         url=endpoint.url,
         state="disabled" if endpoint.state == EndpointState.DISABLED else "enabled",
@@ -243,6 +258,46 @@ def add_delivery(
     )
     session.add(delivery)
     return delivery
+
+
+FAN_OUT_BATCH = 500
+
+
+def fan_out(session: Session, *, now: datetime, limit: int = FAN_OUT_BATCH) -> int:
+    """Turn each enabled endpoint's new job changes into deliveries; return how many.
+
+    Reads the record of changes after the endpoint's position, in the order streams read
+    it (`client_changes`: only changes of committed transactions, so none is passed over),
+    and moves the position on in the same transaction. Endpoints another worker is fanning
+    out are skipped (SKIP LOCKED). A disabled endpoint's position waits: once re-enabled,
+    it gets the changes it missed that the record still keeps (four days).
+    """
+    endpoints = session.scalars(
+        select(CallbackEndpoint)
+        .where(CallbackEndpoint.state == EndpointState.ENABLED)
+        .order_by(CallbackEndpoint.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    added = 0
+    for endpoint in endpoints:
+        after = Position(endpoint.fanned_out_txid, endpoint.fanned_out_seq)
+        changes = client_changes(session.connection(), endpoint.client_id, after, limit)
+        for change in changes:
+            add_delivery(
+                session,
+                endpoint.id,
+                job_id=change.job_id,
+                change_seq=change.seq,
+                resource=change.view().model_dump(mode="json"),
+                changed_at=change.job.row.updated_at,
+                now=now,
+            )
+        if changes:
+            endpoint.fanned_out_txid, endpoint.fanned_out_seq = changes[-1].txid, changes[-1].seq
+            added += len(changes)
+    if added:
+        session.flush()
+    return added
 
 
 @dataclass(frozen=True)
@@ -322,7 +377,8 @@ def record_attempt(session: Session, outgoing: Outgoing, answer: Answer, now: da
     )
     delivery = session.get(CallbackDelivery, outgoing.delivery_id, with_for_update=True)
     endpoint = session.get(CallbackEndpoint, outgoing.endpoint_id, with_for_update=True)
-    assert delivery is not None and endpoint is not None  # rows are never deleted
+    assert delivery is not None  # rows are never deleted
+    assert endpoint is not None
     delivery.attempts += 1
     delivery.claimed_until = None
     delivery.resend_by = None
@@ -340,7 +396,10 @@ def record_attempt(session: Session, outgoing: Outgoing, answer: Answer, now: da
         else:
             delivery.next_attempt_at = now + pause
         endpoint.failing_since = endpoint.failing_since or now
-        if endpoint.state == EndpointState.ENABLED and now - endpoint.failing_since >= DISABLE_AFTER:
+        if (
+            endpoint.state == EndpointState.ENABLED
+            and now - endpoint.failing_since >= DISABLE_AFTER
+        ):
             endpoint.state = EndpointState.DISABLED
             endpoint.disabled_at = endpoint.updated_at = now
             log.warning("callback endpoint disabled", extra={"endpoint_id": endpoint.id})
@@ -513,7 +572,7 @@ def _delivery_view(
         job_id=delivery.job_id,
         change_seq=delivery.change_seq,
         webhook_id=delivery.webhook_id,
-        state=delivery.state,  # type: ignore[arg-type]  # one of DeliveryState
+        state=delivery.state,
         attempts=delivery.attempts,
         next_attempt_at=delivery.next_attempt_at,
         created_at=delivery.created_at,
@@ -521,7 +580,7 @@ def _delivery_view(
         attempt_log=[
             CallbackAttemptOut(
                 at=a.at,
-                trigger=a.trigger,  # type: ignore[arg-type]  # `schedule` or `resend`
+                trigger=a.trigger,
                 url=a.url,
                 succeeded=a.succeeded,
                 status_code=a.status_code,
@@ -532,4 +591,3 @@ def _delivery_view(
             for a in attempts
         ],
     )
-
