@@ -83,7 +83,7 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve) -> None:
+def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
     """Raise UnsafeUrl unless `url` may be called: https to public addresses only, unless
     private networks are allowed (development and tests), which allows plain http too."""
     parts = urlsplit(url)
@@ -100,7 +100,7 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve) ->
     if allow_private:
         return
     try:
-        addresses = resolver(parts.hostname, port)
+        addresses = (resolver or resolve)(parts.hostname, port)
     except (OSError, UnicodeError):
         raise UnsafeUrl(f"host {parts.hostname!r} does not resolve") from None
     private = [address for address in addresses if not is_public(address)]
@@ -167,7 +167,7 @@ def send(
     allow_private: bool,
     connect_timeout: float,
     total_timeout: float,
-    resolver: Resolver = resolve,
+    resolver: Resolver | None = None,
 ) -> Answer:
     """POST one callback; 2xx is success, anything else (a redirect too) a failure.
 

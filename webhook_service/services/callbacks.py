@@ -506,7 +506,9 @@ def read_callback_delivery(
         .where(CallbackAttempt.delivery_id == delivery.id)
         .order_by(CallbackAttempt.id)
     ).all()
-    audit_staff(session, staff, "callback.read", now, delivery_id=delivery.id)
+    audit_staff(
+        session, staff, "callback.read", now, job_id=delivery.job_id, delivery_id=delivery.id
+    )
     return _delivery_view(delivery, name, list(attempts))
 
 
@@ -534,7 +536,7 @@ def resend_delivery(
         staff,
         "callback.resend",
         now,
-        job_id=str(delivery.job_id),
+        job_id=delivery.job_id,
         delivery_id=delivery.id,
         reason=reason,
         state_before=before,
