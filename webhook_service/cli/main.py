@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from webhook_service.cli.base import session_factory
+from webhook_service.cli.callbacks import callbacks
 from webhook_service.cli.support import jobs as support_jobs
 from webhook_service.clock import utcnow
 from webhook_service.migrations import MigrationsMissing
@@ -243,3 +244,4 @@ def _add_sandbox() -> None:
 
 _add_sandbox()
 main.add_command(support_jobs)
+main.add_command(callbacks)

@@ -108,6 +108,14 @@ def check_callback_url(url: str, *, allow_private: bool) -> None:
         ) from None
 
 
+def frontend_named(session: Session, name: str) -> ApiClient:
+    """The front-end client called `name` (for the command line), or NotFound."""
+    client = session.scalars(select(ApiClient).where(ApiClient.name == name)).one_or_none()
+    if client is None or client.role != "frontend" or client.revoked_at is not None:
+        raise NotFound(f"No active front-end client named {name!r}.")
+    return client
+
+
 def _endpoint_of(session: Session, client: ApiClient, *, lock: bool = False) -> CallbackEndpoint:
     query = select(CallbackEndpoint).where(CallbackEndpoint.client_id == client.id)
     endpoint = session.scalars(query.with_for_update() if lock else query).one_or_none()
