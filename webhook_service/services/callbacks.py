@@ -508,16 +508,27 @@ def read_callback_delivery(
     session: Session, staff: Staff, delivery_id: str, now: datetime
 ) -> CallbackDeliveryOut:
     """One delivery with every attempt (answers' excerpts can quote what was sent: audited)."""
+    view = callback_delivery(session, delivery_id, excerpts=True)
+    audit_staff(session, staff, "callback.read", now, job_id=view.job_id, delivery_id=view.id)
+    return view
+
+
+def callback_delivery(
+    session: Session, delivery_id: str, *, excerpts: bool = False
+) -> CallbackDeliveryOut:
+    """One delivery with every attempt; the answers' excerpts only when asked (an audited
+    read: see `read_callback_delivery`)."""
     delivery, name = _delivery_and_client(session, delivery_id)
     attempts = session.scalars(
         select(CallbackAttempt)
         .where(CallbackAttempt.delivery_id == delivery.id)
         .order_by(CallbackAttempt.id)
     ).all()
-    audit_staff(
-        session, staff, "callback.read", now, job_id=delivery.job_id, delivery_id=delivery.id
-    )
-    return _delivery_view(delivery, name, list(attempts))
+    view = _delivery_view(delivery, name, list(attempts))
+    if not excerpts:
+        for attempt in view.attempt_log:
+            attempt.response_excerpt = None
+    return view
 
 
 def resend_delivery(
