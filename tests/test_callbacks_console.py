@@ -7,8 +7,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from tests.conftest import FakeClock, new_token
 from tests import test_callbacks as cb
+from tests.conftest import FakeClock, new_token
 from tests.test_callbacks import ENCOUNTERS, Receiver, deliver_all, register
 from tests.test_console import Console, anonymous, text_of
 from tests.test_lifecycle_http import ENCOUNTER, submit
