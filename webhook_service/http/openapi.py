@@ -74,8 +74,14 @@ def _problem(description: str) -> dict[str, Any]:
 
 def build_spec() -> dict[str, Any]:
     """Return the whole OpenAPI document (computed once per process by the caller)."""
+    from webhook_service.http import openapi_callbacks as callbacks
+
+    requests = [*_REQUESTS, *callbacks.REQUESTS]
     _, defs = models_json_schema(
-        [(m, "validation" if m in _REQUESTS else "serialization") for m in _MODELS],
+        [
+            (m, "validation" if m in requests else "serialization")
+            for m in _MODELS + callbacks.MODELS
+        ],
         ref_template=_REF_TEMPLATE,
     )
     schemas = defs.get("$defs", {})
@@ -139,6 +145,7 @@ def build_spec() -> dict[str, Any]:
             {"name": "support", "description": "The support role's reads and actions."},
             {"name": "webhooks", "description": "Cobalt's signed webhooks."},
             {"name": "health", "description": "Probes for the platform."},
+            callbacks.TAG,
         ],
         "paths": {
             "/v1/notes": submit(NoteRequest, "submit_note", "Submit a clinical note"),
@@ -205,6 +212,7 @@ def build_spec() -> dict[str, Any]:
                 }
             },
             **_support_paths(job_id),
+            **callbacks.paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -230,6 +238,7 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         },
+        "webhooks": callbacks.webhooks(),
         "components": {
             "schemas": schemas,
             "headers": _HEADERS,

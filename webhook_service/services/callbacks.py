@@ -566,10 +566,10 @@ def resend_delivery(
 def _delivery_and_client(
     session: Session, delivery_id: str, *, lock: bool = False
 ) -> tuple[CallbackDelivery, str]:
-    try:
-        key = int(delivery_id)
-    except ValueError:
-        raise NotFound(f"No callback delivery with id {delivery_id!r}.") from None
+    # Ids are positive 64-bit integers: anything else names no delivery.
+    if not delivery_id.isdigit() or not 0 < int(delivery_id) < 2**63:
+        raise NotFound(f"No callback delivery with id {delivery_id!r}.")
+    key = int(delivery_id)
     query = (
         select(CallbackDelivery, ApiClient.name)
         .join(CallbackEndpoint, CallbackEndpoint.id == CallbackDelivery.endpoint_id)
