@@ -237,6 +237,7 @@ def app(settings: Settings, sessions: SessionFactory, clock: FakeClock) -> Itera
     app.test_client_class = BearerClient
     app.config["TEST_TOKEN"] = new_token(sessions, "frontend-a", "frontend")
     yield app
+    app.extensions["webhook_service"]["wakeups"].stop()
     app.extensions["webhook_service"]["engine"].dispose()
 
 

@@ -117,7 +117,7 @@ def retried_by_support(ctx: dict[str, Any]) -> tuple[str, list[Seen]]:
 
 
 def purged(ctx: dict[str, Any]) -> tuple[str, list[Seen]]:
-    job_id, expected = webhook_fast_path(ctx)
+    job_id, _ = webhook_fast_path(ctx)
     ctx["clock"].advance(days=31)
     with transaction(ctx["sessions"]) as session:
         assert purge_expired_phi(session, now=ctx["clock"](), retention=timedelta(days=30)) == 1
@@ -209,7 +209,8 @@ def test_the_triggers_copy_every_column_of_the_resource_and_watch_the_etags_colu
     source = MIGRATION.read_text()
     snapshot = re.search(r"SNAPSHOT = \{(.*?)\}", source, re.S)
     watched = re.search(r"CHANGE_COLUMNS = \((.*?)\)", source, re.S)
-    assert snapshot is not None and watched is not None
+    assert snapshot is not None
+    assert watched is not None
     copied = set(re.findall(r'"(\w+)": "\w+"', snapshot.group(1)))
     resource = {column.name for column in RESOURCE_COLUMNS}
     assert resource | {"outcome_enc", "error_message_enc"} == copied

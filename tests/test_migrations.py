@@ -20,6 +20,7 @@ TABLES = {
     "clinics",
     "jobs",
     "job_events",
+    "job_changes",
     "webhook_deliveries",
     "api_clients",
     "audit_events",

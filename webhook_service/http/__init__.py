@@ -17,6 +17,7 @@ from webhook_service.db import connection_trouble, make_engine, make_session_fac
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
+from webhook_service.wakeups import Wakeups
 
 log = logging.getLogger("webhook_service.http")
 STATIC = Path(__file__).parent / "static"  # the console's and the demo page's own files
@@ -50,11 +51,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         # and the default clinic's id once it is known to exist.
         "auth_cache": {},
         "default_clinic_id": None,
+        # Wakes this process's long polls and streams when a job changes (http/push.py).
+        "wakeups": Wakeups(engine),
     }
 
-    from webhook_service.http import api, callbacks, console, health, support, webhooks
+    from webhook_service.http import api, callbacks, console, health, push, support, webhooks
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(push.bp)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)

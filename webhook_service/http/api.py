@@ -18,6 +18,7 @@ from webhook_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from webhook_service.http import push
 from webhook_service.http.auth import current_client, require
 from webhook_service.http.context import (
     read_body,
@@ -29,6 +30,7 @@ from webhook_service.http.context import (
 )
 from webhook_service.http.openapi import build_spec
 from webhook_service.lifecycle import JobStatus
+from webhook_service.models import ApiClient
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.jobs import JobColumns
 
@@ -142,8 +144,14 @@ def _waiting_jobs(connection: Connection, now: datetime) -> int:
 @bp.get("/v1/jobs/<job_id>")
 @require("frontend", "support")
 def get_job(job_id: str) -> Response:
-    """Return a job; 304 when the caller's ETag is still current."""
+    """Return a job; 304 when the caller's ETag is still current (after holding the answer
+    while it is, with `Prefer: wait`: the long poll, http/push.py)."""
     client = current_client()
+    waited = push.hold_poll(job_id, client)
+    return push.preference_applied(_poll(job_id, client), waited)
+
+
+def _poll(job_id: str, client: ApiClient) -> Response:
     if client.role == "support":
         with request_transaction() as session:
             polled = services.poll_job(session.connection(), job_id, client)
