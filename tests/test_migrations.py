@@ -25,6 +25,9 @@ TABLES = {
     "api_clients",
     "audit_events",
     "rate_counters",
+    "callback_endpoints",
+    "callback_deliveries",
+    "callback_attempts",
 }
 
 
