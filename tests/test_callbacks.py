@@ -654,3 +654,21 @@ def test_the_secret_is_encrypted_at_rest(
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT secret_enc FROM callback_endpoints")).scalar_one()
     assert secret.encode() not in bytes(stored)
+
+
+def test_the_retry_scale_shrinks_the_schedule_for_reliability_runs(
+    client: FlaskClient,
+    database_url: str,
+    sessions: SessionFactory,
+    clock: FakeClock,
+    receiver: Receiver,
+) -> None:
+    receiver.trust(register(client, receiver.url)["secret"])
+    receiver.answer(500)
+    submit(client, ENCOUNTERS, ENCOUNTER)
+    scaled = make_settings(
+        database_url, CALLBACK_ALLOW_PRIVATE_NETWORKS=True, CALLBACK_RETRY_SCALE=0.01
+    )
+    deliver_all(CallbackSender(scaled, sessions, clock=clock))
+    [delivery] = deliveries(sessions)
+    assert delivery.next_attempt_at == clock.now + RETRY_SCHEDULE[0] * 0.01

@@ -80,7 +80,9 @@ class CallbackSender:
             total_timeout=self.settings.callback_timeout_seconds,
         )
         with transaction(self.sessions) as session:
-            callbacks.record_attempt(session, outgoing, answer, self.clock())
+            callbacks.record_attempt(
+                session, outgoing, answer, self.clock(), scale=self.settings.callback_retry_scale
+            )
         return True
 
     def housekeeping(self) -> None:

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(
         default=10.0, gt=0, validation_alias="CALLBACK_TIMEOUT_SECONDS"
     )
+    # Shrinks the callbacks' three-day retry schedule (and the days before an endpoint is
+    # disabled) by this factor: for reliability runs, which cannot wait days. 1 in production.
+    callback_retry_scale: float = Field(
+        default=1.0, gt=0, le=1, validation_alias="CALLBACK_RETRY_SCALE"
+    )
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"

@@ -156,9 +156,12 @@ def claim_due_delivery(session: Session, *, now: datetime, lease: timedelta) -> 
     )
 
 
-def record_attempt(session: Session, outgoing: Outgoing, answer: Answer, now: datetime) -> str:
+def record_attempt(
+    session: Session, outgoing: Outgoing, answer: Answer, now: datetime, *, scale: float = 1.0
+) -> str:
     """Keep the attempt; settle the delivery or schedule its next try; track the endpoint's
-    failures and disable it once they have lasted `DISABLE_AFTER`. Returns the new state."""
+    failures and disable it once they have lasted `DISABLE_AFTER` (both times `scale`).
+    Returns the new state."""
     session.add(
         CallbackAttempt(
             delivery_id=outgoing.delivery_id,
@@ -184,7 +187,7 @@ def record_attempt(session: Session, outgoing: Outgoing, answer: Answer, now: da
         delivery.finished_at, delivery.next_attempt_at = now, None
         endpoint.failing_since = None
     else:
-        pause = retry_delay(delivery.attempts)
+        pause = retry_delay(delivery.attempts, scale)
         if delivery.state != DeliveryState.PENDING:
             pass  # cancelled meanwhile (endpoint removed): stays so
         elif pause is None:
@@ -195,7 +198,7 @@ def record_attempt(session: Session, outgoing: Outgoing, answer: Answer, now: da
         endpoint.failing_since = endpoint.failing_since or now
         if (
             endpoint.state == EndpointState.ENABLED
-            and now - endpoint.failing_since >= DISABLE_AFTER
+            and now - endpoint.failing_since >= DISABLE_AFTER * scale
         ):
             endpoint.state = EndpointState.DISABLED
             endpoint.disabled_at = endpoint.updated_at = now

@@ -44,11 +44,14 @@ class DeliveryState:
     CANCELLED = "cancelled"
 
 
-def retry_delay(attempts_made: int) -> timedelta | None:
-    """The pause before the next attempt after `attempts_made` failed ones; None: give up."""
+def retry_delay(attempts_made: int, scale: float = 1.0) -> timedelta | None:
+    """The pause before the next attempt after `attempts_made` failed ones; None: give up.
+
+    `scale` (CALLBACK_RETRY_SCALE, 1 but in reliability runs) shrinks the whole schedule.
+    """
     if attempts_made < 1 or attempts_made > len(RETRY_SCHEDULE):
         return None
-    return RETRY_SCHEDULE[attempts_made - 1]
+    return RETRY_SCHEDULE[attempts_made - 1] * scale
 
 
 def signing_secrets(endpoint: CallbackEndpoint, now: datetime) -> list[str]:
