@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import FakeClock, make_settings
+from tests.conftest import START, FakeClock, make_settings
 from tests.test_lifecycle_http import ENCOUNTER, accept_encounter, submit
 from webhook_service import callback_client
 from webhook_service.callback_sender import CallbackSender
@@ -672,3 +672,17 @@ def test_the_retry_scale_shrinks_the_schedule_for_reliability_runs(
     deliver_all(CallbackSender(scaled, sessions, clock=clock))
     [delivery] = deliveries(sessions)
     assert delivery.next_attempt_at == clock.now + RETRY_SCHEDULE[0] * 0.01
+
+
+def test_a_revoked_clients_endpoint_hears_nothing_more(
+    client: FlaskClient, sender: CallbackSender, receiver: Receiver, sessions: SessionFactory
+) -> None:
+    from webhook_service.db import transaction
+    from webhook_service.services import revoke_client
+
+    receiver.trust(register(client, receiver.url)["secret"])
+    submit(client, ENCOUNTERS, ENCOUNTER)
+    with transaction(sessions) as session:
+        revoke_client(session, "frontend-a", START)
+    assert deliver_all(sender) == 0
+    assert receiver.got == []

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # How often one worker thread looks for new changes to fan out (the cursor's lock makes the
 # other threads and processes skip it meanwhile).
 FAN_OUT_EVERY_SECONDS = 0.2
+# After finding nothing due, how long a thread leaves deliveries alone (a retry falls due).
+IDLE_SECONDS = 0.2
 
 
 class CallbackSender:
@@ -41,6 +43,7 @@ class CallbackSender:
         self.signing_clock = signing_clock
         self._fans_out = fans_out
         self._last_fan_out: float | None = None
+        self._idle_until = 0.0
 
     def run_once(self) -> bool:
         """Fan out new changes (at most every FAN_OUT_EVERY_SECONDS), then send one due delivery;
@@ -50,8 +53,15 @@ class CallbackSender:
         last = self._last_fan_out
         if self._fans_out and (last is None or now - last >= FAN_OUT_EVERY_SECONDS):
             self._last_fan_out = now
-            self.fan_out()
-        return self.send_one()
+            if self.fan_out():
+                self._idle_until = 0.0
+        if now < self._idle_until:
+            return False
+        sent = self.send_one()
+        if not sent:
+            # Nothing was due: the thread's job claims need not pay a second claim per loop.
+            self._idle_until = now + IDLE_SECONDS
+        return sent
 
     def fan_out(self) -> int:
         with transaction(self.sessions) as session:

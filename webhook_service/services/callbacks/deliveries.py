@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from webhook_service.callback_client import Answer
 from webhook_service.models import (
+    ApiClient,
     CallbackAttempt,
     CallbackDelivery,
     CallbackEndpoint,
@@ -71,9 +72,11 @@ def fan_out(session: Session, *, now: datetime, limit: int = FAN_OUT_BATCH) -> i
     """
     endpoints = session.scalars(
         select(CallbackEndpoint)
-        .where(CallbackEndpoint.state == EndpointState.ENABLED)
+        .join(ApiClient, ApiClient.id == CallbackEndpoint.client_id)
+        # A revoked client's endpoint hears nothing more.
+        .where(CallbackEndpoint.state == EndpointState.ENABLED, ApiClient.revoked_at.is_(None))
         .order_by(CallbackEndpoint.id)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=CallbackEndpoint)
     ).all()
     added = 0
     for endpoint in endpoints:
