@@ -36,7 +36,7 @@ from tests.processes import RunningSystem
 RETRY_SCALE = 0.01
 # Past the outage, how long the last retries may take (the scaled schedule's 5th and 6th
 # pauses are 3 and 6 minutes).
-DRAIN_SECONDS = 900.0
+DRAIN_SECONDS = 3600.0
 
 
 def callbacks(
@@ -150,6 +150,10 @@ def _account(
     duplicates = len(answered_ok) - len(first_ok)
     [(attempts,)] = query(database_url, "SELECT count(*) FROM callback_attempts")
     states = dict(query(database_url, "SELECT state, count(*) FROM callback_deliveries GROUP BY 1"))
+    outcomes = query(
+        database_url,
+        "SELECT coalesce(error, status_code::text), count(*) FROM callback_attempts GROUP BY 1",
+    )
 
     account.add("jobs", len(job_ids), "jobs")
     account.add("changes in the record", sum(expected.values()), "changes")
@@ -160,6 +164,9 @@ def _account(
     account.add("duplicates (same webhook-id answered 2xx again)", duplicates, "duplicates")
     account.add("callbacks received in all (every answer)", len(received))
     account.add("attempts recorded", attempts)
+    account.add("attempts by outcome", ", ".join(f"{k} {v}" for k, v in sorted(outcomes)))
+    answers = Counter(str(r["answered"]) for r in received)
+    account.add("receiver's answers", ", ".join(f"{k} {v}" for k, v in sorted(answers.items())))
     account.add("deliveries by state", ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     for (job, status, at), count in sorted(lost.items())[:20]:
         account.violations.append(f"lost: job {job} {status} at {at.isoformat()} (x{count})")
