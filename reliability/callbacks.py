@@ -34,8 +34,9 @@ from reliability.run import (
 from tests.processes import RunningSystem
 
 RETRY_SCALE = 0.01
-# Past the outage, how long the last retries may take (the scaled schedule's 5th and 6th
-# pauses are 3 and 6 minutes).
+# Past the outage, how long the last retries may take: a change that failed through the
+# outage and then a few more times waits the scaled schedule's later pauses (3, 6, 6, 14 and
+# 14 minutes), so the run's tail is tens of minutes.
 DRAIN_SECONDS = 3600.0
 
 
