@@ -686,3 +686,37 @@ def test_a_revoked_clients_endpoint_hears_nothing_more(
         revoke_client(session, "frontend-a", START)
     assert deliver_all(sender) == 0
     assert receiver.got == []
+
+
+def test_several_workers_fan_out_each_change_once(
+    client: FlaskClient,
+    settings: Settings,
+    sessions: SessionFactory,
+    clock: FakeClock,
+    receiver: Receiver,
+) -> None:
+    import threading
+
+    receiver.trust(register(client, receiver.url)["secret"])
+    for n in range(6):
+        submit(client, ENCOUNTERS, {**ENCOUNTER, "reason": f"Refill {n}"})
+    senders = [CallbackSender(settings, sessions, clock=clock) for _ in range(4)]
+    changes_readable(senders[0])
+    errors: list[BaseException] = []
+
+    def fan_out(sender: CallbackSender) -> None:
+        try:
+            for _ in range(5):
+                sender.fan_out()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fan_out, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    made = deliveries(sessions)
+    assert len(made) == 6
+    assert len({d.change_seq for d in made}) == 6
