@@ -481,7 +481,9 @@ def test_a_name_that_resolves_to_loopback_by_send_time_is_refused(
     assert front.put("/v1/callback", json={"url": "https://hooks.example.com/a"}).status_code == 201
     submit(front, ENCOUNTERS, ENCOUNTER)
     monkeypatch.setattr(callback_client, "resolve", lambda host, port: ["127.0.0.1"])
-    production = CallbackSender(make_settings(database_url), sessions, clock=clock)
+    production = CallbackSender(
+        make_settings(database_url, WEBHOOK_SERVICE_ENV="production"), sessions, clock=clock
+    )
     changes_readable(production)
     production.fan_out()
     assert production.send_one()
