@@ -202,7 +202,8 @@ def _app(database_url: str, sessions: SessionFactory) -> Flask:
     """An app as production runs it: no private networks."""
     from tests.conftest import BearerClient, new_token
 
-    app = create_app(make_settings(database_url))
+    production = make_settings(database_url, WEBHOOK_SERVICE_ENV="production", SECRET_KEY="s" * 40)
+    app = create_app(production)
     app.test_client_class = BearerClient
     app.config["TEST_TOKEN"] = new_token(sessions, "frontend-prod", "frontend")
     return app
