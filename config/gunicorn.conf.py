@@ -1,18 +1,29 @@
 """gunicorn settings for the `web` process (Procfile), read by `gunicorn --config`.
 
-Threads, not more processes, absorb the slow clients and webhook bursts: each request is
-short and mostly waits on the database. Timeouts sit inside Heroku's 30 s router limit.
+On PostgreSQL each process serves its requests as gevent greenlets: long polls and streams
+(README, "Push") are held by the thousand at the cost of a greenlet each, not a thread, and
+every other request is short and mostly waits on the database (psycopg cooperates with
+gevent). On SQLite (development, the sandbox) it keeps 4 threads: SQLite's driver blocks the
+whole process while it waits for the file's lock. `GUNICORN_WORKER_CLASS` overrides either.
+Timeouts sit inside Heroku's 30 s router limit.
 """
 
 import gc
 import multiprocessing
 import os
+import signal
+import threading
 from typing import Any
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+_database = os.environ.get("DATABASE_URL", "")
+_postgres = _database.startswith(("postgres://", "postgresql://", "postgresql+psycopg://"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent" if _postgres else "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))  # gthread only
+# gevent: requests (held ones included) one process serves at once; the pool still bounds
+# its database connections (README, "Connection budget").
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 timeout = 25  # a worker stuck this long is restarted, before the router's 30 s cut-off
 graceful_timeout = 25  # SIGTERM: finish in-flight requests within Heroku's 30 s
 keepalive = 5
@@ -49,3 +60,31 @@ def post_worker_init(worker: object) -> None:
     collection scans only what requests made since, not all of it every time (68 ms each, in
     process, before; a pause for every thread of the worker)."""
     gc.freeze()
+    if worker is not None:
+        _end_held_requests_on_shutdown(worker)
+
+
+def _end_held_requests_on_shutdown(worker: Any) -> None:
+    """On SIGTERM (and SIGINT, SIGQUIT), answer held long polls and end streams first, so the
+    graceful shutdown is not spent waiting for them: a long poll answers (304 or the job),
+    a stream ends and its EventSource reconnects, with Last-Event-ID, to another process."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    wakeups = extensions.get("webhook_service", {}).get("wakeups")
+    if wakeups is None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+
+        def stop_then(sig: int, frame: Any, previous: Any = previous) -> None:
+            # Not in the signal handler itself: waking takes a lock (a greenlet's, on gevent,
+            # where the handler runs in the event loop and may not block).
+            if worker.__class__.__name__.startswith("Gevent"):
+                import gevent
+
+                gevent.spawn(wakeups.stop)
+            else:
+                threading.Thread(target=wakeups.stop, daemon=True).start()
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, stop_then)

@@ -346,6 +346,20 @@ def running_system(
         raise
 
 
+def start_another_web(system: RunningSystem, processes: int = 1) -> str:
+    """Start a second `web` (the Procfile's gunicorn, on a port of its own) beside the first,
+    on the same database; return its URL. The sandbox's webhooks still go to the first, so a
+    request held here is answered by a change another process made. Stopped with the rest."""
+    port = free_port()
+    assert system.tmp_dir is not None
+    environ = {**system.environ, "PORT": str(port), "WEB_CONCURRENCY": str(processes)}
+    argv = [*procfile_command("web"), "--bind", f"127.0.0.1:{port}"]
+    _start("web2", argv, environ, system.tmp_dir, system)
+    url = f"http://127.0.0.1:{port}"
+    _wait_until("the second web process", lambda: _answers(f"{url}/readyz"), system)
+    return url
+
+
 def _run(argv: list[str], environ: Mapping[str, str], log_path: Path) -> str:
     """Run a one-off command to completion; its stdout, or StartupFailed with its output."""
     result = subprocess.run(

@@ -256,9 +256,14 @@ def _wait_until(condition: Any, timeout: float = 30.0) -> None:
 
 # What the README's budget promises for the default formation at its largest: gunicorn's
 # default WEB_CONCURRENCY (the cores, at most 4) x DATABASE_POOL_SIZE 3, and one worker
-# process's WORKER_DATABASE_POOL_SIZE 4. The plan's 20 leave room for the release and a one-off.
+# process's WORKER_DATABASE_POOL_SIZE 4, and each web process's one listening connection (the
+# first long poll or stream opens it: README, "Push").
 WEB_PROCESSES = 4
-BUDGET = {"webhook-service:web": WEB_PROCESSES * 3, "webhook-service:worker": 4}
+BUDGET = {
+    "webhook-service:web": WEB_PROCESSES * 3,
+    "webhook-service:web-listen": WEB_PROCESSES,
+    "webhook-service:worker": 4,
+}
 
 
 @pytest.mark.e2e
@@ -305,6 +310,13 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
                     statuses.append(
                         api.get(f"{system.web_url}/v1/jobs/{job}", timeout=30).status_code
                     )
+                    if i == 0:  # a long poll too: every web process then listens
+                        held = api.get(
+                            f"{system.web_url}/v1/jobs/{job}",
+                            headers={"If-None-Match": answer.headers["ETag"], "Prefer": "wait=1"},
+                            timeout=30,
+                        )
+                        statuses.append(500 if held.status_code >= 500 else 0)
                 body, signature = sign(
                     event("telephone_encounter.created", job_id=f"{n}{i}"), PROCESS_SECRET
                 )
@@ -332,6 +344,7 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
         assert not [s for s in statuses if s >= 500], (Counter(statuses), system.tails())
         assert statuses.count(200) == 2 * 32 * 8, Counter(statuses)  # polls and webhooks
         assert peak["webhook-service:web"] > 0, peak
+        assert peak["webhook-service:web-listen"] > 0, peak
         assert peak["webhook-service:worker"] > 0, peak
         for name, budget in BUDGET.items():
             assert peak[name] <= budget, (name, peak)

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # a job step's database work is short, and no thread holds one while it waits on Cobalt.
     # The defaults keep the default formation within a 20-connection plan.
     database_pool_size: int = Field(default=3, ge=1, le=100, validation_alias="DATABASE_POOL_SIZE")
+    # Requests a web process works on at once (http/slots.py): as many as gthread's threads,
+    # whatever the worker class; held long polls and streams wait without one.
+    request_slots: int = Field(default=4, ge=1, le=1000, validation_alias="GUNICORN_THREADS")
     worker_database_pool_size: int = Field(
         default=4, ge=1, le=100, validation_alias="WORKER_DATABASE_POOL_SIZE"
     )

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from webhook_service import phi
 from webhook_service.db import connection_trouble, make_engine, make_session_factory
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
+from webhook_service.http.slots import Slots, SlottedApp
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
 from webhook_service.wakeups import Wakeups
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "default_clinic_id": None,
         # Wakes this process's long polls and streams when a job changes (http/push.py).
         "wakeups": Wakeups(engine),
+        "slots": Slots(settings.request_slots),
     }
 
     from webhook_service.http import api, callbacks, console, health, push, support, webhooks
@@ -75,7 +77,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/favicon.ico", "favicon", _favicon)
     _register_error_handlers(app)
     _add_security_headers(app, hsts=settings.environment == "production")
-    app.wsgi_app = RequestLog(app.wsgi_app, log)  # type: ignore[method-assign]
+    slots = app.extensions["webhook_service"]["slots"]
+    app.wsgi_app = RequestLog(SlottedApp(app.wsgi_app, slots), log)  # type: ignore[method-assign]
     return app
 
 

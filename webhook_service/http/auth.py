@@ -103,8 +103,22 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
     CORS(
         app,
         resources={r"/v1/*": {"origins": list(origins)}},
-        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match"],
-        expose_headers=["ETag", "Retry-After", "Location", "Idempotent-Replayed", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "If-None-Match",
+            "Prefer",
+            "Last-Event-ID",
+        ],
+        expose_headers=[
+            "ETag",
+            "Retry-After",
+            "Location",
+            "Idempotent-Replayed",
+            "X-Request-ID",
+            "Preference-Applied",
+        ],
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
     )

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from webhook_service.http.openapi_push import PREFER, PREFERENCE_APPLIED, push_paths
 from webhook_service.schemas import (
     ChartOutcomeRequest,
     DeliveryBodyOut,
@@ -162,6 +163,7 @@ def build_spec() -> dict[str, Any]:
                     "parameters": [
                         job_id,
                         {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                        PREFER,
                     ],
                     "responses": {
                         "200": {
@@ -169,6 +171,7 @@ def build_spec() -> dict[str, Any]:
                             "headers": {
                                 "ETag": _header("ETag"),
                                 "Retry-After": _header("PollRetryAfter"),
+                                "Preference-Applied": PREFERENCE_APPLIED,
                             },
                             "content": _json(JobOut),
                         },
@@ -177,6 +180,7 @@ def build_spec() -> dict[str, Any]:
                             "headers": {
                                 "ETag": _header("ETag"),
                                 "Retry-After": _header("PollRetryAfter"),
+                                "Preference-Applied": PREFERENCE_APPLIED,
                             },
                         },
                         "404": _problem("No such job."),
@@ -211,6 +215,7 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            **push_paths(job_id, _problem),
             **_support_paths(job_id),
             **callbacks.paths(),
             "/healthz": {
@@ -261,7 +266,9 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "enum": ["true"]},
     },
     "ETag": {
-        "description": "The job's version; send it back as If-None-Match to poll for a 304.",
+        "description": "The job's version (weak: it changes with the job's status, outcome, "
+        "attention or retry, not with the submission's progress); send it back as "
+        "If-None-Match to poll for a 304.",
         "schema": {"type": "string"},
     },
     "PollRetryAfter": {

@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import Connection, Engine
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from webhook_service import services
 from webhook_service.http.auth import current_client, require
 from webhook_service.http.context import read_connection, request_transaction, utcnow
+from webhook_service.http.slots import Slots
 from webhook_service.lifecycle import JobStatus
 from webhook_service.models import ApiClient
 from webhook_service.services.changes import (
@@ -49,6 +51,11 @@ TERMINAL = {str(JobStatus.COMPLETED), str(JobStatus.PARTIAL), str(JobStatus.FAIL
 
 def wakeups() -> Wakeups:
     value: Wakeups = current_app.extensions["webhook_service"]["wakeups"]
+    return value
+
+
+def _slots() -> Slots:
+    value: Slots = current_app.extensions["webhook_service"]["slots"]
     return value
 
 
@@ -102,7 +109,8 @@ def hold_poll(job_id: str, client: ApiClient) -> int | None:
                 return wait
             if hub.stopping:
                 return wait
-            watch.wait(remaining)
+            with _slots().released():
+                watch.wait(remaining)
 
 
 def preference_applied(response: Response, wait: int | None) -> Response:
@@ -143,7 +151,7 @@ def job_stream(job_id: str) -> Response:
     last_id = request.headers.get("Last-Event-ID", "").strip() or None
     return _stream_response(
         _follow_job(
-            _engine(),
+            _Reader(_engine(), _slots()),
             wakeups(),
             first,
             last_id,
@@ -153,8 +161,21 @@ def job_stream(job_id: str) -> Response:
     )
 
 
+class _Reader:
+    """A stream's reads: each on a pooled connection, holding a request slot (http/slots.py)
+    only while it reads; the stream's body is sent outside the view, without one."""
+
+    def __init__(self, engine: Engine, slots: Slots) -> None:
+        self.engine, self.slots = engine, slots
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with self.slots.taken(), self.engine.connect() as connection:
+            yield connection
+
+
 def _follow_job(
-    engine: Engine,
+    engine: _Reader,
     hub: Wakeups,
     first: Polled,
     last_id: str | None,
@@ -170,8 +191,10 @@ def _follow_job(
             changes = job_changes(connection, job_id)
         resumed = [i for i, change in enumerate(changes) if change.etag == last_id]
         if resumed:
-            # Resuming: every change after the last one the caller saw, in order.
-            pending, sent_etag, cursor = changes[resumed[-1] + 1 :], last_id, changes[-1].seq
+            # Resuming: every change after the one the caller saw, in order. A job's states
+            # do not recur (attention is cleared only by settling, which sets finished_at);
+            # were one to, the first is taken: a change sent twice, never one missed.
+            pending, sent_etag, cursor = changes[resumed[0] + 1 :], last_id, changes[-1].seq
         else:
             # The job as it is now; the changes recorded up to here are in it.
             yield _event(first, first.etag)
@@ -207,7 +230,7 @@ def client_stream() -> Response:
         position = _resume_position(connection, last_id) or start_position(connection)
     return _stream_response(
         _follow_client(
-            _engine(),
+            _Reader(_engine(), _slots()),
             wakeups(),
             client.id,
             position,
@@ -224,7 +247,7 @@ def _resume_position(connection: Connection, last_id: str) -> Position | None:
 
 
 def _follow_client(
-    engine: Engine,
+    engine: _Reader,
     hub: Wakeups,
     client_id: int,
     position: Position,

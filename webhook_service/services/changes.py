@@ -15,9 +15,13 @@ changes made by hand in SQL. The cost is a definition in SQL, spelled out in the
 Order: `seq` increases with every row. One job's changes commit in `seq` order (its row is
 locked by the UPDATE until commit). Across jobs on PostgreSQL, two transactions may commit out
 of `seq` order, so a reader of a client's changes orders them by (`txid`, `seq`) and leaves
-out those of transactions that were still open when it read (`txid` at or past its snapshot's
-xmin): any change committed later has a `txid` past every one it read, so resuming after the
-last one read misses nothing. SQLite has one writer at a time: `seq` is commit order.
+out those of any transaction of this database still open when it read, and of every one
+after it (`txid` at or past the oldest one open): any change committed later has a `txid`
+past every one it read, so resuming after the last one read misses nothing. (The snapshot's
+own xmin would do too, but it counts every database of the server: one long transaction
+elsewhere would hold every stream back.) A change can so wait for an older write
+transaction to end; this service's are short. SQLite has one writer at a time: `seq` is
+commit order.
 """
 
 from __future__ import annotations
@@ -141,21 +145,34 @@ def client_changes(
         .limit(limit)
     )
     if connection.dialect.name == "postgresql":
-        query = query.where(
-            CHANGES.c.txid < text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        )
+        query = query.where(CHANGES.c.txid < _oldest_open(connection))
     return [_change(row) for row in connection.execute(query)]
+
+
+_NEXT_XID = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+_OPEN_XIDS = text(
+    "SELECT backend_xid::text::bigint FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_xid IS NOT NULL"
+)
+_EPOCH = 2**32
+
+
+def _oldest_open(connection: Connection) -> int:
+    """The 64-bit id of this database's oldest open write transaction, or the next id.
+
+    The next id first: a transaction given an id after it is at or past it. The open ones
+    show their 32-bit ids; each is within 2**32 below the next, which makes it whole.
+    """
+    next_xid = int(connection.execute(_NEXT_XID).scalar_one())
+    open_xids = [int(x) for x in connection.execute(_OPEN_XIDS).scalars()]
+    return min([next_xid, *(next_xid - ((next_xid - x) % _EPOCH) for x in open_xids)])
 
 
 def start_position(connection: Connection) -> Position:
     """A position after every change already passed (for a reader starting now)."""
     if connection.dialect.name == "postgresql":
-        # Every transaction older than the snapshot's xmin has ended; a change at or past it
-        # may still commit, so start just before it.
-        xmin = connection.execute(
-            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        ).scalar_one()
-        return Position(int(xmin) - 1, 2**62)
+        # A change at or past the oldest open transaction may still commit: start before it.
+        return Position(_oldest_open(connection) - 1, 2**62)
     return Position(0, latest_seq(connection))
 
 
