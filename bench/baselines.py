@@ -43,7 +43,7 @@ from webhook_service.lifecycle import (
 # which webhook headers and ids it keeps, and support's page bound and next-page cursor:
 # pure functions and constants.
 from webhook_service.schemas import MAX_PAGE, encode_cursor
-from webhook_service.services.jobs import job_etag
+from webhook_service.services.jobs import CHANGE_COLUMNS, job_etag
 from webhook_service.services.webhooks import KEPT_HEADERS, _clean_id
 
 ROWS = 10_000  # bench_items rows (see bench.db.create_baseline_tables)
@@ -267,7 +267,7 @@ def _job_fields(columns: Any, outcome: Any, error_message: str | None) -> dict[s
 
 
 def _cache_headers(response: Response, etag: str, job_status: str) -> None:
-    response.set_etag(etag)
+    response.set_etag(etag, weak=True)
     response.headers["Cache-Control"] = "no-store"
     if job_status == "processing":
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
@@ -275,14 +275,15 @@ def _cache_headers(response: Response, etag: str, job_status: str) -> None:
 
 poll_floor = _app("poll_floor")
 
-# The resource's plain columns in RESOURCE_COLUMNS order (the ETag's input), then the two
-# encrypted ones, read as stored and decrypted only for a 200.
+# The resource's plain columns, then the two encrypted ones, read as stored and decrypted
+# only for a 200. The ETag is the service's: over CHANGE_COLUMNS, in their order.
 _POLL = text(
     "SELECT id, client_id, kind, status, created_at, updated_at, finished_at, cobalt_job_id, "
     "cobalt_telephone_encounter_id, error_code, submission_state, submit_attempts, "
-    "next_attempt_at, purged_at, outcome_enc, error_message_enc FROM jobs WHERE id = :id"
+    "next_attempt_at, purged_at, attention_code, retried_as, outcome_enc, error_message_enc "
+    "FROM jobs WHERE id = :id"
 )
-_ETAG_COLUMNS = 14
+_CHANGE_KEYS = tuple(column.key for column in CHANGE_COLUMNS)
 
 
 @poll_floor.get("/v1/jobs/<job_id>")
@@ -299,7 +300,7 @@ def poll_floor_view(job_id: str) -> Response | tuple[Response, int]:
         row = conn.execute(_POLL, {"id": key}).one_or_none()
     if row is None or row.client_id != client.id:
         return jsonify(error="not found"), 404
-    etag = job_etag(*tuple(row)[:_ETAG_COLUMNS])
+    etag = job_etag(*(getattr(row, key) for key in _CHANGE_KEYS))
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
         _cache_headers(response, etag, row.status)
@@ -588,6 +589,8 @@ class _NewJob:
     submission_state: str = "pending"
     submit_attempts: int = 0
     purged_at: None = None
+    attention_code: None = None
+    retried_as: None = None
 
     @property
     def updated_at(self) -> datetime:
@@ -598,23 +601,8 @@ class _NewJob:
         return self.created_at
 
     def etag_values(self) -> tuple[Any, ...]:
-        """The plain columns in RESOURCE_COLUMNS order, for the ETag."""
-        return (
-            self.id,
-            self.client_id,
-            self.kind,
-            self.status,
-            self.created_at,
-            self.updated_at,
-            self.finished_at,
-            self.cobalt_job_id,
-            self.cobalt_telephone_encounter_id,
-            self.error_code,
-            self.submission_state,
-            self.submit_attempts,
-            self.next_attempt_at,
-            self.purged_at,
-        )
+        """The CHANGE_COLUMNS, in order, for the ETag."""
+        return tuple(getattr(self, key) for key in _CHANGE_KEYS)
 
 
 # Support's first page of a list or a search, for the filters the bench sends (status, kind,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import FakeClock, event
 from tests.test_chart_outcome import FOUND, with_attention
@@ -19,7 +19,7 @@ from tests.test_lifecycle_http import ENCOUNTER, NOTE, accept_encounter, accept_
 from tests.test_reconcile import events_log, logged
 from tests.test_support import reject_notes
 from webhook_service.db import transaction
-from webhook_service.models import JobChange
+from webhook_service.models import Job, JobChange
 from webhook_service.services import purge_expired_phi
 from webhook_service.services.changes import Change, job_changes
 from webhook_service.services.jobs import CHANGE_COLUMNS, RESOURCE_COLUMNS
@@ -215,3 +215,76 @@ def test_the_triggers_copy_every_column_of_the_resource_and_watch_the_etags_colu
     resource = {column.name for column in RESOURCE_COLUMNS}
     assert resource | {"outcome_enc", "error_message_enc"} == copied
     assert re.findall(r'"(\w+)"', watched.group(1)) == [c.name for c in CHANGE_COLUMNS]
+
+
+def test_a_key_rotation_reencrypts_the_changes_so_streams_render_them_after_the_old_key_goes(
+    client, worker, cobalt, post_webhook, sessions
+):
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import PHI_KEY, PHI_SEARCH_KEY
+    from webhook_service import phi
+    from webhook_service.services import reencrypt_phi
+
+    accept_encounter(cobalt)
+    job = submit(client, "/v1/telephone-encounters", ENCOUNTER)
+    worker.run_once()
+    meds = ["Metformin 500 mg"]
+    post_webhook(event("telephone_encounter.failed", job_id="4242", available_medications=meds))
+    new_key = Fernet.generate_key().decode()
+    try:
+        phi.configure(phi.PhiKeys((new_key, PHI_KEY), PHI_SEARCH_KEY))
+        with transaction(sessions) as session:
+            reencrypt_phi(session)
+        phi.configure(phi.PhiKeys((new_key,), PHI_SEARCH_KEY))  # the old key dropped
+        with sessions() as session:
+            changes = job_changes(session.connection(), uuid.UUID(job["id"]))
+            outcome = changes[-1].view().outcome
+    finally:
+        phi.configure(phi.PhiKeys((PHI_KEY,), PHI_SEARCH_KEY))
+    assert outcome is not None
+    assert outcome["available_medications"] == meds
+
+
+def test_a_reader_of_every_clients_changes_gets_them_in_order_and_never_passes_an_open_one(
+    client, app, sessions, engine, is_postgres, clock
+):
+    """`changes_after` (what a reader of every client's changes, callbacks, resumes from):
+    each change once, in order; on PostgreSQL a change of a transaction still open is not
+    passed, nor any after it, so resuming after the last one read misses nothing."""
+    from tests.conftest import new_token
+    from webhook_service.services.changes import Position, changes_after, start_position
+
+    with engine.connect() as connection:
+        start = start_position(connection)
+    other = app.test_client(token=new_token(sessions, "frontend-b", "frontend"))
+    first = submit(client, "/v1/notes", NOTE)["id"]
+    second = submit(other, "/v1/notes", {**NOTE, "appointment_id": "2"})["id"]
+
+    def read(after: Position) -> list[Change]:
+        with engine.connect() as connection:
+            return changes_after(connection, after)
+
+    got = read(start)
+    assert [str(c.job_id) for c in got] == [first, second]
+    position = Position(got[-1].txid, got[-1].seq)
+    assert read(position) == []
+    if not is_postgres:
+        return
+    # A transaction that wrote first, still open, changes a job after another commits.
+    with engine.connect() as slow:
+        slow_tx = slow.begin()
+        slow.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(first))
+            .values(attention_code="no_outcome", attention_since=clock())
+        )
+        with transaction(sessions) as session:
+            session.execute(update(Job).where(Job.id == uuid.UUID(second)).values(status="failed"))
+        assert read(position) == [], "the later commit waits for the open transaction"
+        slow_tx.commit()
+    after = read(position)
+    assert [(str(c.job_id), c.view().status) for c in after] == [
+        (first, "processing"),
+        (second, "failed"),
+    ]

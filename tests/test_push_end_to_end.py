@@ -142,3 +142,32 @@ def _cut_listeners_soon(database: str) -> None:
                 time.sleep(0.02)
 
     threading.Thread(target=cut, daemon=True).start()
+
+
+def test_sigterm_ends_held_streams_and_long_polls_and_the_web_exits_cleanly(
+    database: str, system: RunningSystem
+) -> None:
+    """A deploy stops a web process holding a stream and a long poll: the long poll is
+    answered (304: nothing changed), the stream ends (its EventSource would resume elsewhere),
+    and gunicorn exits 0 without waiting out its graceful timeout on them."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = start_another_web(system)
+    web2 = system.processes["web2"].popen
+    with system.api() as api:
+        submitted = submit(api, system)
+        job_id = submitted.json()["id"]
+        held = {"If-None-Match": submitted.headers["ETag"], "Prefer": "wait=25"}
+        with api.get(f"{other}/v1/jobs/{job_id}/stream", stream=True, timeout=40) as stream:
+            first = next(events(stream))
+            with ThreadPoolExecutor(1) as pool:
+                polled = pool.submit(api.get, f"{other}/v1/jobs/{job_id}", headers=held, timeout=40)
+                time.sleep(0.5)  # let the long poll be held
+                web2.send_signal(signal.SIGTERM)
+                rest = list(events(stream))  # returns when the server ends the stream
+                answer = polled.result(timeout=40)
+    assert json.loads(first["data"])["id"] == job_id
+    assert all(json.loads(one["data"])["id"] == job_id for one in rest)
+    assert answer.status_code in (200, 304)
+    assert web2.wait(timeout=30) == 0

@@ -166,6 +166,7 @@ class Wakeups:
         )
 
     def _listen(self) -> None:
+        delay = self.reconnect_delay
         while not self.stopping:
             try:
                 with psycopg.connect(
@@ -176,6 +177,7 @@ class Wakeups:
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
+                    delay = self.reconnect_delay
                     log.info("listening for job changes")
                     # Anything committed while no one listened: everyone re-checks.
                     self.wake_all()
@@ -192,8 +194,11 @@ class Wakeups:
             if self.stopping:
                 break
             self.reconnects += 1
+            # Every waiter re-checks its job now and after each failed try: at least once a
+            # second while the listener is down (the delay doubles up to 1 s), never more.
             self.wake_all()
-            time.sleep(self.reconnect_delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _relay(self, connection: psycopg.Connection[tuple[object, ...]]) -> None:
         while not self.stopping:

@@ -98,6 +98,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_job_changes_job_seq", "job_changes", ["job_id", "seq"])
     op.create_index("ix_job_changes_client_txid_seq", "job_changes", ["client_id", "txid", "seq"])
+    # Every client's changes after a position (a reader of them all: callbacks).
+    op.create_index("ix_job_changes_txid_seq", "job_changes", ["txid", "seq"])
     targets = ", ".join(SNAPSHOT.values())
     if op.get_bind().dialect.name == "postgresql":
         values = ", ".join(f"NEW.{column}" for column in SNAPSHOT)
@@ -145,6 +147,7 @@ def downgrade() -> None:
     op.execute(f"DROP TRIGGER IF EXISTS jobs_record_insert{on_jobs}")
     if _pg():
         op.execute("DROP FUNCTION IF EXISTS record_job_change()")
+    op.drop_index("ix_job_changes_txid_seq", table_name="job_changes")
     op.drop_index("ix_job_changes_client_txid_seq", table_name="job_changes")
     op.drop_index("ix_job_changes_job_seq", table_name="job_changes")
     op.drop_table("job_changes")

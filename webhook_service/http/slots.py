@@ -13,6 +13,7 @@ the slots are as many as the threads, and change nothing.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -22,24 +23,44 @@ if TYPE_CHECKING:
 
 
 class Slots:
-    """A process's request slots, and which of its threads (or greenlets) hold one."""
+    """A process's request slots, and which of its threads (or greenlets) hold one.
+
+    First come, first served: a slot given back goes straight to the longest waiter. (With
+    a semaphore, the greenlet that gives a slot back takes it again for its connection's next
+    request before a waiter runs: a few connections starve, and the p99 with them.)
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self._semaphore = threading.BoundedSemaphore(count)
+        self._free = count
+        self._lock = threading.Lock()
+        self._waiters: deque[threading.Event] = deque()
         self._held = threading.local()  # per greenlet under gevent (monkey-patched)
 
     def _holding(self) -> bool:
         return bool(getattr(self._held, "slot", False))
 
     def acquire(self) -> None:
-        self._semaphore.acquire()
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                turn = None
+            else:
+                turn = threading.Event()
+                self._waiters.append(turn)
+        if turn is not None:
+            turn.wait()  # the slot is handed over by `release`
         self._held.slot = True
 
     def release(self) -> None:
-        if self._holding():
-            self._held.slot = False
-            self._semaphore.release()
+        if not self._holding():
+            return
+        self._held.slot = False
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._free += 1
 
     @contextmanager
     def released(self) -> Iterator[None]:

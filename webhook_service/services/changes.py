@@ -132,15 +132,24 @@ def client_changes(
 ) -> list[Change]:
     """A client's changes after `after`, in (txid, seq) order, only those safe to pass.
 
-    On PostgreSQL a change of a transaction still open when this reads (at or past the
-    snapshot's xmin) is left for the next read, with any after it (see the module's note).
+    On PostgreSQL a change of a transaction still open when this reads (or of one after the
+    oldest still open) is left for a later read (see the module's note).
     """
+    return _changes_after(connection, after, limit, CHANGES.c.client_id == client_id)
+
+
+def changes_after(connection: Connection, after: Position, limit: int = 500) -> list[Change]:
+    """Every client's changes after `after`, as `client_changes` reads one client's: for a
+    reader of them all (callbacks). Resume after the last one's `Position(txid, seq)`."""
+    return _changes_after(connection, after, limit)
+
+
+def _changes_after(
+    connection: Connection, after: Position, limit: int, *conditions: Any
+) -> list[Change]:
     query = (
         select(*_SNAPSHOT)
-        .where(
-            CHANGES.c.client_id == client_id,
-            tuple_(CHANGES.c.txid, CHANGES.c.seq) > tuple_(after.txid, after.seq),
-        )
+        .where(*conditions, tuple_(CHANGES.c.txid, CHANGES.c.seq) > tuple_(after.txid, after.seq))
         .order_by(CHANGES.c.txid, CHANGES.c.seq)
         .limit(limit)
     )

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import flag_modified
 
 from webhook_service import phi
-from webhook_service.models import PURGE_PREDICATE, Clinic, Job, WebhookDelivery
+from webhook_service.models import PURGE_PREDICATE, Clinic, Job, JobChange, WebhookDelivery
 from webhook_service.services.changes import erase_purged, purge_old_changes
 from webhook_service.services.jobs import add_event
 
@@ -61,7 +61,8 @@ def purge_expired_phi(session: Session, *, now: datetime, retention: timedelta) 
 def reencrypt_phi(session: Session, batch: int = 500) -> int:
     """Re-encrypt everything stored encrypted under the newest key; return rows rewritten.
 
-    That is PHI (jobs, webhook bodies) and the clinics' Cobalt access tokens.
+    That is PHI (jobs, their record of changes, webhook bodies) and the clinics' Cobalt
+    access tokens.
 
     Reading decrypts with any configured key and writing encrypts with the newest, so
     loading and flagging each value as changed is the whole rotation.
@@ -94,6 +95,23 @@ def reencrypt_phi(session: Session, batch: int = 500) -> int:
             _touch(delivery, "raw_body")
             count += 1
         last_delivery = deliveries[-1].id
+        session.flush()
+    # The record of job changes holds each change's outcome and error, encrypted as in `jobs`
+    # (pushes render them): left behind, a stream could not render them once the old key goes.
+    last_change = 0
+    while True:
+        changes = session.scalars(
+            select(JobChange)
+            .where(JobChange.seq > last_change)
+            .order_by(JobChange.seq)
+            .limit(batch)
+        ).all()
+        if not changes:
+            break
+        for change in changes:
+            _touch(change, "outcome", "error_message")
+            count += 1
+        last_change = changes[-1].seq
         session.flush()
     # The clinics' Cobalt access tokens are credentials, not PHI, but they are encrypted
     # under the same keys: left behind, no clinic's token decrypts once the old key goes.
