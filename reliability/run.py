@@ -78,6 +78,7 @@ SCENARIOS = [
     "replay",
     "gateway",
     "foreign-events",
+    "callbacks",
 ]
 
 
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario("replay", lambda url, d: replayed_bodies(url, d, other))
         scenario("gateway", lambda url, d: gateway_errors(url, d, other))
         scenario("foreign-events", lambda url, d: foreign_events(url, d, other))
+        from reliability.callbacks import callbacks  # its own module; it imports this one
+
+        scenario("callbacks", lambda url, d: callbacks(url, d, other))
     print(summary(accounts))
     return 1 if any(a.violations for a in accounts) else 0
 

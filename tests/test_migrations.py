@@ -29,6 +29,9 @@ TABLES = {
     "worker_heartbeats",
     "reference_lists",
     "reference_items",
+    "callback_endpoints",
+    "callback_deliveries",
+    "callback_attempts",
 }
 
 

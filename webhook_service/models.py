@@ -1,4 +1,5 @@
-"""Tables: clinics, jobs, the job timeline, and every webhook delivery received.
+"""Tables: clinics, jobs, the job timeline, every webhook delivery received, and the
+callbacks sent to front ends.
 
 Tables only: behaviour lives in `lifecycle.py` (pure) and `services/` (use cases).
 """
@@ -370,3 +371,83 @@ class JobChange(Base):
     # PHI, encrypted as in `jobs`; replaced by the purged value when the job is purged.
     outcome: Mapped[dict[str, Any] | None] = mapped_column("outcome_enc", EncryptedJSON)
     error_message: Mapped[str | None] = mapped_column("error_message_enc", EncryptedText)
+
+
+class CallbackEndpoint(Base):
+    """A front-end client's one callback URL and its signing secrets (issue 20)."""
+
+    __tablename__ = "callback_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    # `enabled`, `disabled` (failing for days, until its owner re-enables it) or `removed`.
+    state: Mapped[str] = mapped_column(String(16))
+    # Credentials (`whsec_…`): encrypted at rest like the clinics' access tokens.
+    secret: Mapped[str] = mapped_column("secret_enc", EncryptedText)
+    # The secret before the last rotation, which signs alongside until `previous_until`.
+    previous_secret: Mapped[str | None] = mapped_column("previous_secret_enc", EncryptedText)
+    previous_until: Mapped[datetime | None]
+    # Since when every attempt has failed (cleared by a success): how disabling is decided.
+    failing_since: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    # How far the client's job changes have been turned into deliveries: a position in the
+    # record of changes, (txid, seq) as `services/changes.py` orders it. Each endpoint's
+    # row is locked (SKIP LOCKED) by the worker fanning out its changes.
+    fanned_out_txid: Mapped[int] = mapped_column(BigInteger)
+    fanned_out_seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CallbackDelivery(Base):
+    """One change of one job, to be POSTed to one endpoint: sent until it succeeds or its
+    schedule ends, always with the same `webhook-id` and body."""
+
+    __tablename__ = "callback_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "change_seq", name="uq_callback_deliveries_change"),
+        # The sender's claim: due deliveries, soonest first.
+        Index("ix_callback_deliveries_due", "state", "next_attempt_at"),
+        # In order per job: the earliest pending delivery of a job goes first.
+        Index("ix_callback_deliveries_job", "endpoint_id", "job_id", "change_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("callback_endpoints.id"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
+    # The change's `seq` in the record of job changes.
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    # The signed body as sent (the job resource can carry PHI): encrypted, and erased by the
+    # PHI purge once the delivery has finished.
+    body: Mapped[bytes | None] = mapped_column("body_enc", EncryptedBytes)
+    # `pending`, `delivered`, `failed` (its schedule ran out) or `cancelled` (endpoint removed).
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    # Who asked support's resend that is waiting to go (the attempt is then a `resend`).
+    resend_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class CallbackAttempt(Base):
+    """One POST of a callback delivery: what the receiver answered, and how fast."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("callback_deliveries.id"), index=True)
+    at: Mapped[datetime]
+    # `schedule`, or `resend` (support asked for it).
+    trigger: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2000))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    # Why no answer counted (`timeout`, `connection failed`, `refused: …`), in our words.
+    error: Mapped[str | None] = mapped_column(String(300))
+    # The start of the receiver's answer (bounded): a receiver may echo what it was sent.
+    response_excerpt: Mapped[str | None] = mapped_column("response_excerpt_enc", EncryptedText)

@@ -149,6 +149,24 @@ class Settings(BaseSettings):
     # Check a telephone encounter's provider, location and pharmacy ids against that copy
     # before storing it (422 naming the field when the EMR lacks one); false: Cobalt decides.
     preflight_checks: bool = Field(default=True, validation_alias="PREFLIGHT_CHECKS")
+    # Callbacks to front ends (issue 20). Private, loopback and link-local targets (and plain
+    # http) are refused unless this is set: for development and tests, never production.
+    callback_allow_private_networks: bool = Field(
+        default=False, validation_alias="CALLBACK_ALLOW_PRIVATE_NETWORKS"
+    )
+    # Each attempt is bounded: connecting, each read, and the whole answer (see
+    # callback_client.py), so a hanging receiver never holds a worker thread for long.
+    callback_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, validation_alias="CALLBACK_CONNECT_TIMEOUT_SECONDS"
+    )
+    callback_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="CALLBACK_TIMEOUT_SECONDS"
+    )
+    # Shrinks the callbacks' three-day retry schedule (and the days before an endpoint is
+    # disabled) by this factor: for reliability runs, which cannot wait days. 1 in production.
+    callback_retry_scale: float = Field(
+        default=1.0, gt=0, le=1, validation_alias="CALLBACK_RETRY_SCALE"
+    )
 
     @field_validator(
         "cobalt_webhook_secrets", "phi_encryption_keys", "cors_allowed_origins", mode="before"

@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from webhook_service import services
+from webhook_service.callback_sender import CallbackSender
 from webhook_service.clock import Clock, utcnow
 from webhook_service.cobalt import (
     Accepted,
@@ -84,17 +85,20 @@ class Worker:
         self._calling: services.Claim | None = None
         self._given_up = False
         self._call_lock = threading.Lock()
+        # Callbacks to front ends: every thread sends; the housekeeping one also fans out.
+        self.callbacks = CallbackSender(settings, sessions, clock=clock, fans_out=housekeeping)
 
     def run_once(self) -> bool:
         """Do one unit of work; return False when there was nothing to do."""
         self.housekeeping()
+        sent_callback = self.callbacks.run_once()
         now = self.clock()
         with transaction(self.sessions) as session:
             claim = services.claim_due_job(
                 session, now=now, lease=timedelta(seconds=self.settings.claim_ttl_seconds)
             )
         if claim is None:
-            return False
+            return sent_callback
         if not claim.knows_reference_id:
             self._learn_reference_id(claim)
         self.submit(claim)
@@ -232,6 +236,7 @@ class Worker:
             matched = services.match_parked(session, now)
         reconciled = self.reconcile()
         self.refresh_reference_lists()
+        self.callbacks.housekeeping()
         with transaction(self.sessions) as session:
             past = services.mark_past_deadline(
                 session, now=self.clock(), deadline=self.settings.job_deadline

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from webhook_service.cli.base import session_factory
+from webhook_service.cli.callbacks import callbacks
 from webhook_service.cli.support import jobs as support_jobs
 from webhook_service.clock import utcnow
 from webhook_service.error_tracking import init_error_tracking
@@ -269,3 +270,4 @@ def _add_sandbox() -> None:
 
 _add_sandbox()
 main.add_command(support_jobs)
+main.add_command(callbacks)

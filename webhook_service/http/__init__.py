@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from webhook_service.http import (
         api,
+        callbacks,
         console,
         health,
         metrics,
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     app.register_blueprint(push.bp)
+    app.register_blueprint(callbacks.bp)
     app.register_blueprint(reference.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(console.bp)

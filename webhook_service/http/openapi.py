@@ -58,8 +58,14 @@ _MODELS: list[type[BaseModel]] = [
 
 def build_spec() -> dict[str, Any]:
     """Return the whole OpenAPI document (computed once per process by the caller)."""
+    from webhook_service.http import openapi_callbacks as callbacks
+
+    requests = [*_REQUESTS, *callbacks.REQUESTS]
     _, defs = models_json_schema(
-        [(m, "validation" if m in _REQUESTS else "serialization") for m in _MODELS],
+        [
+            (m, "validation" if m in requests else "serialization")
+            for m in _MODELS + callbacks.MODELS
+        ],
         ref_template=_REF_TEMPLATE,
     )
     schemas = defs.get("$defs", {})
@@ -128,6 +134,7 @@ def build_spec() -> dict[str, Any]:
             {"name": "webhooks", "description": "Cobalt's signed webhooks."},
             {"name": "reference", "description": "The clinic's EMR lists, for pickers."},
             {"name": "health", "description": "Probes for the platform."},
+            callbacks.TAG,
         ],
         "paths": {
             "/v1/notes": submit(NoteRequest, "submit_note", "Submit a clinical note"),
@@ -199,6 +206,7 @@ def build_spec() -> dict[str, Any]:
             **reference.openapi_paths(_problem, _json, _header),
             **push_paths(job_id, _problem),
             **_support_paths(job_id),
+            **callbacks.paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -245,6 +253,7 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         },
+        "webhooks": callbacks.webhooks(),
         "components": {
             "schemas": schemas,
             "headers": _HEADERS | reference.OPENAPI_HEADERS,

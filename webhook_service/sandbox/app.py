@@ -43,6 +43,11 @@ def create_sandbox_app(config: SandboxConfig | None = None, *, clock: Clock | No
     app.extensions["sandbox"] = Sandbox(config or SandboxConfig(), clock=clock)
     app.register_blueprint(cobalt)
     app.register_blueprint(control)
+    # Beside the simulated Cobalt: a front end's callback endpoint (receiver.py).
+    from webhook_service.sandbox.receiver import CallbackReceiver, receiver
+
+    app.extensions["callback_receiver"] = CallbackReceiver()
+    app.register_blueprint(receiver)
     app.register_error_handler(HTTPException, _http_error)
     return app
 

@@ -255,6 +255,6 @@ def _unexpected(exc: Exception) -> Response:
 
 
 # The views register themselves on `bp`.
-from webhook_service.http.console import clinics, deliveries, jobs  # noqa: E402
+from webhook_service.http.console import callbacks, clinics, deliveries, jobs  # noqa: E402
 
-__all__ = ["bp", "clinics", "deliveries", "jobs"]
+__all__ = ["bp", "callbacks", "clinics", "deliveries", "jobs"]
