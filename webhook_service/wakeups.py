@@ -1,7 +1,7 @@
 """Wake-ups: tell the requests a web process holds (long polls, streams) that a job changed.
 
 One watcher per web process, started with the process (`wsgi.py`; else by the first request
-that waits or polls), whichever process committed the change (another web process took the
+that waits), whichever process committed the change (another web process took the
 webhook, the worker reconciled):
 
 - PostgreSQL: one connection per process LISTENs on `job_changes`; migration 0017's trigger

@@ -188,9 +188,7 @@ def _poll(job_id: str, client: ApiClient) -> Response:
                     return _not_modified(entry.etag, entry.status)
                 if entry.body is not None:
                     return _job_body(entry.body, entry.etag, entry.status)
-            ticket = cache.ticket()
-            if ticket is None:
-                push.wakeups().start()  # (the web process started it; after a fork, again)
+            ticket = cache.ticket()  # None until the listener (started by wsgi.py) vouches
         # A front end's poll only reads: no ORM session, one statement on a pooled connection.
         with read_connection() as connection:
             polled = services.poll_job(connection, job_id, client)
