@@ -141,12 +141,14 @@ class Wakeups:
             return None
         return epoch
 
-    def _set_state(self, *, listening: bool, pinged: float | None = None) -> None:
+    def _set_state(
+        self, *, listening: bool, pinged: float | None = None, new: bool = False
+    ) -> None:
+        """A ping answered (same epoch), or a new epoch: LISTENing again, or dropped."""
         epoch, _, last = self._state
-        if listening and pinged is None:
-            self._state = (epoch, True, self._clock())
-        else:
-            self._state = (epoch + 1, listening, last if pinged is None else pinged)
+        if new or not listening:
+            epoch += 1
+        self._state = (epoch, listening, last if pinged is None else pinged)
 
     def waiting(self) -> int:
         with self._lock:
@@ -212,9 +214,10 @@ class Wakeups:
                     application_name=f"{APPLICATION_NAME_PREFIX}:web-listen",
                     connect_timeout=2,
                 ) as connection:
+                    asked = self._clock()
                     connection.execute(f"LISTEN {CHANNEL}")
-                    # A new epoch, LISTENing: its first ping is the LISTEN's answer.
-                    self._set_state(listening=True, pinged=self._clock())
+                    # A new epoch, LISTENing: its first ping is the LISTEN.
+                    self._set_state(listening=True, pinged=asked, new=True)
                     self.listening = True
                     delay = self.reconnect_delay
                     log.info("listening for job changes")
@@ -246,11 +249,13 @@ class Wakeups:
             for notify in connection.notifies(timeout=self.heartbeat):
                 self._relay_one(notify.payload)
             # A connection that died without a word (no FIN) is found here within a beat.
+            asked = self._clock()
             connection.execute("SELECT 1")
-            # What arrived before the ping's answer is relayed before the ping counts.
+            # Every change committed before the ping was sent is notified before its answer:
+            # relayed here, before the ping counts (as of when it was sent).
             for notify in connection.notifies(timeout=0):
                 self._relay_one(notify.payload)
-            self._set_state(listening=True)
+            self._set_state(listening=True, pinged=asked)
 
     def _relay_one(self, payload: str) -> None:
         parts = payload.split(" ")
