@@ -171,3 +171,54 @@ def test_sigterm_ends_held_streams_and_long_polls_and_the_web_exits_cleanly(
     assert all(json.loads(one["data"])["id"] == job_id for one in rest)
     assert answer.status_code in (200, 304)
     assert web2.wait(timeout=30) == 0
+
+
+def test_a_settled_job_changed_while_the_listeners_were_cut_is_never_answered_from_memory(
+    database: str, system: RunningSystem
+) -> None:
+    """The web processes remember the settled job (its 304 and its 200: http/poll_cache.py).
+    Their listening connections are cut and the job is purged straight in the database before
+    they listen again: no NOTIFY of it ever reaches them. Once they listen again, every poll
+    answers the purged job from the database, never the remembered answer."""
+    if not database.startswith("postgresql"):
+        pytest.skip("SQLite has no listening connection (and no poll cache)")
+    libpq = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    listeners = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+        " 'webhook-service:web-listen' AND datname = current_database()"
+    )
+    with system.api() as api, psycopg.connect(libpq, autocommit=True) as admin:
+        submitted = submit(api, system)
+        url = f"{system.web_url}{submitted.headers['Location']}"
+        for _ in range(200):
+            settled = api.get(url, timeout=10)
+            if settled.json()["status"] == "completed":
+                break
+            time.sleep(0.05)
+        assert settled.json()["status"] == "completed"
+        old = settled.headers["ETag"]
+        # Each web process started listening with the process; each remembers the job.
+        for _ in range(20):
+            assert api.get(url, headers={"If-None-Match": old}, timeout=10).status_code == 304
+            assert api.get(url, timeout=10).json()["outcome"] is not None
+        running = admin.execute(listeners).fetchone()
+        assert running is not None
+        assert running[0] == 2
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name ="
+            " 'webhook-service:web-listen' AND datname = current_database()"
+        )
+        admin.execute(
+            "UPDATE jobs SET purged_at = now(), outcome_enc = NULL WHERE id = %s",
+            (submitted.json()["id"],),
+        )
+        for _ in range(200):
+            back = admin.execute(listeners).fetchone()
+            if back is not None and back[0] == 2:
+                break
+            time.sleep(0.05)
+        for _ in range(20):
+            answer = api.get(url, headers={"If-None-Match": old}, timeout=10)
+            assert answer.status_code == 200
+            assert answer.json()["purged_at"] is not None
+            assert api.get(url, timeout=10).json()["outcome"] is None

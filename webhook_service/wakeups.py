@@ -1,14 +1,17 @@
 """Wake-ups: tell the requests a web process holds (long polls, streams) that a job changed.
 
-One watcher per web process, started by the first request that waits, whichever process
-committed the change (another web process took the webhook, the worker reconciled):
+One watcher per web process, started with the process (`wsgi.py`; else by the first request
+that waits), whichever process committed the change (another web process took the
+webhook, the worker reconciled):
 
 - PostgreSQL: one connection per process LISTENs on `job_changes`; migration 0017's trigger
   sends the NOTIFY in the changing transaction, so it arrives when, and only if, the change
   commits. The connection is pinged every `heartbeat` seconds; when it drops (or a ping
   fails) every waiter is woken to re-check, at once and again once it is back, so a missed
   notification costs a re-check, never a change answered 304. No waiter reads the table to
-  learn of a change: it reads its job when woken.
+  learn of a change: it reads its job when woken. Each change is also passed to `on_change`
+  (the poll cache forgets the job), and `fresh_epoch` says whether the listener vouches that
+  nothing was missed (http/poll_cache.py).
 - SQLite (no LISTEN): the same thread reads `job_changes` past the last seq it saw every
   `fallback_interval` seconds while anyone waits, one query per process whatever the number
   of waiters, and wakes the waiters of the jobs and clients it finds.
@@ -24,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -39,6 +42,10 @@ from webhook_service.services.changes import latest_seq
 log = logging.getLogger("webhook_service.wakeups")
 
 CHANNEL = "job_changes"
+# A listener whose last ping answered longer ago than this is not trusted to have relayed every
+# change (a connection can die without a word): the poll cache (http/poll_cache.py) asks the
+# database again. Pings come every `heartbeat` (0.5 s), so a live listener is always fresher.
+FRESH_SECONDS = 1.0
 
 
 class Watch:
@@ -68,9 +75,10 @@ class Wakeups:
         self,
         engine: Engine,
         *,
-        heartbeat: float = 1.0,
+        heartbeat: float = 0.5,
         fallback_interval: float = 0.5,
         reconnect_delay: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
@@ -86,6 +94,13 @@ class Wakeups:
         self._stopping = threading.Event()
         self.listening = False  # PostgreSQL: LISTEN is in place on a live connection
         self.reconnects = 0
+        self._clock = clock
+        # (epoch, listening, last ping answered): one tuple, replaced whole, so a reader sees
+        # one consistent state. The epoch moves on every LISTEN and every drop: what was read
+        # in one epoch is not vouched for by a listener of another.
+        self._state: tuple[int, bool, float] = (0, False, 0.0)
+        # Called with each changed job's id (the poll cache evicts it), before waiters wake.
+        self.on_change: Callable[[uuid.UUID], None] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -113,12 +128,36 @@ class Wakeups:
                 _remove(self._by_job, job_id, watch)
                 _remove(self._by_client, client_id, watch)
 
+    def start(self) -> None:
+        """Start the watcher now (the web process starts it, for the poll cache), not waiting."""
+        self._ensure_started(wait=False)
+
+    def fresh_epoch(self) -> int | None:
+        """The listener's epoch if it is LISTENing and its last ping answered under
+        FRESH_SECONDS ago, so every change committed before that ping was relayed; else None
+        (SQLite, down, reconnecting, or silent)."""
+        epoch, listening, pinged = self._state
+        if not listening or self._clock() - pinged >= FRESH_SECONDS:
+            return None
+        return epoch
+
+    def _set_state(
+        self, *, listening: bool, pinged: float | None = None, new: bool = False
+    ) -> None:
+        """A ping answered (same epoch), or a new epoch: LISTENing again, or dropped."""
+        epoch, _, last = self._state
+        if new or not listening:
+            epoch += 1
+        self._state = (epoch, listening, last if pinged is None else pinged)
+
     def waiting(self) -> int:
         with self._lock:
             return len(self._all)
 
     def changed(self, job_id: uuid.UUID, client_id: int | None) -> None:
         """Wake the waiters of this job and of its client."""
+        if self.on_change is not None:
+            self.on_change(job_id)
         with self._lock:
             woken = list(self._by_job.get(job_id, ()))
             if client_id is not None:
@@ -139,7 +178,7 @@ class Wakeups:
         self.wake_all()
         # The watcher's thread sees `stopping` within a heartbeat and ends.
 
-    def _ensure_started(self) -> None:
+    def _ensure_started(self, *, wait: bool = True) -> None:
         # After a fork (gunicorn starts workers by forking), the parent's thread is not here.
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
@@ -150,7 +189,7 @@ class Wakeups:
             self._pid = os.getpid()
             self._thread = threading.Thread(target=target, name="wakeups", daemon=True)
             self._thread.start()
-        if self._postgres:
+        if self._postgres and wait:
             # The first waiter waits (briefly) for LISTEN, so no change after its read is lost.
             deadline = time.monotonic() + 2
             while not self.listening and time.monotonic() < deadline and not self.stopping:
@@ -175,7 +214,10 @@ class Wakeups:
                     application_name=f"{APPLICATION_NAME_PREFIX}:web-listen",
                     connect_timeout=2,
                 ) as connection:
+                    asked = self._clock()
                     connection.execute(f"LISTEN {CHANNEL}")
+                    # A new epoch, LISTENing: its first ping is the LISTEN.
+                    self._set_state(listening=True, pinged=asked, new=True)
                     self.listening = True
                     delay = self.reconnect_delay
                     log.info("listening for job changes")
@@ -191,6 +233,8 @@ class Wakeups:
                 )
             finally:
                 self.listening = False
+                if self._state[1]:
+                    self._set_state(listening=False)
             if self.stopping:
                 break
             self.reconnects += 1
@@ -205,7 +249,13 @@ class Wakeups:
             for notify in connection.notifies(timeout=self.heartbeat):
                 self._relay_one(notify.payload)
             # A connection that died without a word (no FIN) is found here within a beat.
+            asked = self._clock()
             connection.execute("SELECT 1")
+            # Every change committed before the ping was sent is notified before its answer:
+            # relayed here, before the ping counts (as of when it was sent).
+            for notify in connection.notifies(timeout=0):
+                self._relay_one(notify.payload)
+            self._set_state(listening=True, pinged=asked)
 
     def _relay_one(self, payload: str) -> None:
         parts = payload.split(" ")

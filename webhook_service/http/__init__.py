@@ -16,6 +16,7 @@ from webhook_service import phi
 from webhook_service.db import connection_trouble, make_engine, make_session_factory
 from webhook_service.error_tracking import init_error_tracking
 from webhook_service.errors import PROBLEM_BASE, PayloadTooLarge, ServiceError, Unavailable
+from webhook_service.http.poll_cache import PollCache
 from webhook_service.http.slots import Slots, SlottedApp
 from webhook_service.logs import RequestLog, configure_logging, log_failure
 from webhook_service.settings import Settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pool_size=settings.database_pool_size,
         process_kind="web",
     )
+    wakeups = Wakeups(engine)
     app.extensions["webhook_service"] = {
         "settings": settings,
         "engine": engine,
@@ -55,7 +57,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         "auth_cache": {},
         "default_clinic_id": None,
         # Wakes this process's long polls and streams when a job changes (http/push.py).
-        "wakeups": Wakeups(engine),
+        "wakeups": wakeups,
+        # PostgreSQL: polls answered from memory while the listener vouches (http/poll_cache.py).
+        "poll_cache": PollCache(wakeups) if engine.dialect.name == "postgresql" else None,
         "slots": Slots(settings.request_slots),
     }
 
