@@ -198,6 +198,7 @@ def test_support_cannot_register_and_front_ends_cannot_read_deliveries(
         ("https://[::ffff:127.0.0.1]/hook", "not a public address"),
         ("https://user:pw@callbacks.example.com/hook", "credentials"),
         ("ftp://callbacks.example.com/hook", "absolute https URL"),
+        ("https://[oops/hook", "not a valid URL"),
     ],
 )
 def test_unsafe_targets_are_refused_when_registering(
@@ -641,6 +642,11 @@ def test_support_lists_refuse_bad_filters(support: FlaskClient) -> None:
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json["errors"]} == {"state", "job_id"}
     assert support.get("/v1/callback-deliveries/nope").status_code == 404
+    # Digits Python's isdigit() accepts but int() does not: a clear answer, never a 500.
+    assert support.get("/v1/callback-deliveries/\u00b2").status_code == 404
+    superscript = support.get("/v1/callback-deliveries", query_string={"limit": "\u00b2"})
+    assert superscript.status_code == 422
+    assert [e["field"] for e in superscript.json["errors"]] == ["limit"]
     missing = support.post("/v1/callback-deliveries/999/resend", json={"reason": "why not"})
     assert missing.status_code == 404
 

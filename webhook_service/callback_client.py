@@ -86,8 +86,12 @@ def resolve(host: str, port: int) -> list[str]:
 def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
     """Raise UnsafeUrl unless `url` may be called: https to public addresses only, unless
     private networks are allowed (development and tests), which allows plain http too."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise UnsafeUrl("is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not hostname:
         raise UnsafeUrl("must be an absolute https URL")
     if parts.username is not None or parts.password is not None:
         raise UnsafeUrl("must not carry credentials")
@@ -100,9 +104,9 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None
     if allow_private:
         return
     try:
-        addresses = (resolver or resolve)(parts.hostname, port)
+        addresses = (resolver or resolve)(hostname, port)
     except (OSError, UnicodeError):
-        raise UnsafeUrl(f"host {parts.hostname!r} does not resolve") from None
+        raise UnsafeUrl(f"host {hostname!r} does not resolve") from None
     private = [address for address in addresses if not is_public(address)]
     if private or not addresses:
         raise UnsafeUrl(

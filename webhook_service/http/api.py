@@ -32,7 +32,7 @@ from webhook_service.http.context import (
 from webhook_service.http.openapi import build_spec
 from webhook_service.http.poll_cache import Entry, PollCache, Ticket
 from webhook_service.http.reference import check_submission, with_preflight
-from webhook_service.lifecycle import JobStatus
+from webhook_service.lifecycle import TERMINAL, JobStatus
 from webhook_service.models import ApiClient
 from webhook_service.schemas import NoteRequest, TelephoneEncounterRequest, field_errors
 from webhook_service.services.job_views import JobColumns
@@ -201,7 +201,7 @@ def _poll(job_id: str, client: ApiClient) -> Response:
     body = polled.view().model_dump_json().encode("utf-8")
     if cache is not None and ticket is not None:
         # A settled job changes only by a purge, which notifies: its 200 can be kept too.
-        kept = body if polled.status in push.TERMINAL else None
+        kept = body if polled.status in TERMINAL else None
         entry = Entry(polled.etag, polled.row.client_id, ticket.epoch, kept, polled.status)
         cache.put(polled.row.id, ticket, entry)
     return _job_body(body, polled.etag, polled.status)

@@ -114,7 +114,7 @@ def list_deliveries() -> Response:
     if state is not None and state not in DELIVERY_STATES:
         errors.append(FieldError("state", f"must be one of {', '.join(DELIVERY_STATES)}"))
     limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIST:
         errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_LIST}"))
     unknown = set(request.args) - {"client", "job_id", "state", "limit"}
     errors += [FieldError(name, "is not a filter of this list") for name in sorted(unknown)]

@@ -20,7 +20,7 @@ from webhook_service import services
 from webhook_service.http.auth import current_client, require
 from webhook_service.http.context import read_connection, request_transaction, utcnow
 from webhook_service.http.slots import Slots
-from webhook_service.lifecycle import JobStatus
+from webhook_service.lifecycle import TERMINAL
 from webhook_service.models import ApiClient
 from webhook_service.services.changes import (
     Change,
@@ -46,7 +46,6 @@ STREAM_SECONDS = 600.0
 # How soon an EventSource reconnects after a stream ends (the `retry:` field), in ms.
 RECONNECT_MS = 1000
 RECHECKS, RECHECK_SECONDS = 10, 0.1
-TERMINAL = {str(JobStatus.COMPLETED), str(JobStatus.PARTIAL), str(JobStatus.FAILED)}
 
 
 def wakeups() -> Wakeups:
@@ -198,7 +197,9 @@ def _follow_job(
         else:
             # The job as it is now; the changes recorded up to here are in it.
             yield _event(first, first.etag)
-            pending, sent_etag = [], first.etag
+            # `first` was read before the watch began: a change committed in between is in
+            # `changes` but woke nobody, so the newest one is sent unless `first` showed it.
+            pending, sent_etag = changes[-1:], first.etag
             cursor = changes[-1].seq if changes else 0
             if first.status in TERMINAL:
                 return
@@ -241,7 +242,7 @@ def client_stream() -> Response:
 
 
 def _resume_position(connection: Connection, last_id: str) -> Position | None:
-    if not last_id.isdigit() or len(last_id) > 19:
+    if not (last_id.isascii() and last_id.isdigit()) or len(last_id) > 19:
         return None
     return position_of(connection, int(last_id))
 

@@ -143,7 +143,7 @@ def _delivery_and_client(
     session: Session, delivery_id: str, *, lock: bool = False
 ) -> tuple[CallbackDelivery, str]:
     # Ids are positive 64-bit integers: anything else names no delivery.
-    if not delivery_id.isdigit() or not 0 < int(delivery_id) < 2**63:
+    if not (delivery_id.isascii() and delivery_id.isdigit()) or not 0 < int(delivery_id) < 2**63:
         raise NotFound(f"No callback delivery with id {delivery_id!r}.")
     key = int(delivery_id)
     query = (
