@@ -7,10 +7,11 @@ outcome details (messages, medication lists) go once a job has been settled long
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.attributes import InstrumentedAttribute, flag_modified
 
 from webhook_service import metrics, phi
 from webhook_service.models import PURGE_PREDICATE, Clinic, Job, JobChange, WebhookDelivery
@@ -70,52 +71,11 @@ def reencrypt_phi(session: Session, batch: int = 500) -> int:
     Reading decrypts with any configured key and writing encrypts with the newest, so
     loading and flagging each value as changed is the whole rotation.
     """
-    count = 0
-    last_id = None
-    while True:
-        query = select(Job).order_by(Job.id).limit(batch)
-        if last_id is not None:
-            query = query.where(Job.id > last_id)
-        jobs = session.scalars(query).all()
-        if not jobs:
-            break
-        for job in jobs:
-            _touch(job, "request_body", "outcome", "error_message")
-            count += 1
-        last_id = jobs[-1].id
-        session.flush()
-    last_delivery = 0
-    while True:
-        deliveries = session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.id > last_delivery)
-            .order_by(WebhookDelivery.id)
-            .limit(batch)
-        ).all()
-        if not deliveries:
-            break
-        for delivery in deliveries:
-            _touch(delivery, "raw_body")
-            count += 1
-        last_delivery = deliveries[-1].id
-        session.flush()
+    count = _reencrypt_table(session, Job.id, ("request_body", "outcome", "error_message"), batch)
+    count += _reencrypt_table(session, WebhookDelivery.id, ("raw_body",), batch)
     # The record of job changes holds each change's outcome and error, encrypted as in `jobs`
     # (pushes render them): left behind, a stream could not render them once the old key goes.
-    last_change = 0
-    while True:
-        changes = session.scalars(
-            select(JobChange)
-            .where(JobChange.seq > last_change)
-            .order_by(JobChange.seq)
-            .limit(batch)
-        ).all()
-        if not changes:
-            break
-        for change in changes:
-            _touch(change, "outcome", "error_message")
-            count += 1
-        last_change = changes[-1].seq
-        session.flush()
+    count += _reencrypt_table(session, JobChange.seq, ("outcome", "error_message"), batch)
     # The clinics' Cobalt access tokens are credentials, not PHI, but they are encrypted
     # under the same keys: left behind, no clinic's token decrypts once the old key goes.
     for clinic in session.scalars(select(Clinic).order_by(Clinic.id)):
@@ -124,6 +84,26 @@ def reencrypt_phi(session: Session, batch: int = 500) -> int:
     session.flush()
     phi.keys()  # fail loudly here, not half-way, if keys were never configured
     return count
+
+
+def _reencrypt_table(
+    session: Session, key: InstrumentedAttribute[Any], attributes: tuple[str, ...], batch: int
+) -> int:
+    """Flag `attributes` of every row of `key`'s table as changed, `batch` rows at a time in
+    key order (keyset pagination), flushing each batch; return the rows touched."""
+    count, last = 0, None
+    while True:
+        query = select(key.class_).order_by(key).limit(batch)
+        if last is not None:
+            query = query.where(key > last)
+        rows = session.scalars(query).all()
+        if not rows:
+            return count
+        for row in rows:
+            _touch(row, *attributes)
+        count += len(rows)
+        last = getattr(rows[-1], key.key)
+        session.flush()
 
 
 def _touch(row: object, *attributes: str) -> None:
