@@ -120,6 +120,28 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 # --- The database under test: every data-layer test runs on both -------------------------
 
+# A test marked `postgres_only` or `sqlite_only` that is parametrised by the database (through
+# `database_url` or an end-to-end module's `database`) runs for that database alone: the
+# other variant is deselected at collection, not skipped at run time, so a skip in the
+# report always means something could not run here.
+_ONLY = {"postgres_only": "postgresql", "sqlite_only": "sqlite"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        which = (
+            None
+            if params is None
+            else params.params.get("database_url", params.params.get("database"))
+        )
+        wanted = {_ONLY[m.name] for m in item.iter_markers() if m.name in _ONLY}
+        (dropped if which is not None and wanted and which not in wanted else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:

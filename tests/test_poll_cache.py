@@ -27,8 +27,9 @@ TRIES, PAUSE = 100, 0.05  # a bounded number of polls, a twentieth of a second a
 
 @pytest.fixture
 def pg_app(app: Flask, is_postgres: bool) -> Flask:
-    if not is_postgres:
-        pytest.skip("SQLite has no listener: every poll reads the database, as before")
+    """The app on PostgreSQL (tests using it are `postgres_only`: SQLite has no listener, so
+    every poll reads the database, as before)."""
+    assert is_postgres
     hub: Wakeups = app.extensions["webhook_service"]["wakeups"]
     hub.start()
     for _ in range(TRIES):
@@ -90,6 +91,7 @@ def settle(sessions: Any, job_id: str, clock: Any, status: str = "completed") ->
         job.finished_at = clock()
 
 
+@pytest.mark.postgres_only
 def test_a_poll_304_is_answered_without_the_database(pg_app: Flask, client: FlaskClient):
     job = submit(client, "/v1/notes", NOTE)
     etag = poll(client, job["id"]).headers["ETag"]
@@ -100,6 +102,7 @@ def test_a_poll_304_is_answered_without_the_database(pg_app: Flask, client: Flas
     assert "Retry-After" in response.headers  # still processing
 
 
+@pytest.mark.postgres_only
 def test_another_front_ends_poll_is_not_answered_from_memory(
     pg_app: Flask, client: FlaskClient, sessions: Any
 ):
@@ -112,6 +115,7 @@ def test_another_front_ends_poll_is_not_answered_from_memory(
     assert poll(other, job["id"], etag).status_code == 404
 
 
+@pytest.mark.postgres_only
 def test_a_notified_change_is_answered_200_with_the_new_etag(
     pg_app: Flask, client: FlaskClient, sessions: Any, clock: Any
 ):
@@ -128,6 +132,7 @@ def test_a_notified_change_is_answered_200_with_the_new_etag(
     assert hub.fresh_epoch() == epoch
 
 
+@pytest.mark.postgres_only
 def test_a_change_missed_with_a_cut_listener_is_not_answered_304_from_memory(
     pg_app: Flask, client: FlaskClient, sessions: Any, clock: Any, engine: Engine
 ):
@@ -156,11 +161,10 @@ def test_a_change_missed_with_a_cut_listener_is_not_answered_304_from_memory(
         assert poll(client, job["id"], old).status_code == 200
 
 
+@pytest.mark.postgres_only
 def test_an_entry_is_not_trusted_once_the_listener_has_been_silent_a_second(engine: Engine):
     """A connection can die without a word: past FRESH_SECONDS since its last ping answered,
     nothing it vouched for is served (fake clock; the listener pings only at the start)."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has no listener")
     now = [1000.0]
     hub = Wakeups(engine, heartbeat=60, clock=lambda: now[0])
     cache = PollCache(hub)
@@ -184,9 +188,8 @@ def test_an_entry_is_not_trusted_once_the_listener_has_been_silent_a_second(engi
         hub.stop()
 
 
+@pytest.mark.postgres_only
 def test_a_read_that_began_before_a_change_is_not_remembered(engine: Engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has no listener")
     hub = Wakeups(engine)
     cache = PollCache(hub)
     job_id = uuid.uuid4()
@@ -205,6 +208,7 @@ def test_a_read_that_began_before_a_change_is_not_remembered(engine: Engine):
         hub.stop()
 
 
+@pytest.mark.postgres_only
 def test_a_settled_jobs_200_from_memory_is_the_one_the_database_renders(
     pg_app: Flask, client: FlaskClient, sessions: Any, clock: Any
 ):
@@ -222,6 +226,7 @@ def test_a_settled_jobs_200_from_memory_is_the_one_the_database_renders(
     assert from_memory.json["outcome"] == {"note_id": "n_1", "text": "PHI"}
 
 
+@pytest.mark.postgres_only
 def test_a_purge_evicts_a_settled_jobs_kept_answer(
     pg_app: Flask, client: FlaskClient, sessions: Any, clock: Any
 ):
@@ -239,9 +244,8 @@ def test_a_purge_evicts_a_settled_jobs_kept_answer(
     assert response.json["purged_at"] is not None
 
 
-def test_on_sqlite_every_poll_reads_the_database(app: Flask, client: FlaskClient, is_postgres):
-    if is_postgres:
-        pytest.skip("PostgreSQL answers from memory")
+@pytest.mark.sqlite_only
+def test_on_sqlite_every_poll_reads_the_database(app: Flask, client: FlaskClient):
     assert app.extensions["webhook_service"]["poll_cache"] is None
     job = submit(client, "/v1/notes", NOTE)
     etag = poll(client, job["id"]).headers["ETag"]

@@ -239,13 +239,12 @@ def test_the_client_stream_sends_each_change_of_its_jobs_with_a_resumable_id(
 # --- Wake-ups across the listening connection's loss -------------------------------------------
 
 
+@pytest.mark.postgres_only
 def test_a_change_committed_while_the_listener_is_cut_still_wakes_the_waiter(
-    engine: Engine, is_postgres: bool, client, sessions, clock
+    engine: Engine, client, sessions, clock
 ):
     """The listening connection is killed (pg_terminate_backend): its waiters are woken to
     re-check, and woken again once it listens again, so nothing is missed."""
-    if not is_postgres:
-        pytest.skip("SQLite has no listening connection (it polls the table)")
     job_id = submit(client, "/v1/notes", NOTE)["id"]
     hub = Wakeups(engine, heartbeat=0.2)
     try:
@@ -280,11 +279,10 @@ def _terminate_listeners(engine: Engine) -> None:
     assert killed
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_waiters_are_woken_by_the_process_wide_poll_of_the_table(
-    engine: Engine, is_postgres: bool, client, sessions, clock
+    engine: Engine, client, sessions, clock
 ):
-    if is_postgres:
-        pytest.skip("PostgreSQL is woken by NOTIFY")
     job_id = submit(client, "/v1/notes", NOTE)["id"]
     hub = Wakeups(engine, fallback_interval=0.05)
     try:

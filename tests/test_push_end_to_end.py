@@ -101,14 +101,13 @@ def test_a_stream_follows_a_job_from_processing_to_its_outcome_and_closes(
     assert seen[-1]["outcome"]["event"] == "note.created"
 
 
+@pytest.mark.postgres_only
 def test_a_cut_listening_connection_never_leaves_a_changed_job_answered_304(
     database: str, system: RunningSystem
 ) -> None:
     """pg_terminate_backend on every web process's listening connection while a long poll is
     held: the job's outcome still answers it (the waiters re-check when the listener drops
     and when it is back), rather than a 304 at the end of the wait."""
-    if not database.startswith("postgresql"):
-        pytest.skip("SQLite has no listening connection")
     other = start_another_web(system)
     with system.api() as api:
         submitted = submit(api, system)
@@ -173,6 +172,7 @@ def test_sigterm_ends_held_streams_and_long_polls_and_the_web_exits_cleanly(
     assert web2.wait(timeout=30) == 0
 
 
+@pytest.mark.postgres_only
 def test_a_settled_job_changed_while_the_listeners_were_cut_is_never_answered_from_memory(
     database: str, system: RunningSystem
 ) -> None:
@@ -180,8 +180,6 @@ def test_a_settled_job_changed_while_the_listeners_were_cut_is_never_answered_fr
     Their listening connections are cut and the job is purged straight in the database before
     they listen again: no NOTIFY of it ever reaches them. Once they listen again, every poll
     answers the purged job from the database, never the remembered answer."""
-    if not database.startswith("postgresql"):
-        pytest.skip("SQLite has no listening connection (and no poll cache)")
     libpq = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
     listeners = (
         "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
