@@ -255,15 +255,16 @@ def _wait_until(condition: Any, timeout: float = 30.0) -> None:
 
 # --- The default formation, through the real processes -----------------------------------------
 
-# What the README's budget promises for the default formation at its largest: gunicorn's
-# default WEB_CONCURRENCY (the cores, at most 4) x DATABASE_POOL_SIZE 3, and one worker
-# process's WORKER_DATABASE_POOL_SIZE 4, and each web process's one listening connection (the
-# first long poll or stream opens it: README, "Push").
-WEB_PROCESSES = 4
+# What the README's budget promises for the formation it gives a 20-connection plan at its
+# largest: WEB_CONCURRENCY 3 x DATABASE_POOL_SIZE 3, one worker process's
+# WORKER_DATABASE_POOL_SIZE 4, and each web process's and the worker's one listening connection
+# (README, "Push" and "Callbacks"): 17, leaving 3 for the release, a one-off and psql.
+WEB_PROCESSES = 3
 BUDGET = {
     "webhook-service:web": WEB_PROCESSES * 3,
     "webhook-service:web-listen": WEB_PROCESSES,
     "webhook-service:worker": 4,
+    "webhook-service:worker-listen": 1,
 }
 
 
@@ -281,8 +282,9 @@ SANDBOX_ENCOUNTER = {
 def test_default_formation_stays_within_its_budget_under_a_burst(
     postgres_server_url: str, tmp_path: Path
 ) -> None:
-    """32 clients at once submit, poll and deliver webhooks against a database capped at 20:
-    no 5xx, and the connections each process kind holds never pass the budget."""
+    """32 clients at once submit, poll and deliver webhooks against a database capped at 20,
+    the README's formation for it: no 5xx, and the connections each process kind holds never
+    pass the budget."""
     with (
         capped_postgres_database(postgres_server_url, 20) as url,
         running_system(url, tmp_path, env={"WEB_CONCURRENCY": str(WEB_PROCESSES)}) as system,
@@ -357,6 +359,7 @@ def test_default_formation_stays_within_its_budget_under_a_burst(
         assert peak["webhook-service:web"] > 0, peak
         assert peak["webhook-service:web-listen"] > 0, peak
         assert peak["webhook-service:worker"] > 0, peak
+        assert peak["webhook-service:worker-listen"] > 0, peak
         for name, budget in BUDGET.items():
             assert peak[name] <= budget, (name, peak)
         assert sum(peak.values()) <= sum(BUDGET.values()), peak

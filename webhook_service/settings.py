@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     callback_allow_private_networks: bool = Field(
         default=False, validation_alias="CALLBACK_ALLOW_PRIVATE_NETWORKS"
     )
+    # Threads per worker process that send callbacks (besides WORKER_CONCURRENCY's, which call
+    # Cobalt): a receiver slower than its timeout holds one of them for that long.
+    callback_concurrency: int = Field(
+        default=4, ge=1, le=64, validation_alias="CALLBACK_CONCURRENCY"
+    )
     # Each attempt is bounded: connecting, each read, and the whole answer (see
     # callback_client.py), so a hanging receiver never holds a worker thread for long.
     callback_connect_timeout_seconds: float = Field(

@@ -49,7 +49,8 @@ FRESH_SECONDS = 1.0
 
 
 class Watch:
-    """One waiter's registration: woken by a change of its job or client, or a broadcast."""
+    """One waiter's registration: woken by a change of its job or client (of any job, with
+    `every`), or a broadcast."""
 
     __slots__ = ("_event", "client_id", "job_id")
 
@@ -75,12 +76,15 @@ class Wakeups:
         self,
         engine: Engine,
         *,
+        name: str = "web-listen",
         heartbeat: float = 0.5,
         fallback_interval: float = 0.5,
         reconnect_delay: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
+        # The listening connection's `application_name` suffix (README, "Connection budget").
+        self.name = name
         self._postgres = engine.dialect.name == "postgresql"
         self.heartbeat = heartbeat
         self.fallback_interval = fallback_interval
@@ -89,6 +93,7 @@ class Wakeups:
         self._by_job: dict[uuid.UUID, set[Watch]] = {}
         self._by_client: dict[int, set[Watch]] = {}
         self._all: set[Watch] = set()
+        self._every: set[Watch] = set()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._stopping = threading.Event()
@@ -109,13 +114,15 @@ class Wakeups:
 
     @contextmanager
     def watch(
-        self, *, job_id: uuid.UUID | None = None, client_id: int | None = None
+        self, *, job_id: uuid.UUID | None = None, client_id: int | None = None, every: bool = False
     ) -> Iterator[Watch]:
         """Register a waiter for the block (before reading what it waits on)."""
         self._ensure_started()
         watch = Watch(job_id, client_id)
         with self._lock:
             self._all.add(watch)
+            if every:
+                self._every.add(watch)
             if job_id is not None:
                 self._by_job.setdefault(job_id, set()).add(watch)
             if client_id is not None:
@@ -125,6 +132,7 @@ class Wakeups:
         finally:
             with self._lock:
                 self._all.discard(watch)
+                self._every.discard(watch)
                 _remove(self._by_job, job_id, watch)
                 _remove(self._by_client, client_id, watch)
 
@@ -159,7 +167,7 @@ class Wakeups:
         if self.on_change is not None:
             self.on_change(job_id)
         with self._lock:
-            woken = list(self._by_job.get(job_id, ()))
+            woken = [*self._every, *self._by_job.get(job_id, ())]
             if client_id is not None:
                 woken.extend(self._by_client.get(client_id, ()))
         for watch in woken:
@@ -211,7 +219,7 @@ class Wakeups:
                 with psycopg.connect(
                     self._libpq_url(),
                     autocommit=True,
-                    application_name=f"{APPLICATION_NAME_PREFIX}:web-listen",
+                    application_name=f"{APPLICATION_NAME_PREFIX}:{self.name}",
                     connect_timeout=2,
                 ) as connection:
                     asked = self._clock()

@@ -20,7 +20,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from webhook_service import services
-from webhook_service.callback_sender import CallbackSender
 from webhook_service.clock import Clock, utcnow
 from webhook_service.cobalt import (
     Accepted,
@@ -36,8 +35,8 @@ from webhook_service.db import (
     transaction,
 )
 from webhook_service.lifecycle import JobKind, retry_delay
-from webhook_service.logs import log_failure
-from webhook_service.services import reference
+from webhook_service.loop import run_steps
+from webhook_service.services import callbacks, reference
 from webhook_service.settings import SHUTDOWN_MARGIN_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,6 @@ HOUSEKEEPING_EVERY = timedelta(seconds=5)
 # Pauses between tries to record Cobalt's answer while the database is unreachable.
 RECORD_RETRY_FIRST = 0.1
 RECORD_RETRY_CAP = 2.0
-# The longest pause of a worker thread that cannot get a database connection: a full server
-# should not be knocked on by every thread every second, nor left alone once it has room.
-DATABASE_BACKOFF_CAP = 10.0
 # After the shutdown grace, the most time spent recording the calls given up on (the rest of
 # SHUTDOWN_MARGIN_SECONDS closes the pool and exits): a database that does not answer by
 # then leaves them `sending` until their claims run out, then `unknown` all the same.
@@ -85,20 +81,17 @@ class Worker:
         self._calling: services.Claim | None = None
         self._given_up = False
         self._call_lock = threading.Lock()
-        # Callbacks to front ends: every thread sends; the housekeeping one also fans out.
-        self.callbacks = CallbackSender(settings, sessions, clock=clock, fans_out=housekeeping)
 
     def run_once(self) -> bool:
         """Do one unit of work; return False when there was nothing to do."""
         self.housekeeping()
-        sent_callback = self.callbacks.run_once()
         now = self.clock()
         with transaction(self.sessions) as session:
             claim = services.claim_due_job(
                 session, now=now, lease=timedelta(seconds=self.settings.claim_ttl_seconds)
             )
         if claim is None:
-            return sent_callback
+            return False
         if not claim.knows_reference_id:
             self._learn_reference_id(claim)
         self.submit(claim)
@@ -236,16 +229,14 @@ class Worker:
             matched = services.match_parked(session, now)
         reconciled = self.reconcile()
         self.refresh_reference_lists()
-        self.callbacks.housekeeping()
+        retention = timedelta(days=self.settings.phi_retention_days)
         with transaction(self.sessions) as session:
             past = services.mark_past_deadline(
                 session, now=self.clock(), deadline=self.settings.job_deadline
             )
-            purged = services.purge_expired_phi(
-                session,
-                now=self.clock(),
-                retention=timedelta(days=self.settings.phi_retention_days),
-            )
+            purged = services.purge_expired_phi(session, now=self.clock(), retention=retention)
+            # Callback bodies hold the job resource, outcome included: erased on the same rule.
+            callbacks.purge_delivery_bodies(session, now=self.clock(), retention=retention)
         if expired or matched or reconciled or past.attention or past.failed or purged:
             log.info(
                 "housekeeping",
@@ -294,23 +285,10 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; an in-flight job is always finished and recorded."""
-        backoff = 0.0
-        while not stop.is_set():
-            try:
-                busy = self.run_once()
-                backoff = 0.0
-            except Exception as exc:
-                busy = False
-                trouble = connection_trouble(exc)
-                if trouble is None:
-                    log_failure(log, "worker step failed", exc)
-                else:
-                    # No connection to be had (a full server, an outage): wait longer each
-                    # time, up to a cap, then carry on as before once one is had again.
-                    first = self.settings.worker_poll_seconds
-                    backoff = min(max(backoff * 2, first), DATABASE_BACKOFF_CAP)
-                    log.warning(trouble, extra={"retry_in_seconds": backoff})
-                    stop.wait(backoff)
-                    continue
-            if not busy:
-                stop.wait(self.settings.worker_poll_seconds)
+        run_steps(
+            self.run_once,
+            lambda: stop.wait(self.settings.worker_poll_seconds),
+            stop,
+            first_backoff=self.settings.worker_poll_seconds,
+            log=log,
+        )

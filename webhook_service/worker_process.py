@@ -1,8 +1,9 @@
 """The worker as a process: its threads, signals, shutdown grace, and forked siblings.
 
 `worker.py` is what one thread does (claim → call Cobalt → record); this module runs
-`WORKER_CONCURRENCY` of them in a process, stops them inside the platform's 30 s, and with
-`WORKER_PROCESSES` above 1 forks and supervises that many processes.
+`WORKER_CONCURRENCY` of them in a process, and `CALLBACK_CONCURRENCY` callback threads
+(`callback_sender.py`) rung by a listener on PostgreSQL; stops them inside the platform's
+30 s; and with `WORKER_PROCESSES` above 1 forks and supervises that many processes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from types import FrameType
 
 from webhook_service import phi, services
+from webhook_service.callback_sender import CallbackSender
 from webhook_service.clock import utcnow
 from webhook_service.cobalt import CobaltAmbiguous, CobaltClient
 from webhook_service.db import SessionFactory, make_engine, make_session_factory, transaction
@@ -23,6 +25,7 @@ from webhook_service.error_tracking import init_error_tracking
 from webhook_service.logs import capture_stray_output, configure_logging, log_failure
 from webhook_service.services.metrics import FLUSH_EVERY, Flusher, Heartbeat
 from webhook_service.settings import Settings
+from webhook_service.wakeups import Wakeups
 from webhook_service.worker import GIVE_UP_RECORD_SECONDS, Worker
 
 log = logging.getLogger("webhook_service.worker")
@@ -77,10 +80,23 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
         Worker(settings, sessions, CobaltClient.from_settings(settings), housekeeping=(n == 0))
         for n in range(threads)
     ]
+    # On PostgreSQL a listener rings the callback threads when a change commits.
+    listener = (
+        Wakeups(engine, name="worker-listen") if engine.dialect.name == "postgresql" else None
+    )
     running = [
         # Daemons: a thread still waiting on Cobalt after the grace must not hold the exit.
         threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}", daemon=True)
         for n, w in enumerate(workers)
+    ] + [
+        threading.Thread(
+            target=_send_callbacks,
+            # One thread fans new changes out to deliveries; all of them send.
+            args=(CallbackSender(settings, sessions, fans_out=(n == 0)), stop, listener),
+            name=f"callbacks-{n}",
+            daemon=True,
+        )
+        for n in range(settings.callback_concurrency)
     ]
     # Counts and the heartbeat go to the database every few seconds, and once more at the end.
     flusher = Flusher(sessions, utcnow, heartbeat=Heartbeat.for_this_process(utcnow()))
@@ -96,6 +112,8 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
                 log.warning("supervisor gone: stopping")
                 stop.set()
             if stop.is_set():
+                if listener is not None and not listener.stopping:
+                    listener.stop()  # callback threads waiting for a ring stop waiting
                 stopping_since = stopping_since or time.monotonic()
                 if time.monotonic() - stopping_since >= settings.shutdown_grace_seconds:
                     give_up_calls(workers, sessions)
@@ -103,6 +121,8 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
             alive[0].join(timeout=0.25)
     finally:
         stop.set()
+        if listener is not None:
+            listener.stop()
         flushing.join(timeout=FLUSH_EVERY)
         flusher.flush_quietly()
         engine.dispose()
@@ -110,6 +130,17 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _send_callbacks(
+    sender: CallbackSender, stop: threading.Event, listener: Wakeups | None
+) -> None:
+    """A callback thread: rung by every committed change where there is a listener."""
+    if listener is None:
+        sender.run_forever(stop, None)
+        return
+    with listener.watch(every=True) as doorbell:
+        sender.run_forever(stop, doorbell)
 
 
 def give_up_calls(workers: list[Worker], sessions: SessionFactory) -> None:

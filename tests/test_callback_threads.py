@@ -1,0 +1,93 @@
+"""The worker's callback threads: rung by the listener when a change commits (PostgreSQL),
+polling without one (SQLite), and apart from the threads that call Cobalt."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+
+from tests.test_callbacks import ENCOUNTERS, Receiver, receiver, register, settings  # noqa: F401
+from tests.test_lifecycle_http import ENCOUNTER, submit
+from webhook_service import callback_sender
+from webhook_service.callback_sender import CallbackSender
+from webhook_service.wakeups import Wakeups
+
+
+@pytest.fixture
+def listener(engine: Engine) -> Iterator[Wakeups]:
+    hub = Wakeups(engine, name="worker-listen")
+    yield hub
+    hub.stop()
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """A generous bound for something the threads do on their own (not a measure)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _run(sender: CallbackSender, stop: threading.Event, doorbell) -> threading.Thread:  # type: ignore[no-untyped-def]
+    thread = threading.Thread(target=sender.run_forever, args=(stop, doorbell), daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.postgres_only
+def test_a_committed_change_rings_the_sender_at_once(
+    client: FlaskClient,
+    receiver: Receiver,  # noqa: F811
+    sender: CallbackSender,
+    listener: Wakeups,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With nothing due the sender waits for the listener's ring; a submission's change rings
+    it, and the callback goes out, long before the sender would look again by itself."""
+    monkeypatch.setattr(callback_sender, "IDLE_LISTENING_SECONDS", 600.0)
+    receiver.trust(register(client, receiver.url)["secret"])
+    stop = threading.Event()
+    with listener.watch(every=True) as doorbell:
+        thread = _run(sender, stop, doorbell)
+        try:
+            time.sleep(0.3)  # the sender has looked, found nothing, and waits (600 s)
+            assert receiver.got == []
+            job = submit(client, ENCOUNTERS, ENCOUNTER)
+            _wait_for(lambda: len(receiver.got) == 1)
+        finally:
+            stop.set()
+            listener.stop()
+            thread.join(5)
+    assert [(r.job_id, r.job_status, r.verified) for r in receiver.got] == [
+        (job["id"], "processing", True)
+    ]
+
+
+@pytest.mark.sqlite_only
+def test_without_a_listener_the_sender_looks_by_itself(
+    client: FlaskClient,
+    receiver: Receiver,  # noqa: F811
+    sender: CallbackSender,
+) -> None:
+    """SQLite has no NOTIFY: the sender fans out and sends on its own every
+    IDLE_POLLING_SECONDS."""
+    receiver.trust(register(client, receiver.url)["secret"])
+    stop = threading.Event()
+    thread = _run(sender, stop, None)
+    try:
+        job = submit(client, ENCOUNTERS, ENCOUNTER)
+        _wait_for(lambda: len(receiver.got) == 1)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert receiver.got[0].job_id == job["id"]
+
+
+@pytest.fixture
+def sender(settings, sessions, clock) -> CallbackSender:  # type: ignore[no-untyped-def]  # noqa: F811
+    return CallbackSender(settings, sessions, clock=clock)
