@@ -346,8 +346,6 @@ class JobChange(Base):
         Index("ix_job_changes_job_seq", "job_id", "seq"),
         # A client's changes after a position (its stream, its callbacks).
         Index("ix_job_changes_client_txid_seq", "client_id", "txid", "seq"),
-        # Every client's changes after a position (a reader of them all: callbacks).
-        Index("ix_job_changes_txid_seq", "txid", "seq"),
         {"sqlite_autoincrement": True},
     )
 

@@ -129,33 +129,32 @@ def position_of(connection: Connection, seq: int) -> Position | None:
 
 
 def client_changes(
-    connection: Connection, client_id: int, after: Position, limit: int = 500
+    connection: Connection,
+    client_id: int,
+    after: Position,
+    limit: int = 500,
+    *,
+    horizon: int | None = None,
 ) -> list[Change]:
     """A client's changes after `after`, in (txid, seq) order, only those safe to pass.
 
     On PostgreSQL a change of a transaction still open when this reads (or of one after the
-    oldest still open) is left for a later read (see the module's note).
+    oldest still open) is left for a later read (see the module's note). `horizon`: that
+    oldest open transaction, as `read_horizon` gave it, for a reader of several clients'
+    changes in one go (the callbacks' fan-out); else it is read here.
     """
-    return _changes_after(connection, after, limit, CHANGES.c.client_id == client_id)
-
-
-def changes_after(connection: Connection, after: Position, limit: int = 500) -> list[Change]:
-    """Every client's changes after `after`, as `client_changes` reads one client's: for a
-    reader of them all (callbacks). Resume after the last one's `Position(txid, seq)`."""
-    return _changes_after(connection, after, limit)
-
-
-def _changes_after(
-    connection: Connection, after: Position, limit: int, *conditions: Any
-) -> list[Change]:
     query = (
         select(*_SNAPSHOT)
-        .where(*conditions, tuple_(CHANGES.c.txid, CHANGES.c.seq) > tuple_(after.txid, after.seq))
+        .where(
+            CHANGES.c.client_id == client_id,
+            tuple_(CHANGES.c.txid, CHANGES.c.seq) > tuple_(after.txid, after.seq),
+        )
         .order_by(CHANGES.c.txid, CHANGES.c.seq)
         .limit(limit)
     )
     if connection.dialect.name == "postgresql":
-        query = query.where(CHANGES.c.txid < _oldest_open(connection))
+        horizon = read_horizon(connection) if horizon is None else horizon
+        query = query.where(CHANGES.c.txid < horizon)
     return [_change(row) for row in connection.execute(query)]
 
 
@@ -167,8 +166,9 @@ _OPEN_XIDS = text(
 _EPOCH = 2**32
 
 
-def _oldest_open(connection: Connection) -> int:
-    """The 64-bit id of this database's oldest open write transaction, or the next id.
+def read_horizon(connection: Connection) -> int:
+    """PostgreSQL: the first transaction id whose changes a reader may not pass yet, the 64-bit
+    id of this database's oldest open write transaction, or the next id.
 
     The next id first: a transaction given an id after it is at or past it. The open ones
     show their 32-bit ids; each is within 2**32 below the next, which makes it whole.
@@ -182,7 +182,7 @@ def start_position(connection: Connection) -> Position:
     """A position after every change already passed (for a reader starting now)."""
     if connection.dialect.name == "postgresql":
         # A change at or past the oldest open transaction may still commit: start before it.
-        return Position(_oldest_open(connection) - 1, 2**62)
+        return Position(read_horizon(connection) - 1, 2**62)
     return Position(0, latest_seq(connection))
 
 

@@ -27,7 +27,7 @@ from webhook_service.services.callbacks.rules import (
     retry_delay,
     signing_secrets,
 )
-from webhook_service.services.changes import Position, client_changes
+from webhook_service.services.changes import Position, client_changes, read_horizon
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,14 @@ def fan_out(session: Session, *, now: datetime, limit: int = FAN_OUT_BATCH) -> i
         .with_for_update(skip_locked=True, of=CallbackEndpoint)
     ).all()
     added = 0
+    connection = session.connection()
+    # Read once for every endpoint: what may be passed is the same for all of them.
+    horizon = (
+        read_horizon(connection) if endpoints and connection.dialect.name == "postgresql" else None
+    )
     for endpoint in endpoints:
         after = Position(endpoint.fanned_out_txid, endpoint.fanned_out_seq)
-        changes = client_changes(session.connection(), endpoint.client_id, after, limit)
+        changes = client_changes(connection, endpoint.client_id, after, limit, horizon=horizon)
         for change in changes:
             add_delivery(
                 session,
