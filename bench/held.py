@@ -7,12 +7,14 @@ submissions beside them keep their throughput and p99? (issue 20)
 
 Creates its own database (as `python -m bench` does), seeds a few thousand jobs, starts
 gunicorn as the Procfile does (`WEB_CONCURRENCY` 2, the worker class config/gunicorn.conf.py
-picks for PostgreSQL unless `--worker-class`), then measures with wrk, in the same run:
-polls (200) and submissions at 32 connections, first with nothing held, then with N
-requests held by an asyncio client (each a long poll `Prefer: wait=25` on an unchanged job,
-re-sent when answered, or an open `/v1/jobs/{id}/stream` of one), and the web processes'
-resident memory in both states. (`/v1/stream` is not the held load here: every change of a
-client wakes each of that client's streams, and the bench has one client.) Prints the
+picks for PostgreSQL unless `--worker-class`), then measures with wrk, in the same run, polls
+(200) and submissions at 32 connections, in rounds (`--rounds`, 3): with nothing held, then
+with N requests held by an asyncio client (each a long poll `Prefer: wait=25` on an unchanged
+job, re-sent when answered, or an open `/v1/jobs/{id}/stream` of one); and the web
+processes' resident memory in both states. Each run with held requests is compared with the
+runs without just before and after it; the median over the rounds is reported.
+(`/v1/stream` is not the held load here: every change of a client wakes each of that
+client's streams, and the bench has one client.) Prints the
 report and writes `bench/results/held-<mode>-<n>-<class>.json`.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per wrk run (8)")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs seeded (5000)")
     parser.add_argument("--worker-class", default="", help="GUNICORN_WORKER_CLASS (config's)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of without / with held (3; median ratio)"
+    )
     args = parser.parse_args(argv)
 
     options = parse_args(["--quick", "--jobs", str(args.jobs), "--db-name", "webhook_bench_held"])
@@ -192,44 +198,51 @@ def main(argv: list[str] | None = None) -> None:
                 "web_concurrency": options.web_concurrency,
             }
             report["rss_idle_mb"] = rss_mb(served.pid)
-            report["without"] = {
-                "poll": measure(bench, served.port, polls, args.seconds),
-                "submit": measure(bench, served.port, submits, args.seconds),
-            }
-            report["rss_before_mb"] = rss_mb(served.pid)
-            with Holder(served.port, bench.token, args.held, args.mode, job) as holder:
-                deadline = time.monotonic() + 60
-                while holder.held < args.held * 0.98 and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                report["held_reached"] = holder.held
-                probes = []
-                for job_id in ids[:5]:
-                    started = time.perf_counter()
-                    api.get(f"{base}/v1/jobs/{job_id}", timeout=60)
-                    probes.append(round((time.perf_counter() - started) * 1000, 1))
-                report["plain_poll_ms_while_held"] = probes
-                report["rss_held_mb"] = rss_mb(served.pid)
-                report["with"] = {
+
+            def both() -> dict[str, Any]:
+                return {
                     "poll": measure(bench, served.port, polls, args.seconds),
                     "submit": measure(bench, served.port, submits, args.seconds),
                 }
-                report["held_at_end"] = holder.held
-                report["holder_answers"] = dict(holder.answered)
-                report["holder_errors"] = holder.errors
-            # Again without: on a shared machine the two runs without show the noise.
-            time.sleep(2)
-            report["without_after"] = {
-                "poll": measure(bench, served.port, polls, args.seconds),
-                "submit": measure(bench, served.port, submits, args.seconds),
-            }
+
+            # Rounds of (without, with N held), then once more without: each run with held
+            # requests is judged against the runs without just before and just after it, so
+            # a machine that drifts over the minutes does not read as a loss or a gain.
+            withouts, withs = [], []
+            for _ in range(args.rounds):
+                withouts.append(both())
+                report["rss_before_mb"] = rss_mb(served.pid)
+                with Holder(served.port, bench.token, args.held, args.mode, job) as holder:
+                    deadline = time.monotonic() + 60
+                    while holder.held < args.held * 0.98 and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    report["held_reached"] = holder.held
+                    probes = []
+                    for job_id in ids[:5]:
+                        started = time.perf_counter()
+                        api.get(f"{base}/v1/jobs/{job_id}", timeout=60)
+                        probes.append(round((time.perf_counter() - started) * 1000, 1))
+                    report["plain_poll_ms_while_held"] = probes
+                    report["rss_held_mb"] = rss_mb(served.pid)
+                    withs.append(both())
+                    report["held_at_end"] = holder.held
+                    report["holder_answers"] = dict(holder.answered)
+                    report["holder_errors"] = holder.errors
+                time.sleep(2)  # the held connections closed
+            withouts.append(both())
+            report["without"], report["with"] = withouts, withs
         for kind in ("poll", "submit"):
-            # Held against the mean of the runs before and after it.
-            runs = (report["without"][kind], report["without_after"][kind])
-            rps = sum(run["rps"] for run in runs) / 2
-            p99 = sum(run["p99_ms"] for run in runs) / 2
-            with_ = report["with"][kind]
-            report[f"{kind}_throughput_ratio"] = round(with_["rps"] / max(rps, 0.01), 3)
-            report[f"{kind}_p99_ratio"] = round(with_["p99_ms"] / max(p99, 0.01), 3)
+            throughput, p99 = [], []
+            for n, with_ in enumerate(withs):
+                around = (withouts[n][kind], withouts[n + 1][kind])
+                rps = sum(run["rps"] for run in around) / 2
+                p99_ms = sum(run["p99_ms"] for run in around) / 2
+                throughput.append(round(with_[kind]["rps"] / max(rps, 0.01), 3))
+                p99.append(round(with_[kind]["p99_ms"] / max(p99_ms, 0.01), 3))
+            report[f"{kind}_throughput_ratios"] = throughput
+            report[f"{kind}_p99_ratios"] = p99
+            report[f"{kind}_throughput_ratio"] = statistics.median(throughput)
+            report[f"{kind}_p99_ratio"] = statistics.median(p99)
         out = RESULTS_DIR / f"held-{args.mode}-{args.held}-{args.worker_class or 'default'}.json"
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))

@@ -23,8 +23,12 @@ from bench.preflight import table_lines
 
 # scenario -> (baseline target, minimum ratio of requests/s)
 RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    # issue 7: any job of the whole table (most not in a process's poll cache)
     "poll_200": ("pk_read", 0.8),
-    "poll_304": ("pk_read", 0.9),
+    # issue 20: once every change wakes every web process, "nothing changed" and a settled
+    # job's answer come from memory (http/poll_cache.py)
+    "poll_304": ("pk_read", 1.5),
+    "poll_200_repeat": ("pk_read", 1.0),
     "webhook": ("verify_write", 0.8),
     "submit": ("verify_write", 0.8),
 }
@@ -116,7 +120,9 @@ def contract_floor(results: dict[str, Any]) -> list[dict[str, Any]]:
     by_key = _by_key(results["runs"])
     rows = []
     for scenario, (baseline, minimum) in RATIO_TARGETS.items():
-        floor = FLOORS[scenario]
+        floor = FLOORS.get(scenario)
+        if floor is None:
+            continue
         for conns in sorted({key[2] for key in by_key if key[:2] == (floor, scenario)}):
             floor_run = by_key[floor, scenario, conns]
             base = by_key.get((baseline, baseline, conns))

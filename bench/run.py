@@ -483,6 +483,9 @@ def service(bench: Bench, bodies_file: Path, ids: list[str], ids_file: Path) -> 
         scenarios = {
             "poll_200": poll_scenario(bench, "poll_200", ids_file),
             "poll_304": poll_scenario(bench, "poll_304", etags_file, conditional=True),
+            # The same jobs without If-None-Match: a front end reading again the jobs it
+            # follows (98 % settled, whose answer a web process keeps: issue 20).
+            "poll_200_repeat": poll_scenario(bench, "poll_200_repeat", etags_file),
             "webhook": webhook_scenario(bodies_file),
             "submit": submit_scenario(),
         }
