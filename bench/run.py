@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 import random
 import resource
@@ -17,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -1076,10 +1078,16 @@ def _gunicorn_setting(name: str) -> Any:
     saved = {
         k: os.environ.pop(k) for k in ("GUNICORN_THREADS", "WEB_CONCURRENCY") if k in os.environ
     }
+    # The config, meant for gunicorn's process, turns stderr and uncaught exceptions into log
+    # lines (`capture_stray_output`); in the bench, with no logging set up, they vanished: a
+    # failing run exited 1 without a word. The bench keeps its own.
+    hooks = (sys.stderr, sys.excepthook, threading.excepthook)
     try:
         return runpy.run_path(str(ROOT / GUNICORN_CONFIG)).get(name)
     finally:
         os.environ.update(saved)
+        sys.stderr, sys.excepthook, threading.excepthook = hooks
+        logging.captureWarnings(False)
 
 
 def _meta(opts: Options) -> dict[str, Any]:
