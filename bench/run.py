@@ -30,7 +30,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from bench import db, load, preflight, report
+from bench import db, latency_report, load, preflight, report
 from bench.procs import (
     ROOT,
     VENV_BIN,
@@ -90,6 +90,7 @@ class Options:
     quick: bool
     output: Path
     only_preflight: bool = False
+    only_latency: bool = False
 
 
 @dataclass
@@ -941,6 +942,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="only what the pre-flight check costs a submission (and its baselines)",
     )
+    parser.add_argument(
+        "--only-latency",
+        action="store_true",
+        help="only push latency (issue 20): python -m bench.latency, on its own database",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -964,6 +970,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         skip_worker=args.skip_worker,
         quick=quick,
         only_preflight=bool(args.only_preflight),
+        only_latency=bool(args.only_latency),
         output=args.output,
     )
 
@@ -974,6 +981,14 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.only_latency:
+        # bench.latency builds on this module's Bench: imported here, not at the top.
+        from bench import latency
+
+        return latency.main(
+            ["--server-url", opts.server_url, *(["--quick"] if opts.quick else [])]
+            + (["--keep-db"] if opts.keep_db else [])
+        )
     load.require_wrk()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
@@ -1010,6 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.results["preflight"] = preflight.summary(bench.results["runs"])
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
+    if "latency" in bench.results:
+        latency_report.write(bench.results["latency"])
+        table += "\n\n" + latency_report.format_table(bench.results["latency"])
     report.write_results(bench.results, opts.output)
     (opts.output.with_suffix(".md")).write_text(table + "\n")
     print()
@@ -1068,6 +1086,14 @@ def run_all(bench: Bench) -> None:
     service(bench, bodies_file, ids, ids_file)
     preflight_cost(bench)
     floors(bench, bodies_file, ids, ids_file, open_jobs)
+    # Push latency before the worker's cases, which settle every open job first.
+    from bench import latency  # it builds on this module's Bench: not imported at the top
+
+    plan = latency.Plan.quick() if opts.quick else latency.Plan()
+    if opts.jobs >= plan.open_jobs * db.OPEN_EVERY:
+        bench.results["latency"] = latency.measure(bench, plan)
+    else:
+        print(f"push latency skipped: it needs {plan.open_jobs * db.OPEN_EVERY:,} jobs seeded")
     if not opts.skip_worker:
         print("worker throughput (Cobalt stub)")
         worker_throughput(bench, clinic_id, client_id)
