@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from bench import load
-from bench.procs import Processes, children
+from bench.procs import Processes, rss_mb
 from bench.run import RESULTS_DIR, Bench, Scenario, parse_args, prepare_database, seed
 
 HOLD_WAIT = 25
@@ -122,16 +120,6 @@ class Holder:
         if length:
             await reader.readexactly(length)
         return status
-
-
-def rss_mb(master: int) -> list[float]:
-    out = []
-    for pid in children(master):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out.append(round(int(line.split()[1]) / 1024, 1))
-    return sorted(out)
 
 
 def measure(bench: Bench, port: int, scenario: Scenario, seconds: float) -> dict[str, Any]:

@@ -175,32 +175,46 @@ def write_webhook_bodies(
     lowercase hex HMAC-SHA256 of exactly these bytes.
     """
     rng = random.Random(seed)
-    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    key = secret.encode("utf-8")
+    created = cobalt_time()
     lines = []
     for index in range(count):
         number = rng.choice(job_numbers)
-        event_type, data = _outcome_event(number)
-        event = {
-            "id": f"evt_bench_{seed}_{index}",
-            "object": "event",
-            "created": created,
-            "type": event_type,
-            "job_id": f"cj_{number}",
-            "data": data,
-        }
-        body = json.dumps(event, separators=(",", ":"))
-        signature = hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
-        lines.append(f"{signature}\t{body}")
+        body = outcome_event(number, event_id=f"evt_bench_{seed}_{index}", created=created)
+        lines.append(f"{sign(body, secret)}\t{body}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _outcome_event(number: int) -> tuple[str, dict[str, str]]:
-    """The success event Cobalt sends for seeded job `number`, by its kind, and its data."""
+def outcome_event(number: int, *, event_id: str, created: str) -> str:
+    """The success event Cobalt sends for seeded job `number`, by its kind, as compact JSON."""
     if is_telephone_encounter(number):
-        return "telephone_encounter.created", {"telephone_encounter_id": f"te_{number}"}
-    return "note.created", {"appointment_id": f"appt-{number}"}
+        event_type, data = "telephone_encounter.created", {"telephone_encounter_id": f"te_{number}"}
+    else:
+        event_type, data = "note.created", {"appointment_id": f"appt-{number}"}
+    return cobalt_event(event_type, data, event_id=event_id, created=created, job_id=f"cj_{number}")
+
+
+def cobalt_event(
+    event_type: str, data: dict[str, str], *, event_id: str, created: str, job_id: str | None
+) -> str:
+    """A Cobalt event as its `JSON.stringify` sends it (compact); `job_id` only when given
+    (a note's event may carry none: it is matched by `data.appointment_id`)."""
+    event: dict[str, object] = {"id": event_id, "object": "event", "created": created}
+    event["type"] = event_type
+    if job_id is not None:
+        event["job_id"] = job_id
+    event["data"] = data
+    return json.dumps(event, separators=(",", ":"))
+
+
+def sign(body: str, secret: str) -> str:
+    """`cobalt-verification`: the lowercase hex HMAC-SHA256 of exactly these bytes."""
+    return hmac.new(secret.encode("utf-8"), body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def cobalt_time() -> str:
+    """A Cobalt `created` timestamp for now."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def fetch_etags(

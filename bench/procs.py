@@ -158,6 +158,16 @@ def _memory_kib(pid: int) -> tuple[int, int] | None:
     return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
 
 
+def rss_mb(master: int) -> list[float]:
+    """Resident memory (MB) of each child of `master` now (a gunicorn's workers), sorted."""
+    found = []
+    for pid in children(master):
+        memory = _memory_kib(pid)
+        if memory is not None:
+            found.append(round(memory[0] / 1024, 1))
+    return sorted(found)
+
+
 @dataclass
 class MemoryPeaks:
     """Peak resident memory seen for a process tree: the root and each descendant."""

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 import random
 import resource
@@ -17,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from bench import db, load, preflight, report
+from bench import db, latency_report, load, preflight, report
 from bench.procs import (
     ROOT,
     VENV_BIN,
@@ -88,6 +90,7 @@ class Options:
     quick: bool
     output: Path
     only_preflight: bool = False
+    only_latency: bool = False
 
 
 @dataclass
@@ -942,6 +945,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="only what the pre-flight check costs a submission (and its baselines)",
     )
+    parser.add_argument(
+        "--only-latency",
+        action="store_true",
+        help="only push latency (issue 20): python -m bench.latency, on its own database",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -965,6 +973,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         skip_worker=args.skip_worker,
         quick=quick,
         only_preflight=bool(args.only_preflight),
+        only_latency=bool(args.only_latency),
         output=args.output,
     )
 
@@ -975,6 +984,14 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.only_latency:
+        # bench.latency builds on this module's Bench: imported here, not at the top.
+        from bench import latency
+
+        return latency.main(
+            ["--server-url", opts.server_url, *(["--quick"] if opts.quick else [])]
+            + (["--keep-db"] if opts.keep_db else [])
+        )
     load.require_wrk()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
@@ -1011,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.results["preflight"] = preflight.summary(bench.results["runs"])
     bench.results["targets"] = [v.as_dict() for v in report.verdicts(bench.results)]
     table = report.format_table(bench.results)
+    if "latency" in bench.results:
+        latency_report.write(bench.results["latency"])
+        table += "\n\n" + latency_report.format_table(bench.results["latency"])
     report.write_results(bench.results, opts.output)
     (opts.output.with_suffix(".md")).write_text(table + "\n")
     print()
@@ -1069,6 +1089,14 @@ def run_all(bench: Bench) -> None:
     service(bench, bodies_file, ids, ids_file)
     preflight_cost(bench)
     floors(bench, bodies_file, ids, ids_file, open_jobs)
+    # Push latency before the worker's cases, which settle every open job first.
+    from bench import latency  # it builds on this module's Bench: not imported at the top
+
+    plan = latency.Plan.quick() if opts.quick else latency.Plan()
+    if opts.jobs >= plan.open_jobs * db.OPEN_EVERY:
+        bench.results["latency"] = latency.measure(bench, plan)
+    else:
+        print(f"push latency skipped: it needs {plan.open_jobs * db.OPEN_EVERY:,} jobs seeded")
     if not opts.skip_worker:
         print("worker throughput (Cobalt stub)")
         worker_throughput(bench, clinic_id, client_id)
@@ -1079,10 +1107,16 @@ def _gunicorn_setting(name: str) -> Any:
     saved = {
         k: os.environ.pop(k) for k in ("GUNICORN_THREADS", "WEB_CONCURRENCY") if k in os.environ
     }
+    # The config, meant for gunicorn's process, turns stderr and uncaught exceptions into log
+    # lines (`capture_stray_output`); in the bench, with no logging set up, they vanished: a
+    # failing run exited 1 without a word. The bench keeps its own.
+    hooks = (sys.stderr, sys.excepthook, threading.excepthook)
     try:
         return runpy.run_path(str(ROOT / GUNICORN_CONFIG)).get(name)
     finally:
         os.environ.update(saved)
+        sys.stderr, sys.excepthook, threading.excepthook = hooks
+        logging.captureWarnings(False)
 
 
 def _meta(opts: Options) -> dict[str, Any]:
