@@ -36,8 +36,11 @@ run: $(RUN_STAMP)
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --env config/dev.env --procfile Procfile.dev start
 
 ## Lint, type-check, check models against migrations, and run the test suite.
+# In TEST_WORKERS processes side by side (pytest-xdist): most of the suite's time is waiting
+# on real processes, so three share two cores well. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	@# uv.lock (what the platform installs) must match pyproject.toml

@@ -127,8 +127,22 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 _ONLY = {"postgres_only": "postgresql", "sqlite_only": "sqlite"}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest groups the tests by their fixtures' parameters
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    kept, dropped = [], []
+    _deselect_other_database(config, items)
+    # The tests that take seconds (real processes, the fuzzer) first: spread over the workers
+    # of a parallel run (`make test`: pytest-xdist) from the start, so the quick ones fill in
+    # around them and all the workers finish together. Stable: the same order in every worker.
+    items.sort(
+        key=lambda item: (
+            0 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 1
+        )
+    )
+
+
+def _deselect_other_database(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         params = getattr(item, "callspec", None)
         which = (

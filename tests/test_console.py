@@ -109,7 +109,12 @@ def count_jobs(sessions) -> int:
 
 
 @pytest.mark.parametrize(
-    "path", ["/console/", "/console/jobs?status=failed", f"/console/jobs/{uuid.uuid4()}"]
+    "path",
+    [
+        "/console/",
+        "/console/jobs?status=failed",
+        "/console/jobs/5f0c1b9e-0000-4000-8000-000000000001",
+    ],
 )
 def test_an_unauthenticated_visit_is_sent_to_sign_in(app, path):
     response = anonymous(app).get(path)

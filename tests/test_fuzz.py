@@ -106,6 +106,7 @@ def known_ids(app: Flask, sessions: SessionFactory) -> dict[str, str]:
     return {"job_id": job.get_json()["id"], "delivery_id": str(delivery_id)}
 
 
+@pytest.mark.slow
 def test_every_operation_conforms_and_never_5xx(
     app: Flask,
     support_token: str,

@@ -16,6 +16,8 @@ import requests
 
 from tests.processes import child_pids, running_system, throwaway_postgres_database
 
+pytestmark = pytest.mark.e2e
+
 LIMIT = 10
 NOTE = {"appointment_id": "rate-limit", "note": "S: fine"}
 
