@@ -33,10 +33,17 @@ def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unty
         time.sleep(0.02)
 
 
-def _run(sender: CallbackSender, stop: threading.Event, doorbell) -> threading.Thread:  # type: ignore[no-untyped-def]
-    thread = threading.Thread(target=sender.run_forever, args=(stop, doorbell), daemon=True)
-    thread.start()
-    return thread
+def _run(sender: CallbackSender, stop: threading.Event, doorbell) -> list[threading.Thread]:  # type: ignore[no-untyped-def]
+    """The worker's callback threads: one fanning out, two sending."""
+    handoff = threading.Semaphore(0)
+    threads = [
+        threading.Thread(target=sender.run_fan_out, args=(stop, doorbell, handoff, 2)),
+        *(threading.Thread(target=sender.run_sending, args=(stop, handoff)) for _ in range(2)),
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    return threads
 
 
 @pytest.mark.postgres_only
@@ -47,22 +54,24 @@ def test_a_committed_change_rings_the_sender_at_once(
     listener: Wakeups,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With nothing due the sender waits for the listener's ring; a submission's change rings
-    it, and the callback goes out, long before the sender would look again by itself."""
+    """With nothing due the threads wait for the listener's ring; a submission's change rings
+    them, and the callback goes out, long before they would look again by themselves."""
     monkeypatch.setattr(callback_sender, "IDLE_LISTENING_SECONDS", 600.0)
+    monkeypatch.setattr(callback_sender, "SENDER_IDLE_SECONDS", 600.0)
     receiver.trust(register(client, receiver.url)["secret"])
     stop = threading.Event()
     with listener.watch(every=True) as doorbell:
-        thread = _run(sender, stop, doorbell)
+        threads = _run(sender, stop, doorbell)
         try:
-            time.sleep(0.3)  # the sender has looked, found nothing, and waits (600 s)
+            time.sleep(0.3)  # the threads have looked, found nothing, and wait (600 s)
             assert receiver.got == []
             job = submit(client, ENCOUNTERS, ENCOUNTER)
             _wait_for(lambda: len(receiver.got) == 1)
         finally:
             stop.set()
             listener.stop()
-            thread.join(5)
+            for thread in threads:
+                thread.join(5)
     assert [(r.job_id, r.job_status, r.verified) for r in receiver.got] == [
         (job["id"], "processing", True)
     ]
@@ -73,18 +82,22 @@ def test_without_a_listener_the_sender_looks_by_itself(
     client: FlaskClient,
     receiver: Receiver,  # noqa: F811
     sender: CallbackSender,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SQLite has no NOTIFY: the sender fans out and sends on its own every
-    IDLE_POLLING_SECONDS."""
+    """SQLite has no NOTIFY: the fanning-out thread looks on its own every
+    IDLE_POLLING_SECONDS and hands what it finds to a sending thread."""
+    monkeypatch.setattr(callback_sender, "SENDER_IDLE_SECONDS", 600.0)
     receiver.trust(register(client, receiver.url)["secret"])
     stop = threading.Event()
-    thread = _run(sender, stop, None)
+    threads = _run(sender, stop, None)
     try:
+        time.sleep(0.3)
         job = submit(client, ENCOUNTERS, ENCOUNTER)
         _wait_for(lambda: len(receiver.got) == 1)
     finally:
         stop.set()
-        thread.join(5)
+        for thread in threads:
+            thread.join(5)
     assert receiver.got[0].job_id == job["id"]
 
 

@@ -2,10 +2,13 @@
 and record each attempt. Each database step is its own short transaction; none is open while
 the receiver is called.
 
-They are threads of their own (`CALLBACK_CONCURRENCY`), not the threads that call Cobalt, so
-a slow Cobalt never delays a callback nor a slow receiver a submission; and they are rung
-by the process's listener when a change commits (PostgreSQL's NOTIFY, `wakeups.py`), so the
-first attempt starts within milliseconds, not at the next poll.
+They are threads of their own, not the threads that call Cobalt, so a slow Cobalt never
+delays a callback nor a slow receiver a submission. One thread fans out: rung by the
+process's listener when a change commits (PostgreSQL's NOTIFY, `wakeups.py`), it turns the
+new changes into deliveries and hands each to a sending thread (`CALLBACK_CONCURRENCY` of
+them), so the first attempt starts within milliseconds, not at the next poll; it never calls
+a receiver itself, so a receiver that hangs delays no one else's callbacks. A sending thread
+that is handed nothing looks for due retries every second on its own.
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ from webhook_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# While sending a backlog, how often the fanning-out thread also looks for new changes.
-FAN_OUT_EVERY_SECONDS = 0.05
-# With nothing to send, how long a sender waits before looking again: a retry falls due, a
-# support resend. With a listener (PostgreSQL) a committed change rings at once; without one
-# (SQLite) this is how late a callback can start.
+# How long the fanning-out thread waits for a ring before it looks anyway, with a listener
+# (PostgreSQL: a change rings at once; this catches one missed while the listener was down),
+# and without one (SQLite: this is how late a callback can start).
 IDLE_LISTENING_SECONDS = 1.0
 IDLE_POLLING_SECONDS = 0.2
 # After a ring, for RECHECK_WINDOW_SECONDS, look again every RECHECK_SECONDS: a change of a
@@ -37,6 +38,9 @@ IDLE_POLLING_SECONDS = 0.2
 # (services/changes.py), and no ring may come for it.
 RECHECK_SECONDS = 0.05
 RECHECK_WINDOW_SECONDS = 1.0
+# How long a sending thread that was handed nothing waits before it looks for a due retry
+# (or a support resend) itself.
+SENDER_IDLE_SECONDS = 1.0
 
 
 class Doorbell(Protocol):
@@ -46,7 +50,7 @@ class Doorbell(Protocol):
 
 
 class CallbackSender:
-    """Sends callbacks: one per callback thread of the worker (`CALLBACK_CONCURRENCY`)."""
+    """Fans out and sends callbacks: one per callback thread of the worker."""
 
     def __init__(
         self,
@@ -55,7 +59,6 @@ class CallbackSender:
         *,
         clock: Clock = utcnow,
         signing_clock: Clock = utcnow,
-        fans_out: bool = True,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -63,18 +66,29 @@ class CallbackSender:
         # `webhook-timestamp` is the wall clock's, always: a receiver checks it against its
         # own clock to refuse replays, whatever clock schedules the retries.
         self.signing_clock = signing_clock
-        self._fans_out = fans_out
-        self._last_fan_out = 0.0
-        self._rung = True  # fan out once at the start
-        self._recheck_until = 0.0
 
-    def run_forever(self, stop: threading.Event, doorbell: Doorbell | None) -> None:
-        """Send until `stop`: fan out new changes and send what is due; with nothing to send,
-        wait for the doorbell (a change committed), a retry falling due, or a recheck."""
+    def run_fan_out(
+        self,
+        stop: threading.Event,
+        doorbell: Doorbell | None,
+        handoff: threading.Semaphore,
+        senders: int,
+    ) -> None:
+        """Until `stop`: fan new changes out to deliveries and hand each to a sending thread
+        (`handoff`, released once a delivery, at most `senders` at a time); then wait for the
+        doorbell (a change committed), a recheck, or IDLE_*_SECONDS."""
+        recheck_until = 0.0
+
+        def step() -> bool:
+            added = self.fan_out()
+            if added:
+                handoff.release(min(added, senders))
+            return added > 0  # more may have come meanwhile: look again at once
 
         def idle() -> None:
+            nonlocal recheck_until
             # Paced by the process's monotonic clock, not the (replaceable) business clock.
-            if time.monotonic() < self._recheck_until:
+            if time.monotonic() < recheck_until:
                 timeout = RECHECK_SECONDS
             elif doorbell is not None:
                 timeout = IDLE_LISTENING_SECONDS
@@ -82,20 +96,20 @@ class CallbackSender:
                 timeout = IDLE_POLLING_SECONDS
             rung = doorbell.wait(timeout) if doorbell is not None else stop.wait(timeout)
             if rung:
-                self._rung = True
-                self._recheck_until = time.monotonic() + RECHECK_WINDOW_SECONDS
+                recheck_until = time.monotonic() + RECHECK_WINDOW_SECONDS
 
-        run_steps(self.step, idle, stop, first_backoff=IDLE_LISTENING_SECONDS, log=log)
+        run_steps(step, idle, stop, first_backoff=IDLE_LISTENING_SECONDS, log=log)
 
-    def step(self) -> bool:
-        """Fan out (when rung, or every FAN_OUT_EVERY_SECONDS while busy), then send one due
-        delivery; False when there was nothing to send."""
-        now = time.monotonic()
-        if self._fans_out and (self._rung or now - self._last_fan_out >= FAN_OUT_EVERY_SECONDS):
-            self._rung = False
-            self._last_fan_out = now
-            self.fan_out()
-        return self.send_one()
+    def run_sending(self, stop: threading.Event, handoff: threading.Semaphore) -> None:
+        """Until `stop`: send due deliveries one after another; with none due, wait to be
+        handed one, or SENDER_IDLE_SECONDS (a retry falls due)."""
+        run_steps(
+            self.send_one,
+            lambda: handoff.acquire(timeout=SENDER_IDLE_SECONDS),
+            stop,
+            first_backoff=SENDER_IDLE_SECONDS,
+            log=log,
+        )
 
     def fan_out(self) -> int:
         with transaction(self.sessions) as session:

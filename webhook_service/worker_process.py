@@ -88,16 +88,7 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
         # Daemons: a thread still waiting on Cobalt after the grace must not hold the exit.
         threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{n}", daemon=True)
         for n, w in enumerate(workers)
-    ] + [
-        threading.Thread(
-            target=_send_callbacks,
-            # One thread fans new changes out to deliveries; all of them send.
-            args=(CallbackSender(settings, sessions, fans_out=(n == 0)), stop, listener),
-            name=f"callbacks-{n}",
-            daemon=True,
-        )
-        for n in range(settings.callback_concurrency)
-    ]
+    ] + _callback_threads(settings, sessions, stop, listener)
     # Counts and the heartbeat go to the database every few seconds, and once more at the end.
     flusher = Flusher(sessions, utcnow, heartbeat=Heartbeat.for_this_process(utcnow()))
     flushing = threading.Thread(target=flusher.run, args=(stop,), name="metrics", daemon=True)
@@ -132,15 +123,28 @@ def _run_process(settings: Settings, parent: int | None = None) -> None:
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def _send_callbacks(
-    sender: CallbackSender, stop: threading.Event, listener: Wakeups | None
-) -> None:
-    """A callback thread: rung by every committed change where there is a listener."""
-    if listener is None:
-        sender.run_forever(stop, None)
-        return
-    with listener.watch(every=True) as doorbell:
-        sender.run_forever(stop, doorbell)
+def _callback_threads(
+    settings: Settings, sessions: SessionFactory, stop: threading.Event, listener: Wakeups | None
+) -> list[threading.Thread]:
+    """One thread fans new changes out to deliveries (rung by every committed change where
+    there is a listener) and hands them to CALLBACK_CONCURRENCY sending threads."""
+    sender = CallbackSender(settings, sessions)
+    handoff = threading.Semaphore(0)
+    senders = settings.callback_concurrency
+
+    def fan_out() -> None:
+        if listener is None:
+            sender.run_fan_out(stop, None, handoff, senders)
+            return
+        with listener.watch(every=True) as doorbell:
+            sender.run_fan_out(stop, doorbell, handoff, senders)
+
+    return [threading.Thread(target=fan_out, name="callbacks-fan-out", daemon=True)] + [
+        threading.Thread(
+            target=sender.run_sending, args=(stop, handoff), name=f"callbacks-{n}", daemon=True
+        )
+        for n in range(senders)
+    ]
 
 
 def give_up_calls(workers: list[Worker], sessions: SessionFactory) -> None:
