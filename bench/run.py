@@ -68,7 +68,17 @@ MAX_RETRIES = 2
 # Environment variables passed through from the harness to what it starts; nothing else is.
 # PYTHONPATH too: a bench run from a git worktree with `PYTHONPATH=<worktree>` must measure
 # that tree's code in gunicorn and the worker, not the venv's editable install.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
+# GUNICORN_WORKER_CLASS: compare worker classes (`GUNICORN_WORKER_CLASS=gthread make bench`).
+PASSTHROUGH_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "GUNICORN_WORKER_CLASS",
+)
 
 
 @dataclass(frozen=True)

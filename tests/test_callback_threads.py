@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from flask.testing import FlaskClient
@@ -104,3 +105,53 @@ def test_without_a_listener_the_sender_looks_by_itself(
 @pytest.fixture
 def sender(settings, sessions, clock) -> CallbackSender:  # type: ignore[no-untyped-def]  # noqa: F811
     return CallbackSender(settings, sessions, clock=clock)
+
+
+def test_a_hanging_receiver_holds_one_sender_and_no_one_elses_callbacks(
+    app,  # type: ignore[no-untyped-def]
+    client: FlaskClient,
+    receiver: Receiver,  # noqa: F811
+    sender: CallbackSender,
+    sessions,
+    listener: Wakeups,
+    is_postgres: bool,
+) -> None:
+    """Front end A's receiver hangs on its callback (6 s, under the timeout): the thread that
+    fans out never calls a receiver, so front end B's job, submitted while A's call hangs,
+    is fanned out and called back by another sending thread in the meantime."""
+    from tests.conftest import new_token
+    from webhook_service.models import CallbackAttempt
+    from webhook_service.sandbox.app import create_sandbox_app
+    from webhook_service.sandbox.server import start_sandbox_server
+
+    other_app = create_sandbox_app()
+    server, served = start_sandbox_server(other_app)
+    hanging = Receiver(other_app, f"http://127.0.0.1:{server.port}/callbacks")
+    hanging.state.behaviour.hang_rate = 1.0
+    hanging.state.behaviour.hang_seconds = 6
+    hanging.trust(register(client, hanging.url)["secret"])
+    b = app.test_client(token=new_token(sessions, "frontend-b", "frontend"))
+    receiver.trust(register(b, receiver.url)["secret"])
+    stop = threading.Event()
+    with listener.watch(every=True) if is_postgres else _no_watch() as doorbell:
+        threads = _run(sender, stop, doorbell)
+        try:
+            submit(client, ENCOUNTERS, ENCOUNTER)
+            _wait_for(lambda: len(hanging.got) == 1)  # A's call is in, and hangs
+            job = submit(b, ENCOUNTERS, {**ENCOUNTER, "patient_mrn": "MRN-B"})
+            _wait_for(lambda: len(receiver.got) == 1, timeout=5.0)
+            with sessions() as session:
+                assert session.query(CallbackAttempt).count() == 1, "only B's: A's still hangs"
+        finally:
+            stop.set()
+            listener.stop()
+            for thread in threads:
+                thread.join(10)
+            server.shutdown()
+            served.join(5)
+    assert receiver.got[0].job_id == job["id"]
+
+
+@contextmanager
+def _no_watch() -> Iterator[None]:
+    yield None
