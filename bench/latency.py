@@ -242,10 +242,7 @@ def worker(bench: Bench, what_if: dict[str, str]) -> Iterator[int]:
     try:
         wait_http_ready(stub, f"http://127.0.0.1:{port}/healthz")
         env = {
-            **bench.service_env(),
-            "COBALT_API_URL": f"http://127.0.0.1:{port}/v1",
-            "COBALT_CLIENT_ID": "ci_bench",
-            "COBALT_CLIENT_SECRET": "cs_bench",
+            **bench.worker_env(port),
             "CALLBACK_ALLOW_PRIVATE_NETWORKS": "true",
             **what_if,
         }

@@ -169,6 +169,16 @@ class Bench:
             env["DATABASE_URL"] = self.database.service_url
         return env
 
+    def worker_env(self, stub_port: int) -> dict[str, str]:
+        """What `webhook-service worker` gets: the service's environment, Cobalt being the
+        stub (bench/cobalt_stub.py) on `stub_port`."""
+        return {
+            **self.service_env(),
+            "COBALT_API_URL": f"http://127.0.0.1:{stub_port}/v1",
+            "COBALT_CLIENT_ID": "ci_bench",
+            "COBALT_CLIENT_SECRET": "cs_bench",
+        }
+
     def wrk_env(self, scenario: Scenario, *, auth: bool) -> dict[str, str]:
         return {
             **self.base_env(),
@@ -806,12 +816,7 @@ def worker_throughput(bench: Bench, clinic_id: int, client_id: int) -> None:
         )
         try:
             wait_http_ready(stub, f"http://127.0.0.1:{port}/healthz")
-            env = {
-                **bench.service_env(),
-                "COBALT_API_URL": f"http://127.0.0.1:{port}/v1",
-                "COBALT_CLIENT_ID": "ci_bench",
-                "COBALT_CLIENT_SECRET": "cs_bench",
-            }
+            env = bench.worker_env(port)
             if case.concurrency is not None:
                 env["WORKER_CONCURRENCY"] = str(case.concurrency)
             if case.processes is not None:
