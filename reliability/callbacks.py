@@ -17,13 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reliability.run import (
-    FAST,
-    Account,
+from reliability.account import Account
+from reliability.drive import (
     Log,
-    Size,
     _stderr,
-    _system,
     api_session,
     loopback,
     plan_jobs,
@@ -31,7 +28,8 @@ from reliability.run import (
     submit_all,
     wait_until_settled,
 )
-from tests.processes import RunningSystem
+from reliability.runner import FAST, Size
+from tests.processes import RunningSystem, running_system
 
 RETRY_SCALE = 0.01
 # Past the outage, how long the last retries may take: a change that failed through the
@@ -58,7 +56,7 @@ def callbacks(
     }
     planned = plan_jobs(size.jobs)
     half = len(planned) // 2
-    with _system(database_url, tmp_dir, env, 0.3) as system:
+    with running_system(database_url, tmp_dir, processing_seconds=0.3, env=env) as system:
         with api_session(system) as api:
             url = f"{system.sandbox_url}/callbacks"
             registered = api.put(f"{system.web_url}/v1/callback", json={"url": url}, timeout=10)
